@@ -1,0 +1,16 @@
+"""Model families. Importing this package registers every family's entrypoints with timm."""
+from typing import List
+
+import timm
+
+# One import per family file; each registers its `@register_model` entrypoints on import.
+
+HIERVIT_MODULES = ()
+
+
+def list_hiervit_models(pattern: str = '', pretrained: bool = False) -> List[str]:
+    """Names of the models hiervit registers with timm (optionally filtered like `timm.list_models`)."""
+    names = []
+    for module in HIERVIT_MODULES:
+        names += timm.list_models(pattern or '*', module=module, pretrained=pretrained)
+    return sorted(set(names))

@@ -1,0 +1,1 @@
+"""Blocks shared by several families (anything timm.layers does not already provide)."""

@@ -1,0 +1,101 @@
+"""Backend selection shared by every op in `hiervit.kernels`.
+
+Each op owns one `Dispatcher`. A backend declares, per call, either that it can run the call or *why* it cannot
+(device, dtype, shape, missing package, autograd). Selection order:
+
+1. the op's `backend=` argument,
+2. the environment: `HIERVIT_<OP>_BACKEND` (e.g. `HIERVIT_NEIGHBORHOOD_BACKEND=reference`), then `HIERVIT_BACKEND`,
+3. the first backend in the op's preference order that accepts the call.
+
+An explicitly requested backend that refuses the call raises `BackendError` with its reason and the list of backends
+that would accept it, instead of silently running something else.
+"""
+import importlib
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+__all__ = ['BackendError', 'Backend', 'Dispatcher', 'module_available']
+
+AUTO = ('auto', '', None)
+
+
+class BackendError(RuntimeError):
+    """A requested backend cannot run this call; the message says why and what can."""
+
+
+def module_available(name: str) -> bool:
+    """True if `name` can be imported (checked without importing heavy GPU state where possible)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@dataclass
+class Backend:
+    """One implementation of an op.
+
+    Args:
+        name: Short public name (`reference`, `cpu`, `triton`, ...).
+        fn: Dotted path `module:attr` of the callable, imported lazily on first use.
+        check: Called with the op's problem description; returns None when the backend can run it, else the reason.
+    """
+    name: str
+    fn: str
+    check: Callable[[Any], Optional[str]]
+    _loaded: Optional[Callable] = None
+
+    def load(self) -> Callable:
+        if self._loaded is None:
+            mod_name, attr = self.fn.split(':')
+            self._loaded = getattr(importlib.import_module(mod_name), attr)
+        return self._loaded
+
+
+class Dispatcher:
+    """Picks a backend for each call of one op."""
+
+    def __init__(self, op: str, backends: Sequence[Backend]):
+        self.op = op
+        self.backends: Dict[str, Backend] = {b.name: b for b in backends}
+
+    @property
+    def names(self) -> List[str]:
+        return list(self.backends)
+
+    def requested(self, backend: Optional[str] = None) -> Tuple[Optional[str], str]:
+        """The backend asked for by argument or environment, and where the request came from."""
+        if backend not in AUTO:
+            return backend, 'backend='
+        env_op = f'HIERVIT_{self.op.upper()}_BACKEND'
+        for var in (env_op, 'HIERVIT_BACKEND'):
+            value = os.environ.get(var, '').strip()
+            if value and value != 'auto':
+                return value, var
+        return None, ''
+
+    def explain(self, problem: Any) -> Dict[str, Optional[str]]:
+        """Map every backend name to None (accepts the call) or the reason it refuses."""
+        return {name: b.check(problem) for name, b in self.backends.items()}
+
+    def select(self, problem: Any, backend: Optional[str] = None) -> Tuple[str, Callable]:
+        name, source = self.requested(backend)
+        if name is not None:
+            if name not in self.backends:
+                raise BackendError(
+                    f'{self.op}: unknown backend {name!r} (from {source}); choose one of {self.names} or "auto".')
+            reason = self.backends[name].check(problem)
+            if reason is not None:
+                ok = [n for n, r in self.explain(problem).items() if r is None]
+                raise BackendError(
+                    f'{self.op}: backend {name!r} (from {source}) cannot run this call: {reason}. '
+                    f'Backends that can: {ok}.')
+            return name, self.backends[name].load()
+        reasons = []
+        for b in self.backends.values():
+            reason = b.check(problem)
+            if reason is None:
+                return b.name, b.load()
+            reasons.append(f'{b.name}: {reason}')
+        raise BackendError(f'{self.op}: no backend can run this call ({"; ".join(reasons)}).')
