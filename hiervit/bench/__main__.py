@@ -1,0 +1,127 @@
+"""`python -m hiervit.bench`: op and model benchmarks on this machine.
+
+  python -m hiervit.bench op neighborhood [--batch 8 --heads 2 --size 56 56 --kernel 7 --head-dim 32]
+  python -m hiervit.bench op routed [--stage 1 2 3 --batch 8]
+  python -m hiervit.bench model nat_tiny dinat_tiny swin_tiny_patch4_window7_224 [--batch 8 --img-size 224]
+  python -m hiervit.bench det CONFIG [--img-size 512]
+"""
+import argparse
+import json
+import subprocess
+import sys
+from typing import Dict, List
+
+import torch
+
+from ._timing import format_table
+
+OP_COLUMNS = ['backend', 'fwd_ms', 'fwd_gflops', 'fwd_pct_gemm', 'fwd_peak_mib', 'fwdbwd_ms', 'fwdbwd_gflops',
+              'fwdbwd_pct_gemm', 'fwdbwd_peak_mib', 'first_call_s', 'note']
+MODEL_COLUMNS = ['model', 'img_size', 'params_m', 'gmacs', 'img_per_s', 'latency_ms']
+
+
+def _run_worker(spec: Dict, label: str) -> Dict:
+    """Measure one row in a fresh process so peak memory and compile caches belong to that row alone."""
+    cmd = [sys.executable, '-m', 'hiervit.bench._worker', json.dumps(spec), label]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        err = (proc.stderr.strip().splitlines() or ['worker failed'])[-1]
+        return {'backend': label, 'note': f'failed: {err[:200]}'}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def cmd_op(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from .ops import OPS
+    base = dict(op=args.op, device=args.device, dtype=args.dtype, repeats=args.repeats, peers=not args.no_peers,
+                batch=args.batch)
+    if args.op == 'neighborhood':
+        specs = [dict(base, heads=args.heads, size=args.size, kernel=args.kernel, dilation=args.dilation,
+                      head_dim=args.head_dim, rpb=not args.no_rpb)]
+        title = (f'neighborhood attention: B={args.batch} heads={args.heads} {args.size[0]}x{args.size[1]} '
+                 f'k={args.kernel} dilation={args.dilation} head_dim={args.head_dim} rpb={not args.no_rpb} '
+                 f'{args.dtype} on {args.device}')
+    else:
+        specs = [dict(base, stage=s) for s in args.stage]
+        title = f'routed attention at BiFormer-T stage shapes (224 px): B={args.batch} {args.dtype} on {args.device}'
+    rows: List[Dict] = []
+    for spec in specs:
+        labels = list(OPS[args.op](spec))
+        if args.backends:
+            labels = [lb for lb in labels if lb.split(':', 1)[1] in args.backends]
+        for label in tqdm(labels, desc=f'{args.op} {spec.get("stage", "")}'.strip(), leave=False):
+            rows.append(_run_worker(spec, label))
+    gemm = [r['gemm_gflops'] for r in rows if 'gemm_gflops' in r]
+    print(title)
+    if gemm:
+        print(f'in-process fp32 GEMM (2048^3): {max(gemm):.1f} GFLOP/s (best over workers); '
+              'forward FLOPs = 4*B*heads*queries*keys_per_query*head_dim, fwd+bwd = 3x forward')
+    print(format_table(rows, OP_COLUMNS))
+
+
+def cmd_model(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    import hiervit  # noqa: F401  (registers the models)
+    from .models import bench_model
+    rows = [bench_model(name, args.batch, args.img_size, args.repeats, args.threads)
+            for name in tqdm(args.models, desc='models', leave=False)]
+    print(f'batch {args.batch} img/s and batch-1 latency, inference, fp32, {torch.get_num_threads()} threads; '
+          'gmacs = multiply-adds per image (what the papers call FLOPs)')
+    print(format_table(rows, MODEL_COLUMNS))
+
+
+def cmd_det(args: argparse.Namespace) -> None:
+    try:
+        from hiervit.mm import bench_config
+    except ImportError as e:
+        raise SystemExit(f'`bench det` needs the OpenMMLab extras (pip install "hiervit[det,seg]"): {e}')
+    rows = bench_config(args.config, img_size=args.img_size, repeats=args.repeats, compare_swin=not args.no_swin)
+    print(format_table(rows, list(rows[0])))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog='python -m hiervit.bench', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest='cmd', required=True)
+
+    op = sub.add_parser('op', help='time every backend of an op (and installed peers)')
+    op.add_argument('op', choices=['neighborhood', 'routed'])
+    op.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    op.add_argument('--dtype', default='float32', choices=['float32', 'float16', 'bfloat16'])
+    op.add_argument('--batch', type=int, default=8)
+    op.add_argument('--heads', type=int, default=2)
+    op.add_argument('--size', type=int, nargs=2, default=[56, 56])
+    op.add_argument('--kernel', type=int, default=7)
+    op.add_argument('--dilation', type=int, default=1)
+    op.add_argument('--head-dim', type=int, default=32)
+    op.add_argument('--no-rpb', action='store_true', help='neighborhood: no relative position bias')
+    op.add_argument('--stage', type=int, nargs='+', default=[1, 2, 3], choices=[1, 2, 3],
+                    help='routed: BiFormer-T stages to time')
+    op.add_argument('--backends', nargs='+', help='only these rows (backend or peer names, e.g. cpu gather)')
+    op.add_argument('--no-peers', action='store_true', help='skip the non-hiervit peers')
+    op.add_argument('--repeats', type=int, default=5)
+    op.set_defaults(fn=cmd_op)
+
+    model = sub.add_parser('model', help='img/s, latency, params and FLOPs of timm model names (ours or timm\'s)')
+    model.add_argument('models', nargs='+')
+    model.add_argument('--batch', type=int, default=8)
+    model.add_argument('--img-size', type=int, default=0, help='default: the model\'s pretrained_cfg input size')
+    model.add_argument('--repeats', type=int, default=3)
+    model.add_argument('--threads', type=int, default=0)
+    model.set_defaults(fn=cmd_model)
+
+    det = sub.add_parser('det', help='backbone+neck+head forward time of an mmdet/mmseg config (needs extras)')
+    det.add_argument('config')
+    det.add_argument('--img-size', type=int, default=512)
+    det.add_argument('--repeats', type=int, default=3)
+    det.add_argument('--no-swin', action='store_true', help='skip the same config with mmdet\'s Swin-T backbone')
+    det.set_defaults(fn=cmd_det)
+
+    args = parser.parse_args(argv)
+    args.fn(args)
+
+
+if __name__ == '__main__':
+    main()

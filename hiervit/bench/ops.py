@@ -1,0 +1,229 @@
+"""Op benchmark cases: each backend of an op, plus installed peers, on one problem shape.
+
+A case is built inside a worker process from a plain-dict spec, so the spec must be JSON-serialisable.
+"""
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Tuple
+
+import torch
+
+from hiervit.kernels import BackendError
+
+
+@dataclass
+class Case:
+    """One row of an op table: a forward closure over inputs, and what it costs."""
+    fwd: Callable[[], torch.Tensor]
+    inputs: List[torch.Tensor]
+    flops: float  # useful forward FLOPs (2 per multiply-add)
+    backward: bool = True
+    note: str = ''
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}[name]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# neighborhood
+
+
+def _na_window_start(length: int, kernel: int, dilation: int, device: torch.device) -> torch.Tensor:
+    """NATTEN's shifted window: first key index of each query along one axis (dilation = independent sub-grids)."""
+    i = torch.arange(length, device=device)
+    group, idx = i % dilation, i // dilation
+    group_len = (length - group + dilation - 1) // dilation
+    start = (idx - kernel // 2).clamp(min=0)
+    start = torch.minimum(start, group_len - kernel)
+    return group + dilation * start
+
+
+def gather_na2d(q, k, v, rpb, kernel: Tuple[int, int], dilation: Tuple[int, int], scale: float) -> torch.Tensor:
+    """The plain PyTorch baseline: gather every query's k*k neighbours, softmax, weighted sum. [B, H, W, heads, d]."""
+    B, H, W, nh, d = q.shape
+    (kh, kw), (dh, dw) = kernel, dilation
+    sy = _na_window_start(H, kh, dh, q.device)
+    sx = _na_window_start(W, kw, dw, q.device)
+    ky = sy[:, None] + dh * torch.arange(kh, device=q.device)  # [H, kh]
+    kx = sx[:, None] + dw * torch.arange(kw, device=q.device)  # [W, kw]
+    kg = k[:, ky[:, None, :, None], kx[None, :, None, :]]  # [B, H, W, kh, kw, heads, d]
+    vg = v[:, ky[:, None, :, None], kx[None, :, None, :]]
+    attn = torch.einsum('bhwnd,bhwijnd->bhwnij', q * scale, kg)  # [B, H, W, heads, kh, kw]
+    if rpb is not None:
+        ry = (ky - torch.arange(H, device=q.device)[:, None]) // dh + kh - 1
+        rx = (kx - torch.arange(W, device=q.device)[:, None]) // dw + kw - 1
+        bias = rpb[:, ry[:, None, :, None], rx[None, :, None, :]]  # [heads, H, W, kh, kw]
+        attn = attn + bias.permute(1, 2, 0, 3, 4)
+    attn = attn.flatten(-2).softmax(-1).view_as(attn)
+    return torch.einsum('bhwnij,bhwijnd->bhwnd', attn, vg)
+
+
+def _flex_na2d(q, k, v, rpb, kernel, dilation, scale, compiled: bool):
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    B, H, W, nh, d = q.shape
+    (kh, kw), (dh, dw) = kernel, dilation
+    sy = _na_window_start(H, kh, dh, q.device)
+    sx = _na_window_start(W, kw, dw, q.device)
+
+    def inside(q_idx, kv_idx):
+        qy, qx, ky, kx = q_idx // W, q_idx % W, kv_idx // W, kv_idx % W
+        oy, ox = ky - sy[qy], kx - sx[qx]
+        return ((oy >= 0) & (oy < kh * dh) & (oy % dh == 0) & (ox >= 0) & (ox < kw * dw) & (ox % dw == 0))
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return inside(q_idx, kv_idx)
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        qy, qx, ky, kx = q_idx // W, q_idx % W, kv_idx // W, kv_idx % W
+        # Scores outside the window are masked anyway; clamp so their (unused) bias lookup stays in bounds.
+        ry = ((ky - qy) // dh + kh - 1).clamp(0, 2 * kh - 2)
+        rx = ((kx - qx) // dw + kw - 1).clamp(0, 2 * kw - 2)
+        return score + rpb[h, ry, rx]
+
+    attn_fn = torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
+    block_mask = create_block_mask(mask_mod, None, None, H * W, H * W, device=q.device)
+    to_seq = lambda t: t.flatten(1, 2).transpose(1, 2)  # [B, H, W, heads, d] -> [B, heads, N, d]
+
+    def fwd():
+        out = attn_fn(to_seq(q), to_seq(k), to_seq(v), score_mod=score_mod if rpb is not None else None,
+                      block_mask=block_mask, scale=scale)
+        return out.transpose(1, 2).reshape(B, H, W, nh, -1)
+    return fwd
+
+
+def neighborhood_cases(spec: Dict) -> Dict[str, Callable[[], Case]]:
+    """Builders for every neighborhood backend and installed peer, keyed by row label."""
+    from hiervit.kernels.neighborhood import na_dispatcher, neighborhood_attention
+
+    device, dtype = torch.device(spec['device']), _dtype(spec['dtype'])
+    B, heads, (H, W), kernel, dilation, d = (spec['batch'], spec['heads'], spec['size'], spec['kernel'],
+                                             spec['dilation'], spec['head_dim'])
+    kernel, dilation = (kernel, kernel), (dilation, dilation)
+    scale = d ** -0.5
+    flops = 4.0 * B * heads * H * W * kernel[0] * kernel[1] * d
+
+    def inputs(rpb: bool):
+        g = torch.Generator().manual_seed(0)
+        make = lambda *s: torch.randn(*s, generator=g).to(device, dtype).requires_grad_()
+        qkv = [make(B, H, W, heads, d) for _ in range(3)]
+        bias = make(heads, 2 * kernel[0] - 1, 2 * kernel[1] - 1) if rpb else None
+        return qkv, bias
+
+    def backend_case(name: str) -> Case:
+        (q, k, v), rpb = inputs(spec['rpb'])
+        fwd = lambda: neighborhood_attention(q, k, v, kernel, dilation, rpb=rpb, scale=scale, backend=name)
+        return Case(fwd, [t for t in (q, k, v, rpb) if t is not None], flops)
+
+    def gather_case(compiled: bool) -> Case:
+        (q, k, v), rpb = inputs(spec['rpb'])
+        fn = torch.compile(gather_na2d, dynamic=False) if compiled else gather_na2d
+        return Case(lambda: fn(q, k, v, rpb, kernel, dilation, scale), [t for t in (q, k, v, rpb) if t is not None],
+                    flops, note='torch.compile' if compiled else 'eager')
+
+    def flex_case(compiled: bool) -> Case:
+        (q, k, v), rpb = inputs(spec['rpb'])
+        backward = device.type == 'cuda'
+        note = ('compiled' if compiled else 'eager') + ('' if backward else '; no backward on CPU in this torch')
+        fwd = _flex_na2d(q, k, v, rpb, kernel, dilation, scale, compiled)
+        return Case(fwd, [t for t in (q, k, v, rpb) if t is not None], flops, backward=backward, note=note)
+
+    def natten_case() -> Case:
+        import natten
+        (q, k, v), _ = inputs(False)
+        backend = None if device.type == 'cuda' else 'flex-fna'
+        fwd = lambda: natten.na2d(q, k, v, kernel_size=kernel, dilation=dilation, scale=scale, backend=backend)
+        note = f'natten {natten.__version__}, no rpb' + ('' if device.type == 'cuda' else ', flex-fna eager')
+        return Case(fwd, [q, k, v], flops, backward=device.type == 'cuda', note=note)
+
+    cases: Dict[str, Callable[[], Case]] = {f'hiervit:{n}': (lambda n=n: backend_case(n)) for n in na_dispatcher.names
+                                            if n not in ('natten', 'flex')}
+    if spec.get('peers', True):
+        cases['peer:gather'] = lambda: gather_case(False)
+        cases['peer:gather+compile'] = lambda: gather_case(True)
+        cases['peer:flex'] = lambda: flex_case(False)
+        cases['peer:flex+compile'] = lambda: flex_case(True)
+        if _importable('natten'):
+            cases['peer:natten'] = natten_case
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# routed (BiFormer bi-level routing: query region i attends to the top-k routed key regions)
+
+# BiFormer-T at 224: (map side, n_win, channels, heads, topk) for the three routed stages.
+BIFORMER_T_STAGES = {1: (56, 7, 64, 2, 1), 2: (28, 7, 128, 4, 4), 3: (14, 7, 256, 8, 16)}
+
+
+def routed_cases(spec: Dict) -> Dict[str, Callable[[], Case]]:
+    from hiervit.kernels.routed import routed_attention, routed_dispatcher
+
+    device, dtype = torch.device(spec['device']), _dtype(spec['dtype'])
+    side, n_win, dim, heads, topk = BIFORMER_T_STAGES[spec['stage']]
+    B, d = spec['batch'], dim // heads
+    regions, tokens = n_win * n_win, (side // n_win) ** 2
+    flops = 4.0 * B * heads * regions * tokens * topk * tokens * d
+
+    def backend_case(name: str) -> Case:
+        g = torch.Generator().manual_seed(0)
+        make = lambda: torch.randn(B, heads, regions, tokens, d, generator=g).to(device, dtype).requires_grad_()
+        q, k, v = make(), make(), make()
+        # Routing as BiFormer does it: top-k of region-mean affinities (distinct regions per query region).
+        logits = q.detach().mean(3).mean(1) @ k.detach().mean(3).mean(1).transpose(-1, -2)
+        idx = logits.topk(topk, dim=-1).indices
+        return Case(lambda: routed_attention(q, k, v, idx, scale=dim ** -0.5, backend=name), [q, k, v], flops,
+                    note=f'stage {spec["stage"]}: {regions} regions x {tokens} tok, topk {topk}, {heads}x{d}')
+
+    return {f'hiervit:{n}': (lambda n=n: backend_case(n)) for n in routed_dispatcher.names}
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(name) is not None
+
+
+OPS = {'neighborhood': neighborhood_cases, 'routed': routed_cases}
+
+
+def measure(spec: Dict, label: str) -> Dict:
+    """Measure one case (called in a fresh worker process): fwd and fwd+bwd best time, first call, peak memory."""
+    import time
+
+    from ._timing import PeakMemory, best_time, gemm_gflops
+
+    device = torch.device(spec['device'])
+    row: Dict = {'backend': label}
+    try:
+        case = OPS[spec['op']](spec)[label]()
+    except (BackendError, ValueError, RuntimeError, ImportError) as e:
+        row['note'] = f'refused: {e}'.replace('\n', ' ')[:200]
+        return row
+    row['note'] = case.note
+    gemm = gemm_gflops(device, _dtype(spec['dtype']))
+    row['gemm_gflops'] = gemm
+    try:
+        with PeakMemory(device) as mem:
+            t0 = time.perf_counter()
+            out = case.fwd()
+            torch.cuda.synchronize() if device.type == 'cuda' else None
+            row['first_call_s'] = time.perf_counter() - t0
+            del out
+        with torch.no_grad():
+            t = best_time(case.fwd, device, repeats=spec['repeats'])
+        row.update(fwd_ms=t * 1e3, fwd_gflops=case.flops / t / 1e9, fwd_pct_gemm=100 * case.flops / t / 1e9 / gemm,
+                   fwd_peak_mib=mem.mib)
+        if case.backward:
+            grad = torch.randn_like(case.fwd())
+
+            def step():
+                out = case.fwd()
+                torch.autograd.grad(out, case.inputs, grad)
+            with PeakMemory(device) as mem:
+                step()
+            t = best_time(step, device, repeats=spec['repeats'])
+            total = 3 * case.flops  # backward = 4 GEMM-shaped products (dS, dV, dQ, dK) = 2x forward
+            row.update(fwdbwd_ms=t * 1e3, fwdbwd_gflops=total / t / 1e9,
+                       fwdbwd_pct_gemm=100 * total / t / 1e9 / gemm,
+                       fwdbwd_peak_mib=max(mem.mib, row['fwd_peak_mib']))
+    except (RuntimeError, NotImplementedError) as e:
+        row['note'] = (row['note'] + '; ' if row['note'] else '') + f'failed: {e}'.replace('\n', ' ')[:200]
+    return row
