@@ -60,8 +60,11 @@ def _check_cpu(p: RoutedProblem) -> Optional[str]:
     return None
 
 
+_HAS_TRITON = module_available('triton')  # resolved once: import machinery cannot be traced by torch.compile
+
+
 def _check_triton(p: RoutedProblem) -> Optional[str]:
-    if not module_available('triton'):
+    if not _HAS_TRITON:
         return 'triton is not installed'
     if p.device.type == 'cpu':
         if os.environ.get('TRITON_INTERPRET', '0') != '1':
@@ -86,7 +89,10 @@ _BACKENDS = {
 }
 _BACKENDS = {n: v for n, v in _BACKENDS.items() if importlib.util.find_spec(v[1]) is not None}
 
-routed_dispatcher = Dispatcher('routed', [Backend(n, f'{m}:forward', c) for n, (c, m) in _BACKENDS.items()])
+# Every backend runs through the one custom op (the backend name is its last argument); backend modules are
+# imported lazily inside the op, so only the op itself is what the dispatcher hands back.
+routed_dispatcher = Dispatcher(
+    'routed', [Backend(n, 'hiervit.kernels.routed:routed_attention_fwd', c) for n, (c, _) in _BACKENDS.items()])
 
 
 def _backend_module(name: str):
@@ -182,8 +188,8 @@ def routed_attention(
         device=q.device, dtype=q.dtype, batch=B, heads=H, q_blocks=Nq, q_tokens=Tq, k_blocks=k.shape[2],
         k_tokens=k.shape[3], dim=d, v_dim=v.shape[-1], topk=idx.shape[-1],
         needs_grad=torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
-    name, _ = routed_dispatcher.select(problem, backend)
-    out, _ = routed_attention_fwd(q, k, v, idx, float(scale), name)
+    name, op = routed_dispatcher.select(problem, backend)
+    out, _ = op(q, k, v, idx, float(scale), name)
     return out
 
 
@@ -237,6 +243,8 @@ def _backward(ctx, dout: Tensor, dlse: Optional[Tensor]):
 
 
 routed_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+for _b in routed_dispatcher.backends.values():
+    _b.load()  # resolve now (the package is importing) so that selection under torch.compile imports nothing
 
 
 @register_flop_formula(torch.ops.hiervit.routed_attention_fwd)
