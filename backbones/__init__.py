@@ -4,8 +4,9 @@ from typing import List
 import timm
 
 # One import per family file; each registers its `@register_model` entrypoints on import.
+from . import biformer  # noqa: F401
 
-HIERVIT_MODULES = ()
+HIERVIT_MODULES = ('biformer',)
 
 
 def list_hiervit_models(pattern: str = '', pretrained: bool = False) -> List[str]:
