@@ -201,15 +201,18 @@ def routed_flops(q_shape, k_shape, v_shape, idx_shape) -> int:
 
 
 @torch.library.custom_op('hiervit::routed_attention_fwd', mutates_args=())
-def routed_attention_fwd(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, scale: float, backend: str) -> Tuple[Tensor, Tensor]:
-    """Output `[B, H, Nq, Tq, dv]` and fp32 log-sum-exp `[B, H, Nq, Tq]` (saved for the backward)."""
+def routed_attention_fwd(
+        q: Tensor, k: Tensor, v: Tensor, idx: Tensor, scale: float, backend: str,
+) -> Tuple[Tensor, Tensor]:
+    """Output `[B, H, Nq, Tq, dv]` and log-sum-exp `[B, H, Nq, Tq]` (fp32, fp64 for fp64 inputs; for the backward)."""
     out, lse = _backend_module(backend).forward(q, k, v, idx, scale)
     return out, lse
 
 
 @routed_attention_fwd.register_fake
 def _(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, scale: float, backend: str) -> Tuple[Tensor, Tensor]:
-    return q.new_empty(*q.shape[:4], v.shape[-1]), q.new_empty(q.shape[:4], dtype=torch.float32)
+    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return q.new_empty(*q.shape[:4], v.shape[-1]), q.new_empty(q.shape[:4], dtype=lse_dtype)
 
 
 @torch.library.custom_op('hiervit::routed_attention_bwd', mutates_args=())

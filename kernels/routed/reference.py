@@ -26,13 +26,13 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def forward(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, scale: float) -> Tuple[Tensor, Tensor]:
-    """Output `[B, H, Nq, Tq, dv]` and the fp32 log-sum-exp of the scaled scores `[B, H, Nq, Tq]`."""
+    """Output `[B, H, Nq, Tq, dv]` and the log-sum-exp of the scaled scores `[B, H, Nq, Tq]` (fp32; fp64 for fp64)."""
     ct = _compute_dtype(q.dtype)
     kg, vg = gather_blocks(k, idx).to(ct), gather_blocks(v, idx).to(ct)  # [B, H, Nq, topk * Tk, d | dv]
     s = (q.to(ct) @ kg.transpose(-1, -2)) * scale  # [B, H, Nq, Tq, topk * Tk]
     lse = torch.logsumexp(s, dim=-1)
     out = torch.softmax(s, dim=-1) @ vg
-    return out.to(q.dtype), lse.float()
+    return out.to(q.dtype), lse
 
 
 def backward(
