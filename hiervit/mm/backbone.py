@@ -1,0 +1,226 @@
+"""One mmdet/mmseg backbone adapter for every hiervit (or timm) model with `forward_intermediates`.
+
+The adapter builds the timm classification model, prunes its head, and returns the stage outputs selected by
+`out_indices` as NCHW maps. Dense-task conventions of the papers map onto timm's API:
+  * per-output norms: the models add them with `out_norms=True` and apply them in `forward_intermediates(norm=True)`;
+  * `frozen_stages`: stem + first stages, found through the model's coarse `group_matcher` (no per-family names);
+  * `with_cp` -> `set_grad_checkpointing`; task overrides (`dilations`, `n_win`, `kernel_size`, `drop_path_rate`)
+    are plain constructor kwargs of the model;
+  * `init_cfg=dict(type='Pretrained', checkpoint=..., prefix=...)` loads classification (or detector) checkpoints
+    through the model family's `checkpoint_filter_fn`.
+Only mmengine is imported here, so the adapter works without mmcv/mmdet/mmseg.
+"""
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+
+import timm
+import torch
+import torch.nn as nn
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from mmengine.runner.checkpoint import CheckpointLoader
+from timm.models import group_parameters
+
+import hiervit  # noqa: F401  (registers hiervit's models with timm)
+from hiervit.registry import MODELS
+
+__all__ = ['TimmBackbone', 'NAT', 'DiNAT', 'DiNATs', 'BiFormer']
+
+
+def _unwrap_state_dict(checkpoint: Any) -> Dict[str, torch.Tensor]:
+    if not isinstance(checkpoint, dict):
+        raise TypeError(f'checkpoint must hold a dict state dict, got {type(checkpoint).__name__}')
+    for key in ('state_dict', 'model', 'module'):
+        if key in checkpoint and isinstance(checkpoint[key], dict):
+            return checkpoint[key]
+    return checkpoint
+
+
+@MODELS.register_module()
+class TimmBackbone(BaseModule):
+    """Dense-prediction backbone over a timm model that implements `forward_intermediates`.
+
+    Args:
+        model_name: timm model name (e.g. 'nat_tiny', 'biformer_small').
+        out_indices: Stages whose outputs are returned (one NCHW map each, strides 4/8/16/32 for hiervit models).
+        frozen_stages: Freeze (eval mode, no gradients) the stem when >= 0 and stages [0, frozen_stages); -1 freezes
+            nothing.
+        norm_eval: Keep every BatchNorm in eval mode during training (frozen running statistics).
+        with_cp: Gradient checkpointing inside the stages.
+        norm_outputs: Call `forward_intermediates(norm=True)`: the model's per-output norms when it has them
+            (`out_norms=True`), else timm's final norm on the last stage.
+        in_channels: Input image channels.
+        init_cfg: mmengine init config; `dict(type='Pretrained', checkpoint=path_or_url, prefix=None)` loads weights.
+        **model_kwargs: Passed to `timm.create_model` (e.g. `drop_path_rate`, `dilations`, `n_win`, `out_norms`).
+    """
+
+    def __init__(
+            self,
+            model_name: str,
+            out_indices: Sequence[int] = (0, 1, 2, 3),
+            frozen_stages: int = -1,
+            norm_eval: bool = False,
+            with_cp: bool = False,
+            norm_outputs: bool = True,
+            in_channels: int = 3,
+            init_cfg: Optional[Dict[str, Any]] = None,
+            **model_kwargs,
+    ):
+        super().__init__(init_cfg=init_cfg)
+        if not isinstance(model_name, str) or model_name not in timm.list_models():
+            raise ValueError(
+                f'model_name={model_name!r} is not a registered timm model; `import hiervit` registers hiervit\'s '
+                f'(see hiervit.list_hiervit_models()).')
+        for bad in ('pretrained', 'features_only', 'checkpoint_path'):
+            if bad in model_kwargs:
+                raise TypeError(f'{bad}= is not supported; load weights with init_cfg=dict(type=\'Pretrained\', ...).')
+        model = timm.create_model(model_name, pretrained=False, in_chans=in_channels, **model_kwargs)
+        if not hasattr(model, 'forward_intermediates'):
+            raise TypeError(f'{model_name} has no forward_intermediates(); TimmBackbone needs it.')
+        num_stages = len(model.feature_info)
+        out_indices = tuple(int(i) for i in out_indices)
+        if not out_indices or any(not 0 <= i < num_stages for i in out_indices) or list(out_indices) != sorted(
+                set(out_indices)):
+            raise ValueError(
+                f'out_indices={out_indices} must be increasing stage indices in [0, {num_stages - 1}] for '
+                f'{model_name}.')
+        if not -1 <= frozen_stages <= num_stages:
+            raise ValueError(f'frozen_stages={frozen_stages} must be in [-1, {num_stages}] for {model_name}.')
+
+        # Keep exactly the modules the selected outputs use: parameters that never get a gradient would make DDP
+        # refuse the model. hiervit's convention: per-output norms live in `model.out_norms[i]`, the last stage's may
+        # be the final `norm` (NAT); without `out_norms`, `norm=True` applies `norm` to the last output (timm).
+        model.prune_intermediate_layers(list(out_indices), prune_norm=not norm_outputs, prune_head=True)
+        out_norms = getattr(model, 'out_norms', None) if norm_outputs else None
+        if out_norms is not None:
+            for i in range(len(out_norms)):
+                if i not in out_indices:
+                    out_norms[i] = nn.Identity()
+            if len(out_norms) > out_indices[-1] and hasattr(model, 'norm'):
+                model.norm = nn.Identity()
+        self.model = model
+        self.model_name = model_name
+        self.out_indices = out_indices
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.norm_outputs = norm_outputs
+        self.out_channels: List[int] = [model.feature_info[i]['num_chs'] for i in out_indices]
+        self.strides: List[int] = [model.feature_info[i]['reduction'] for i in out_indices]
+        self._stage_of_param = self._group_params(num_stages)
+        if with_cp:
+            model.set_grad_checkpointing(True)
+        self._freeze_stages()
+
+    def _group_params(self, num_stages: int) -> Dict[str, int]:
+        """Map each parameter name of the model to -1 (stem), its stage index, or `num_stages` (anything after)."""
+        groups = group_parameters(self.model, self.model.group_matcher(coarse=True), reverse=True)
+        stage_of = {name: min(gid - 1, num_stages) for name, gid in groups.items()}
+        # Per-output norms belong to the stage they normalise (mmdet's Swin freezes `norm{i}` with stage i).
+        for name in stage_of:
+            if name.startswith('out_norms.'):
+                stage_of[name] = int(name.split('.')[1])
+        return stage_of
+
+    def _freeze_stages(self) -> None:
+        if self.frozen_stages < 0:
+            return
+        frozen: Set[str] = {n for n, s in self._stage_of_param.items() if s < self.frozen_stages}
+        for name, param in self.model.named_parameters():
+            if name in frozen:
+                param.requires_grad = False
+        # Eval mode for every module whose parameters are all frozen (stages, with their dropout / drop-path).
+        for module_name, module in self.model.named_modules():
+            names = [f'{module_name}.{n}' if module_name else n for n, _ in module.named_parameters()]
+            if names and all(n in frozen for n in names):
+                module.eval()
+
+    def train(self, mode: bool = True) -> 'TimmBackbone':
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        outs = self.model.forward_intermediates(
+            x, indices=list(self.out_indices), norm=self.norm_outputs, stop_early=True, output_fmt='NCHW',
+            intermediates_only=True)
+        return tuple(outs)
+
+    def get_layer_depth(self, param_name: str, prefix: str = '') -> Tuple[int, int]:
+        """Layer-decay depth of a parameter, mmpretrain's protocol, derived from the model's fine `group_matcher`.
+
+        Args:
+            param_name: Full parameter name (e.g. 'backbone.model.stages.1.blocks.0.attn.qkv.weight').
+            prefix: The adapter's prefix in `param_name` (e.g. 'backbone.').
+
+        Returns:
+            (layer_depth, num_layers): the stem is depth 0, the last block group `num_layers - 2`, and anything not in
+            the backbone (final norms, neck, heads) `num_layers - 1`.
+        """
+        if not hasattr(self, '_layer_ids'):
+            self._layer_ids = group_parameters(self.model, self.model.group_matcher(coarse=False), reverse=True)
+            self._num_layers = max(self._layer_ids.values()) + 2
+        inner = prefix + 'model.'
+        if not param_name.startswith(inner):
+            return self._num_layers - 1, self._num_layers
+        return min(self._layer_ids.get(param_name[len(inner):], self._num_layers - 1), self._num_layers - 1), \
+            self._num_layers
+
+    def no_weight_decay(self) -> Set[str]:
+        """The model's own no-weight-decay names (timm's protocol), relative to this adapter."""
+        fn = getattr(self.model, 'no_weight_decay', None)
+        return {f'model.{n}' for n in fn()} if fn is not None else set()
+
+    def init_weights(self) -> None:
+        cfg = self.init_cfg
+        if not (isinstance(cfg, dict) and cfg.get('type') == 'Pretrained'):
+            super().init_weights()
+            return
+        checkpoint = cfg.get('checkpoint')
+        if not checkpoint:
+            raise ValueError("init_cfg=dict(type='Pretrained') needs checkpoint=<path or URL>.")
+        state_dict = _unwrap_state_dict(CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu'))
+        prefix = cfg.get('prefix')
+        if prefix:
+            prefix = prefix if prefix.endswith('.') else prefix + '.'
+            state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            if not state_dict:
+                raise ValueError(f'init_cfg prefix={prefix!r} matches no key of {checkpoint}.')
+        # Checkpoints saved from this adapter carry its `model.` prefix.
+        if all(k.startswith('model.') for k in state_dict):
+            state_dict = {k[len('model.'):]: v for k, v in state_dict.items()}
+        filter_fn = getattr(sys.modules[type(self.model).__module__], 'checkpoint_filter_fn', None)
+        if filter_fn is not None:
+            state_dict = filter_fn(state_dict, self.model)
+        target = self.model.state_dict()
+        # The classification head and final norm were pruned; the filter may still hand them back.
+        ignored = sorted(k for k in state_dict if k not in target)
+        state_dict = {k: v for k, v in state_dict.items() if k in target}
+        if not state_dict:
+            raise ValueError(f'No key of {checkpoint} matches {self.model_name}; is it a checkpoint of this model?')
+        missing, _ = self.model.load_state_dict(state_dict, strict=False)
+        print_log(
+            f'{self.model_name}: loaded {len(state_dict)} tensors from {checkpoint}; kept initial values for '
+            f'{len(missing)} ({", ".join(missing[:8])}); ignored {len(ignored)} ({", ".join(ignored[:8])})',
+            logger='current')
+        self._is_init = True
+
+
+def _family(name: str, default_model: str, defaults: Dict[str, Any], doc: str) -> type:
+    """A registered alias of TimmBackbone that only sets a default `model_name` and default model kwargs."""
+
+    def __init__(self, model_name: str = default_model, **kwargs):
+        TimmBackbone.__init__(self, model_name=model_name, **{**defaults, **kwargs})
+
+    cls = type(name, (TimmBackbone,), {
+        '__init__': __init__, '__doc__': f'TimmBackbone for {doc} Defaults: {defaults}.', '__module__': __name__})
+    return MODELS.register_module(module=cls)
+
+
+NAT = _family('NAT', 'nat_tiny', dict(output_norms=True), 'NAT (nat_*) with the papers\' per-output LayerNorms.')
+DiNAT = _family('DiNAT', 'dinat_tiny', dict(output_norms=True), 'DiNAT (dinat_*); dense configs set `dilations`.')
+DiNATs = _family('DiNATs', 'dinat_s_tiny', dict(output_norms=True), 'DiNAT_s (dinat_s_*), Swin-layout DiNAT.')
+BiFormer = _family('BiFormer', 'biformer_small', dict(out_norms=True), 'BiFormer (biformer_*) with LayerNorm2d outputs.')

@@ -1,0 +1,113 @@
+"""`bench_config`: forward time of a detection/segmentation config (backbone + neck + heads), beside mmdet's Swin-T.
+
+Used by `python -m hiervit.bench det CONFIG`. The model is built from the config with random weights, put in eval
+mode and timed on one random image (best of `repeats` after a warm-up) through the detector's / segmentor's
+tensor-mode forward, i.e. everything up to the heads' raw outputs (no NMS / mask pasting).
+"""
+import copy
+import time
+from typing import Any, Dict, List, Sequence
+
+import torch
+
+from .tv_ops import install_tv_ops
+
+__all__ = ['bench_config', 'SWIN_T']
+
+# mmdet / mmseg Swin-T as in their Swin configs (same drop path as the detection reference config).
+SWIN_T = dict(
+    type='SwinTransformer', embed_dims=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7, mlp_ratio=4,
+    qkv_bias=True, qk_scale=None, drop_rate=0., attn_drop_rate=0., drop_path_rate=0.2, patch_norm=True,
+    out_indices=(0, 1, 2, 3), with_cp=False)
+SWIN_T_CHANNELS = [96, 192, 384, 768]
+
+
+def _scope(cfg: Any) -> str:
+    scope = cfg.get('default_scope')
+    if scope not in ('mmdet', 'mmseg'):
+        raise ValueError(f"config default_scope must be 'mmdet' or 'mmseg' (from their default_runtime), got {scope!r}")
+    return scope
+
+
+def build_from_config(cfg: Any) -> torch.nn.Module:
+    """Build `cfg.model` with the registries of the config's scope (mmdet or mmseg)."""
+    install_tv_ops()
+    from mmengine.registry import init_default_scope
+    scope = _scope(cfg)
+    init_default_scope(scope)
+    if scope == 'mmdet':
+        from mmdet.registry import MODELS
+    else:
+        from mmseg.registry import MODELS
+    return MODELS.build(cfg.model)
+
+
+def _swap_in_channels(cfg: Any, old: Sequence[int], new: Sequence[int]) -> None:
+    """Re-point every neck/head `in_channels` that refers to backbone outputs from `old` widths to `new`."""
+    mapping = dict(zip(old, new))
+    for key in ('neck', 'decode_head', 'auxiliary_head'):
+        heads = cfg.model.get(key)
+        for head in heads if isinstance(heads, list) else [heads] if heads else []:
+            ch = head.get('in_channels')
+            if isinstance(ch, (list, tuple)) and all(c in mapping for c in ch):
+                head['in_channels'] = [mapping[c] for c in ch]
+            elif isinstance(ch, int) and key != 'neck' and ch in mapping:
+                head['in_channels'] = mapping[ch]
+
+
+def _time_forward(model: torch.nn.Module, scope: str, img_size: int, repeats: int) -> float:
+    x = torch.randn(1, 3, img_size, img_size)
+    if scope == 'mmdet':
+        from mmdet.structures import DetDataSample
+        sample = DetDataSample(metainfo=dict(
+            img_shape=(img_size, img_size), ori_shape=(img_size, img_size), pad_shape=(img_size, img_size),
+            batch_input_shape=(img_size, img_size), scale_factor=(1., 1.)))
+        fn = lambda: model._forward(x, [sample])  # noqa: E731
+    else:
+        fn = lambda: model._forward(x)  # noqa: E731
+    with torch.inference_mode():
+        fn()
+        best = float('inf')
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def bench_config(config_path: str, img_size: int = 512, repeats: int = 3, compare_swin: bool = True,
+                 cfg_options: Dict[str, Any] = None) -> List[Dict[str, Any]]:
+    """Time a config's backbone + neck + heads forward, and optionally the same config with Swin-T swapped in.
+
+    Args:
+        config_path: An mmdet or mmseg config file (e.g. one under hiervit's configs/detection).
+        img_size: Side of the square input image.
+        repeats: Timed runs (best is reported) after one warm-up run.
+        compare_swin: Add a row for the same detector/segmentor with the scope's Swin-T backbone.
+        cfg_options: Overrides merged into the config first (mmengine `merge_from_dict` keys).
+
+    Returns:
+        One dict per row: backbone, img_size, params_m (whole model), fwd_ms, img_per_s.
+    """
+    from mmengine.config import Config
+    if img_size < 32 or repeats < 1:
+        raise ValueError(f'img_size must be >= 32 and repeats >= 1, got {img_size} and {repeats}')
+    cfg = Config.fromfile(config_path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    scope = _scope(cfg)
+    variants = [(cfg.model.backbone.get('model_name', cfg.model.backbone['type']), cfg)]
+    if compare_swin:
+        swin_cfg = copy.deepcopy(cfg)
+        ours = build_from_config(cfg).backbone.out_channels
+        swin_cfg.model.backbone = Config(dict(SWIN_T, out_indices=tuple(range(len(ours)))))
+        _swap_in_channels(swin_cfg, ours, SWIN_T_CHANNELS[:len(ours)])
+        variants.append(('swin_tiny (mmdet/mmseg)', swin_cfg))
+    rows = []
+    for name, variant_cfg in variants:
+        model = build_from_config(variant_cfg).eval()
+        seconds = _time_forward(model, scope, img_size, repeats)
+        rows.append(dict(
+            backbone=name, img_size=img_size, params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+            fwd_ms=round(seconds * 1e3, 1), img_per_s=round(1. / seconds, 2)))
+    return rows
