@@ -1,0 +1,10 @@
+# NAT-Base + Cascade Mask R-CNN (FPN), COCO 3x multi-scale + crop, fp16; backbone drop path 0.5.
+_base_ = ['../_base_/models/cascade-mask-rcnn_hiervit_fpn_4conv1fc-giou.py',
+          '../_base_/datasets/coco_instance_ms-crop.py',
+          '../_base_/schedules/schedule_3x_adamw.py', 'mmdet::_base_/default_runtime.py']
+pretrained = None  # path or URL of the ImageNet-1k classification checkpoint
+model = dict(
+    backbone=dict(
+        type='hiervit.NAT', model_name='nat_base', drop_path_rate=0.5,
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained) if pretrained else None),
+    neck=dict(in_channels=[128, 256, 512, 1024]))

@@ -1,0 +1,10 @@
+# NAT-Small + Cascade Mask R-CNN (FPN), COCO 3x multi-scale + crop, fp16; backbone drop path 0.3.
+_base_ = ['../_base_/models/cascade-mask-rcnn_hiervit_fpn_4conv1fc-giou.py',
+          '../_base_/datasets/coco_instance_ms-crop.py',
+          '../_base_/schedules/schedule_3x_adamw.py', 'mmdet::_base_/default_runtime.py']
+pretrained = None  # path or URL of the ImageNet-1k classification checkpoint
+model = dict(
+    backbone=dict(
+        type='hiervit.NAT', model_name='nat_small', drop_path_rate=0.3,
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained) if pretrained else None),
+    neck=dict(in_channels=[96, 192, 384, 768]))

@@ -1,0 +1,15 @@
+# BiFormer-S + UperNet, ADE20K 512x512, 160k iterations, fp16; n_win=8, backbone drop path 0.3.
+_base_ = [
+    '../_base_/models/upernet_hiervit.py', 'mmseg::_base_/datasets/ade20k.py',
+    '../_base_/schedules/schedule_160k_adamw.py', 'mmseg::_base_/default_runtime.py']
+crop_size = (512, 512)
+pretrained = None  # path or URL of the ImageNet-1k classification checkpoint
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(
+        type='hiervit.BiFormer', model_name='biformer_small', n_win=8, drop_path_rate=0.3, norm_eval=True,
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained) if pretrained else None),
+    decode_head=dict(in_channels=[64, 128, 256, 512]),
+    auxiliary_head=dict(in_channels=256))
+optim_wrapper = dict(loss_scale=512.)
+train_dataloader = dict(batch_size=2)  # 8 GPUs x 2 images
