@@ -26,7 +26,8 @@ from torch.utils.flop_counter import register_flop_formula
 
 from .._dispatch import Backend, BackendError, Dispatcher, module_available
 
-__all__ = ['routed_attention', 'routed_dispatcher', 'RoutedProblem', 'check_routed_args', 'routed_flops']
+__all__ = ['routed_attention', 'routed_dispatcher', 'routed_problem', 'RoutedProblem', 'check_routed_args',
+           'routed_flops']
 
 _FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -159,6 +160,15 @@ def check_routed_args(q: Tensor, k: Tensor, v: Tensor, idx: Tensor) -> Tensor:
     return idx
 
 
+def routed_problem(q: Tensor, k: Tensor, v: Tensor, idx: Tensor) -> RoutedProblem:
+    """The dispatcher's view of a call (e.g. `routed_dispatcher.explain(routed_problem(q, k, v, idx))`)."""
+    B, H, Nq, Tq, d = q.shape
+    return RoutedProblem(
+        device=q.device, dtype=q.dtype, batch=B, heads=H, q_blocks=Nq, q_tokens=Tq, k_blocks=k.shape[2],
+        k_tokens=k.shape[3], dim=d, v_dim=v.shape[-1], topk=idx.shape[-1],
+        needs_grad=torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
+
+
 def routed_attention(
         q: Tensor, k: Tensor, v: Tensor, idx: Tensor, scale: Optional[float] = None, backend: Optional[str] = None,
 ) -> Tensor:
@@ -183,12 +193,7 @@ def routed_attention(
         scale = q.shape[-1] ** -0.5
     elif not isinstance(scale, (int, float)):
         raise TypeError(f'routed_attention: scale must be a Python number or None, got {type(scale).__name__}.')
-    B, H, Nq, Tq, d = q.shape
-    problem = RoutedProblem(
-        device=q.device, dtype=q.dtype, batch=B, heads=H, q_blocks=Nq, q_tokens=Tq, k_blocks=k.shape[2],
-        k_tokens=k.shape[3], dim=d, v_dim=v.shape[-1], topk=idx.shape[-1],
-        needs_grad=torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
-    name, op = routed_dispatcher.select(problem, backend)
+    name, op = routed_dispatcher.select(routed_problem(q, k, v, idx), backend)
     out, _ = op(q, k, v, idx, float(scale), name)
     return out
 
