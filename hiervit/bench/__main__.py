@@ -56,7 +56,8 @@ def cmd_op(args: argparse.Namespace) -> None:
     print(title)
     if gemm:
         print(f'in-process fp32 GEMM (2048^3): {max(gemm):.1f} GFLOP/s (best over workers); '
-              'forward FLOPs = 4*B*heads*queries*keys_per_query*head_dim, fwd+bwd = 3x forward')
+              'forward FLOPs = 4*B*heads*queries*keys_per_query*head_dim, fwd+bwd = 3x forward; '
+              'fwd rows run under no_grad; peak = tensor memory allocated beyond the inputs')
     print(format_table(rows, OP_COLUMNS))
 
 

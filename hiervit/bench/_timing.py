@@ -1,5 +1,4 @@
 """Timing, GEMM-rate and peak-memory helpers shared by the benchmark commands."""
-import resource
 import time
 from typing import Callable, Dict, List
 
@@ -36,10 +35,10 @@ def gemm_gflops(device: torch.device, dtype: torch.dtype = torch.float32, n: int
 
 
 class PeakMemory:
-    """Peak extra memory of the code run inside the context, in MiB.
+    """Peak memory of the tensors allocated inside the context (beyond what was live before), in MiB.
 
-    CUDA: the caching allocator's peak. CPU: growth of the process's maximum resident set size, which only makes sense
-    in a process that runs one measured thing (the benchmark's worker processes do exactly that).
+    CUDA: the caching allocator's peak. CPU: torch keeps no CPU peak counter, so the context runs under the profiler's
+    memory timeline (tensor create/destroy events) and replays it; this costs time, so time runs separately.
     """
 
     def __init__(self, device: torch.device):
@@ -52,15 +51,28 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
         else:
-            self._base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+            from torch.profiler import ProfilerActivity, profile
+            # The memory timeline needs shapes, memory and stacks recorded.
+            self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                                 with_stack=True)
+            self._prof.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         if self.device.type == 'cuda':
             synchronize(self.device)
             self.mib = (torch.cuda.max_memory_allocated(self.device) - self._base) / 2 ** 20
-        else:
-            self.mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self._base) / 1024
+            return
+        self._prof.__exit__(*exc)
+        from torch.profiler._memory_profiler import Action  # private, but the only CPU allocation timeline in torch
+        live = peak = 0
+        for _, action, _, size in self._prof._memory_profile().timeline:
+            if action == Action.CREATE:
+                live += size
+            elif action == Action.DESTROY:
+                live -= size
+            peak = max(peak, live)
+        self.mib = peak / 2 ** 20
 
 
 def format_table(rows: List[Dict[str, object]], columns: List[str]) -> str:

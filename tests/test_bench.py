@@ -1,0 +1,50 @@
+"""The benchmark CLI's peers compute the right thing, and its commands run end to end on tiny problems."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from hiervit.bench._timing import PeakMemory, format_table
+from hiervit.bench.ops import _flex_na2d, gather_na2d
+
+
+@pytest.mark.parametrize('size,kernel,dilation', [((13, 17), 5, 1), ((12, 9), 3, 2), ((10, 10), 4, 1)])
+def test_na_peers_match_natten(size, kernel, dilation):
+    natten = pytest.importorskip('natten')
+    q, k, v = (torch.randn(2, *size, 2, 16) for _ in range(3))
+    expected = natten.na2d(q, k, v, kernel_size=kernel, dilation=dilation, backend='flex-fna')
+    kd, dd = (kernel, kernel), (dilation, dilation)
+    torch.testing.assert_close(gather_na2d(q, k, v, None, kd, dd, 16 ** -0.5), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(_flex_na2d(q, k, v, None, kd, dd, 16 ** -0.5, False)(), expected, atol=1e-5, rtol=0)
+    rpb = torch.randn(2, 2 * kernel - 1, 2 * kernel - 1)
+    torch.testing.assert_close(_flex_na2d(q, k, v, rpb, kd, dd, 0.3, False)(), gather_na2d(q, k, v, rpb, kd, dd, 0.3),
+                               atol=1e-5, rtol=0)
+
+
+def test_peak_memory_counts_live_tensors():
+    x = torch.randn(256, 1024)  # 1 MiB, allocated before: not counted
+    with PeakMemory(torch.device('cpu')) as mem:
+        a = x * 2  # +1 MiB
+        b = torch.cat([a, a, a])  # +3 MiB, peak 4 MiB
+        del a, b
+    assert mem.mib == pytest.approx(4.0, rel=0.01)
+
+
+def test_format_table():
+    text = format_table([{'a': 1.234, 'b': None}, {'a': 123.0, 'b': 'x'}], ['a', 'b'])
+    assert text.splitlines()[0].split('|')[1].strip() == 'a'
+    assert '1.23' in text and '123.0' in text and '| -' in text
+
+
+@pytest.mark.slow
+def test_bench_cli_runs():
+    op = subprocess.run([sys.executable, '-m', 'hiervit.bench', 'op', 'neighborhood', '--batch', '1', '--size', '9',
+                         '10', '--kernel', '3', '--head-dim', '8', '--repeats', '1', '--backends', 'reference', 'cpu',
+                         'gather'], capture_output=True, text=True, check=True).stdout
+    rows = [line for line in op.splitlines() if line.startswith('| hiervit:') or line.startswith('| peer:')]
+    assert {r.split('|')[1].strip() for r in rows} == {'hiervit:reference', 'hiervit:cpu', 'peer:gather'}
+    assert all('failed' not in r and 'refused' not in r for r in rows), op
+    model = subprocess.run([sys.executable, '-m', 'hiervit.bench', 'model', 'resnet18', '--batch', '1',
+                            '--img-size', '32', '--repeats', '1'], capture_output=True, text=True, check=True).stdout
+    assert 'resnet18' in model and '11.7' in model  # resnet18 has 11.7M parameters
