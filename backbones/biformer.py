@@ -386,11 +386,11 @@ class BiFormer(nn.Module):
             norm: Apply the per-stage output norms if the model has them (`out_norms=True`), else the final norm to
                 the last stage output.
             stop_early: Stop after the last selected stage.
-            output_fmt: Only 'NCHW' is supported.
+            output_fmt: 'NCHW' (native) or 'NHWC'.
             intermediates_only: Return only the intermediates.
         """
-        if output_fmt != 'NCHW':
-            raise ValueError(f"output_fmt={output_fmt!r} is not supported; BiFormer feature maps are 'NCHW'.")
+        if output_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f"output_fmt={output_fmt!r} is not supported; use 'NCHW' or 'NHWC'.")
         _check_input(x, self.in_chans)
         intermediates = []
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
@@ -410,6 +410,8 @@ class BiFormer(nn.Module):
                     x_inter = self.norm(x)
                 else:
                     x_inter = x
+                if output_fmt == 'NHWC':
+                    x_inter = x_inter.permute(0, 2, 3, 1).contiguous()
                 intermediates.append(x_inter)
 
         if intermediates_only:

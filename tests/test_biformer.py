@@ -302,4 +302,4 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match=r'topk=16 .*n_win'):
         BiFormer(n_win=3)
     with pytest.raises(ValueError, match='output_fmt'):
-        model.forward_intermediates(torch.randn(1, 3, 64, 64), output_fmt='NHWC')
+        model.forward_intermediates(torch.randn(1, 3, 64, 64), output_fmt='NLC')
