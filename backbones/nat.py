@@ -237,7 +237,7 @@ class NAT(nn.Module):
         self.patch_embed = ConvTokenizer(in_chans=in_chans, embed_dim=embed_dim, norm_layer=norm_layer)
         self.pos_drop = nn.Dropout(p=drop_rate)
 
-        dpr = [x.tolist() for x in torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))]
+        dpr = [x.tolist() for x in torch.linspace(0, drop_path_rate, sum(depths), device='cpu').split(list(depths))]
         self.levels = nn.ModuleList()
         self.feature_info = []
         for i in range(num_levels):

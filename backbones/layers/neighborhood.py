@@ -20,8 +20,8 @@ class NeighborhoodAttention2d(nn.Module):
 
     Each query attends to the `kernel_size x kernel_size` keys around it on the stride-`dilation` sub-grid it lies on
     (windows are shifted inwards at the borders). Inputs smaller than `kernel_size * dilation` on an axis are
-    zero-padded at the bottom/right *before* the qkv projection and cropped afterwards, as NATTEN <= 0.14 did: the padded
-    tokens carry the qkv bias and are attended to, which is what the released checkpoints saw at small inputs.
+    zero-padded at the bottom/right *before* the qkv projection and cropped afterwards, as NATTEN <= 0.14 did: the
+    padded tokens carry the qkv bias and are attended to, which is what the released checkpoints saw at small inputs.
     """
 
     def __init__(
