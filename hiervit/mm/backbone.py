@@ -74,7 +74,8 @@ class TimmBackbone(BaseModule):
         for bad in ('pretrained', 'features_only', 'checkpoint_path'):
             if bad in model_kwargs:
                 raise TypeError(f'{bad}= is not supported; load weights with init_cfg=dict(type=\'Pretrained\', ...).')
-        model = timm.create_model(model_name, pretrained=False, in_chans=in_channels, **model_kwargs)
+        self._create_kwargs = dict(pretrained=False, in_chans=in_channels, **model_kwargs)
+        model = timm.create_model(model_name, **self._create_kwargs)
         if not hasattr(model, 'forward_intermediates'):
             raise TypeError(f'{model_name} has no forward_intermediates(); TimmBackbone needs it.')
         num_stages = len(model.feature_info)
@@ -194,9 +195,14 @@ class TimmBackbone(BaseModule):
             state_dict = {k[len('model.'):]: v for k, v in state_dict.items()}
         filter_fn = getattr(sys.modules[type(self.model).__module__], 'checkpoint_filter_fn', None)
         if filter_fn is not None:
-            state_dict = filter_fn(state_dict, self.model)
+            # The filters convert and check a checkpoint against the *whole* model; give them an unpruned twin
+            # (on the meta device: no memory, no init cost). Tensors they take from the twin mean "keep the initial
+            # value" and are dropped.
+            with torch.device('meta'):
+                template = timm.create_model(self.model_name, **self._create_kwargs)
+            state_dict = {k: v for k, v in filter_fn(state_dict, template).items() if not v.is_meta}
         target = self.model.state_dict()
-        # The classification head and final norm were pruned; the filter may still hand them back.
+        # The classification head and final norm were pruned from the adapter's model.
         ignored = sorted(k for k in state_dict if k not in target)
         state_dict = {k: v for k, v in state_dict.items() if k in target}
         if not state_dict:

@@ -12,6 +12,7 @@ fails loudly instead of computing something else.
 With a full mmcv build (GPU route) nothing here is needed and `install_tv_ops()` does nothing.
 """
 import importlib
+import importlib.machinery
 import sys
 import types
 from typing import Callable
@@ -101,6 +102,8 @@ def _missing(name: str) -> Callable:
 
 def _make_module() -> types.ModuleType:
     module = types.ModuleType(_MODULE_NAME, __doc__)
+    # Lookups such as pkgutil.find_loader('mmcv._ext') (mmengine's optimizer registry) need a spec.
+    module.__spec__ = importlib.machinery.ModuleSpec(_MODULE_NAME, None)
     module.__dict__.update(_KERNELS)
     setattr(module, _MARKER, True)
 
