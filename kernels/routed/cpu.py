@@ -12,9 +12,13 @@ semantics equal the gathered copy exactly). This spends `Nk / topk` times the FL
 of many tiny ones, and moves no K/V at all; with small query blocks (Tq = 4) that is several times faster.
 
 Either way the peak is the output plus one chunk's workspace instead of the reference's `topk`-fold copy of K and V
-and its full score tensor.
+and its full score tensor. The workspace is allocated once per call and reused by every chunk (`out=` everywhere):
+fresh multi-MiB allocations are returned to the OS on free and page-fault again on the next touch, which on the
+development VM cost as much as the arithmetic. The score scale is folded into a chunk copy of q (which is also
+exactly what dk needs: dK = dS^T (scale * Q)).
 """
-from typing import Tuple
+import math
+from typing import Dict, Iterator, Tuple
 
 import torch
 from torch import Tensor
@@ -38,8 +42,18 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _chunk(total: int, per_item_bytes: int) -> int:
-    return max(1, min(total, _CHUNK_BYTES // max(1, per_item_bytes)))
+def _workspace(like: Tensor, shapes: Dict[str, Tuple[int, ...]], total: int) -> Tuple[int, Dict[str, Tensor]]:
+    """Chunk length and per-chunk buffers `[chunk, *shape]`, sized to `_CHUNK_BYTES` (at least one item)."""
+    per_item = like.element_size() * sum(math.prod(shape) for shape in shapes.values())
+    chunk = max(1, min(total, _CHUNK_BYTES // per_item))
+    return chunk, {name: like.new_empty(chunk, *shape) for name, shape in shapes.items()}
+
+
+def _chunks(total: int, chunk: int, buffers: Dict[str, Tensor]) -> Iterator[Tuple[int, int, Dict[str, Tensor]]]:
+    """(start, end, buffers cut to the chunk's length) for consecutive chunks of `range(total)`."""
+    for s in range(0, total, chunk):
+        e = min(total, s + chunk)
+        yield s, e, {name: b[:e - s] for name, b in buffers.items()}
 
 
 def _flat_rows(idx: Tensor, k_blocks: int) -> Tensor:
@@ -49,12 +63,13 @@ def _flat_rows(idx: Tensor, k_blocks: int) -> Tensor:
     return (idx + base).reshape(-1)
 
 
-def _log_counts(idx: Tensor, k_blocks: int, dtype: torch.dtype) -> Tensor:
-    """`[B*H, Nq, 1, Nk, 1]` additive score bias: log of how often each query block routed to each key block."""
+def _log_counts(idx: Tensor, k_blocks: int, k_tokens: int, dtype: torch.dtype) -> Tensor:
+    """Additive score bias `[B*H, Nq, 1, Nk*Tk]`: log of how often each query block routed to each key block."""
     B, H, Nq, topk = idx.shape
     counts = torch.zeros(B, H, Nq, k_blocks, dtype=dtype, device=idx.device)
     counts.scatter_add_(-1, idx, torch.ones(B, H, Nq, topk, dtype=dtype, device=idx.device))
-    return counts.log_().view(B * H, Nq, 1, k_blocks, 1)
+    # expanded to tokens once here (Tq times smaller than the scores) so that the per-chunk add has a long inner loop
+    return counts.log_().repeat_interleave(k_tokens, -1).view(B * H, Nq, 1, k_blocks * k_tokens)
 
 
 def forward(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, scale: float) -> Tuple[Tensor, Tensor]:
@@ -75,6 +90,19 @@ def backward(
     return dq.view(q.shape).to(q.dtype), dk.view(k.shape).to(k.dtype), dv.view(v.shape).to(v.dtype)
 
 
+def _softmax_(p: Tensor, w: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:
+    """Unnormalised softmax of the scores in place: p <- exp(p - max); returns (max, sum) `[c, rows, 1]`."""
+    m = torch.amax(p, -1, keepdim=True, out=w['m'])  # finite: every query block routes to at least one key block
+    p.sub_(m).exp_()
+    return m, torch.sum(p, -1, keepdim=True, out=w['l'])
+
+
+def _softmax_grad_(dp: Tensor, p: Tensor, do: Tensor, out: Tensor, w: Dict[str, Tensor]) -> Tensor:
+    """Unscaled score gradient `P * (dP - rowsum(dO * O))`, in place in dp (rowsum(dO * O) = rowsum(P * dP))."""
+    delta = torch.sum(torch.mul(do, out, out=w['o']), -1, keepdim=True, out=w['l'])
+    return dp.sub_(delta).mul_(p)
+
+
 def _gathered_forward(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, scale: float) -> Tuple[Tensor, Tensor]:
     B, H, Nq, Tq, d = q.shape
     Nk, Tk, dv = k.shape[2], k.shape[3], v.shape[-1]
@@ -84,25 +112,18 @@ def _gathered_forward(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, scale: float
     rows = _flat_rows(idx, Nk)
     out = qf.new_empty(n, Tq, dv)
     lse = qf.new_empty(n, Tq, 1)
-    chunk = _chunk(n, qf.element_size() * nkeys * (d + dv + 2 * Tq))
-    for s in range(0, n, chunk):
-        e = min(n, s + chunk)
+    chunk, buffers = _workspace(qf, dict(
+        q=(Tq, d), k=(topk, Tk * d), v=(topk, Tk * dv), p=(Tq, nkeys), m=(Tq, 1), l=(Tq, 1)), n)
+    for s, e, w in _chunks(n, chunk, buffers):
         r = rows[s * topk:e * topk]
-        kg = kf.index_select(0, r).view(e - s, nkeys, d)  # the chunk's routed key blocks, concatenated
-        vg = vf.index_select(0, r).view(e - s, nkeys, dv)
-        p = torch.baddbmm(qf.new_empty(()), qf[s:e], kg.transpose(1, 2), beta=0, alpha=scale)  # [c, Tq, nkeys]
-        m = p.amax(-1, keepdim=True)
-        p.sub_(m).exp_()
-        denom = p.sum(-1, keepdim=True)
+        qs = torch.mul(qf[s:e], scale, out=w['q'])
+        kg = torch.index_select(kf, 0, r, out=w['k'].view(-1, Tk * d)).view(e - s, nkeys, d)  # routed blocks
+        vg = torch.index_select(vf, 0, r, out=w['v'].view(-1, Tk * dv)).view(e - s, nkeys, dv)
+        p = torch.bmm(qs, kg.transpose(1, 2), out=w['p'])  # [c, Tq, nkeys]
+        m, denom = _softmax_(p, w)
         torch.bmm(p, vg, out=out[s:e]).div_(denom)
         torch.add(m, denom.log_(), out=lse[s:e])
     return out, lse
-
-
-def _softmax_grad(dp: Tensor, p: Tensor, do: Tensor, out: Tensor, scale: float) -> Tensor:
-    """Score gradient `scale * P * (dP - rowsum(dO * O))`, in place in dp (rowsum(dO*O) = rowsum(P*dP))."""
-    delta = (do * out).sum(-1, keepdim=True)
-    return dp.sub_(delta).mul_(p).mul_(scale)
 
 
 def _gathered_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, idx: Tensor, out: Tensor, lse: Tensor,
@@ -117,45 +138,46 @@ def _gathered_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, idx: Tenso
     dq = torch.empty_like(qf)
     dk = torch.zeros_like(kf)
     dvf = torch.zeros_like(vf)
-    chunk = _chunk(n, qf.element_size() * nkeys * (2 * (d + dv) + 2 * Tq))
-    for s in range(0, n, chunk):
-        e = min(n, s + chunk)
+    chunk, buffers = _workspace(qf, dict(
+        q=(Tq, d), k=(topk, Tk * d), v=(topk, Tk * dv), p=(Tq, nkeys), dp=(Tq, nkeys), dk=(topk, Tk * d),
+        dv=(topk, Tk * dv), o=(Tq, dv), l=(Tq, 1)), n)
+    for s, e, w in _chunks(n, chunk, buffers):
         r = rows[s * topk:e * topk]
-        kg = kf.index_select(0, r).view(e - s, nkeys, d)
-        vg = vf.index_select(0, r).view(e - s, nkeys, dv)
-        q_c, do_c = qf[s:e], do[s:e]
-        p = torch.baddbmm(qf.new_empty(()), q_c, kg.transpose(1, 2), beta=0, alpha=scale)
-        p.sub_(lse[s:e]).exp_()  # [c, Tq, nkeys]
-        dvf.index_add_(0, r, torch.bmm(p.transpose(1, 2), do_c).view(-1, Tk * dv))
-        ds = _softmax_grad(torch.bmm(do_c, vg.transpose(1, 2)), p, do_c, out[s:e], scale)
-        torch.bmm(ds, kg, out=dq[s:e])
-        dk.index_add_(0, r, torch.bmm(ds.transpose(1, 2), q_c).view(-1, Tk * d))
+        c = e - s
+        qs = torch.mul(qf[s:e], scale, out=w['q'])
+        kg = torch.index_select(kf, 0, r, out=w['k'].view(-1, Tk * d)).view(c, nkeys, d)
+        vg = torch.index_select(vf, 0, r, out=w['v'].view(-1, Tk * dv)).view(c, nkeys, dv)
+        p = torch.bmm(qs, kg.transpose(1, 2), out=w['p']).sub_(lse[s:e]).exp_()  # [c, Tq, nkeys]
+        torch.bmm(p.transpose(1, 2), do[s:e], out=w['dv'].view(c, nkeys, dv))
+        dvf.index_add_(0, r, w['dv'].view(-1, Tk * dv))
+        ds = _softmax_grad_(torch.bmm(do[s:e], vg.transpose(1, 2), out=w['dp']), p, do[s:e], out[s:e], w)
+        torch.bmm(ds, kg, out=dq[s:e]).mul_(scale)
+        torch.bmm(ds.transpose(1, 2), qs, out=w['dk'].view(c, nkeys, d))
+        dk.index_add_(0, r, w['dk'].view(-1, Tk * d))
     return dq, dk, dvf
 
 
-def _dense_scores(q: Tensor, k: Tensor, bias: Tensor, scale: float) -> Tensor:
-    """Biased scores `[c, Nq*Tq, Nk*Tk]` of one chunk: q `[c, Nq*Tq, d]`, k `[c, Nk*Tk, d]`, bias `[c, Nq,1,Nk,1]`."""
-    c, nq_tokens, _ = q.shape
-    s = torch.baddbmm(q.new_empty(()), q, k.transpose(1, 2), beta=0, alpha=scale)
-    s.view(c, bias.shape[1], nq_tokens // bias.shape[1], bias.shape[3], -1).add_(bias)  # [c, Nq, Tq, Nk, Tk]
-    return s
+def _dense_scores(qs: Tensor, k: Tensor, bias: Tensor, p: Tensor) -> Tensor:
+    """Biased scores into p `[c, Nq*Tq, Nk*Tk]`: qs `[c, Nq*Tq, d]` (scaled), k `[c, Nk*Tk, d]`, bias
+    `[c, Nq, 1, Nk*Tk]`."""
+    torch.bmm(qs, k.transpose(1, 2), out=p)
+    p.view(p.shape[0], bias.shape[1], -1, p.shape[2]).add_(bias)  # [c, Nq, Tq, Nk*Tk]
+    return p
 
 
 def _dense_forward(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, scale: float) -> Tuple[Tensor, Tensor]:
     B, H, Nq, Tq, d = q.shape
     Nk, Tk, dv = k.shape[2], k.shape[3], v.shape[-1]
-    bh = B * H
-    qf, kf, vf = q.reshape(bh, Nq * Tq, d), k.reshape(bh, Nk * Tk, d), v.reshape(bh, Nk * Tk, dv)
-    bias = _log_counts(idx, Nk, q.dtype)
-    out = qf.new_empty(bh, Nq * Tq, dv)
-    lse = qf.new_empty(bh, Nq * Tq, 1)
-    chunk = _chunk(bh, qf.element_size() * Nq * Tq * Nk * Tk)
-    for s in range(0, bh, chunk):
-        e = min(bh, s + chunk)
-        p = _dense_scores(qf[s:e], kf[s:e], bias[s:e], scale)
-        m = p.amax(-1, keepdim=True)  # finite: every query block routes to at least one key block
-        p.sub_(m).exp_()
-        denom = p.sum(-1, keepdim=True)
+    bh, nq, nk = B * H, Nq * Tq, Nk * Tk
+    qf, kf, vf = q.reshape(bh, nq, d), k.reshape(bh, nk, d), v.reshape(bh, nk, dv)
+    bias = _log_counts(idx, Nk, Tk, q.dtype)
+    out = qf.new_empty(bh, nq, dv)
+    lse = qf.new_empty(bh, nq, 1)
+    chunk, buffers = _workspace(qf, dict(q=(nq, d), p=(nq, nk), m=(nq, 1), l=(nq, 1)), bh)
+    for s, e, w in _chunks(bh, chunk, buffers):
+        qs = torch.mul(qf[s:e], scale, out=w['q'])
+        p = _dense_scores(qs, kf[s:e], bias[s:e], w['p'])
+        m, denom = _softmax_(p, w)
         torch.bmm(p, vf[s:e], out=out[s:e]).div_(denom)
         torch.add(m, denom.log_(), out=lse[s:e])
     return out, lse
@@ -165,17 +187,17 @@ def _dense_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, idx: Tensor, 
                     scale: float) -> Tuple[Tensor, Tensor, Tensor]:
     B, H, Nq, Tq, d = q.shape
     Nk, Tk, dv = k.shape[2], k.shape[3], v.shape[-1]
-    bh = B * H
-    qf, kf, vf = q.reshape(bh, Nq * Tq, d), k.reshape(bh, Nk * Tk, d), v.reshape(bh, Nk * Tk, dv)
-    do, out, lse = dout.reshape(bh, Nq * Tq, dv), out.reshape(bh, Nq * Tq, dv), lse.reshape(bh, Nq * Tq, 1)
-    bias = _log_counts(idx, Nk, q.dtype)
+    bh, nq, nk = B * H, Nq * Tq, Nk * Tk
+    qf, kf, vf = q.reshape(bh, nq, d), k.reshape(bh, nk, d), v.reshape(bh, nk, dv)
+    do, out, lse = dout.reshape(bh, nq, dv), out.reshape(bh, nq, dv), lse.reshape(bh, nq, 1)
+    bias = _log_counts(idx, Nk, Tk, q.dtype)
     dq, dk, dvf = torch.empty_like(qf), torch.empty_like(kf), torch.empty_like(vf)
-    chunk = _chunk(bh, 2 * qf.element_size() * Nq * Tq * Nk * Tk)
-    for s in range(0, bh, chunk):
-        e = min(bh, s + chunk)
-        p = _dense_scores(qf[s:e], kf[s:e], bias[s:e], scale).sub_(lse[s:e]).exp_()  # count-weighted probabilities
+    chunk, buffers = _workspace(qf, dict(q=(nq, d), p=(nq, nk), dp=(nq, nk), o=(nq, dv), l=(nq, 1)), bh)
+    for s, e, w in _chunks(bh, chunk, buffers):
+        qs = torch.mul(qf[s:e], scale, out=w['q'])
+        p = _dense_scores(qs, kf[s:e], bias[s:e], w['p']).sub_(lse[s:e]).exp_()  # count-weighted probabilities
         torch.bmm(p.transpose(1, 2), do[s:e], out=dvf[s:e])
-        ds = _softmax_grad(torch.bmm(do[s:e], vf[s:e].transpose(1, 2)), p, do[s:e], out[s:e], scale)
-        torch.bmm(ds, kf[s:e], out=dq[s:e])
-        torch.bmm(ds.transpose(1, 2), qf[s:e], out=dk[s:e])
+        ds = _softmax_grad_(torch.bmm(do[s:e], vf[s:e].transpose(1, 2), out=w['dp']), p, do[s:e], out[s:e], w)
+        torch.bmm(ds, kf[s:e], out=dq[s:e]).mul_(scale)
+        torch.bmm(ds.transpose(1, 2), qs, out=dk[s:e])
     return dq, dk, dvf
