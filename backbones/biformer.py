@@ -37,8 +37,9 @@ from hiervit.kernels.routed import routed_attention
 __all__ = ['BiFormer']
 
 
-@register_notrace_function  # reason: validates concrete shapes
-def _check_input(x: torch.Tensor, in_chans: int) -> None:
+@register_notrace_function  # reason: validates concrete shapes (public name: FX only auto-wraps non-underscore names)
+def check_image_input(x: torch.Tensor, in_chans: int) -> None:
+    """Raise a ValueError/TypeError naming the fix when `x` is not an NCHW batch with `in_chans` channels."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f'BiFormer expects a torch.Tensor image batch, got {type(x).__name__}.')
     if x.ndim != 4:
@@ -391,7 +392,7 @@ class BiFormer(nn.Module):
         """
         if output_fmt not in ('NCHW', 'NHWC'):
             raise ValueError(f"output_fmt={output_fmt!r} is not supported; use 'NCHW' or 'NHWC'.")
-        _check_input(x, self.in_chans)
+        check_image_input(x, self.in_chans)
         intermediates = []
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         last_idx = len(self.stages) - 1
@@ -438,7 +439,7 @@ class BiFormer(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.in_chans)
+        check_image_input(x, self.in_chans)
         x = self.stem(x)
         x = self.stages(x)
         return self.norm(x)
