@@ -5,8 +5,9 @@ import timm
 
 # One import per family file; each registers its `@register_model` entrypoints on import.
 from . import biformer  # noqa: F401
+from . import nat  # noqa: F401
 
-HIERVIT_MODULES = ('biformer',)
+HIERVIT_MODULES = ('biformer', 'nat')
 
 
 def list_hiervit_models(pattern: str = '', pretrained: bool = False) -> List[str]:

@@ -436,6 +436,12 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: NAT) -> Dict[str, to
         raise ValueError(
             'This checkpoint is a dense-task backbone with per-output norms (norm0.., mmdet/mmseg); create the model '
             'with output_norms=True (features_only=True does this) to load them.')
+    if 'head.fc.weight' not in target:
+        out = {k: v for k, v in out.items() if not k.startswith('head.fc.')}
+    elif 'head.fc.weight' not in out:
+        raise ValueError(
+            'This checkpoint has no classifier (a dense-task backbone?); create the model with num_classes=0 or '
+            'features_only=True to load it.')
     if model.out_norms is not None:
         for k, v in target.items():
             if k.startswith('out_norms.') and k not in out:
