@@ -1,0 +1,227 @@
+"""Fast CPU neighborhood attention: tiled halo attention on batched GEMMs, forward and backward.
+
+Queries are cut into tiles of t_0 x ... x t_n tokens inside each dilation sub-grid. Because a query's window start is
+monotone in its coordinate, the union of a tile's windows is one box ("halo") of at most t + k - 1 sub-grid tokens
+per axis. Every tile then is a small dense attention: `[M, d] @ [d, Kh]` scores (M = prod(t), Kh = prod(halo)) with
+the entries outside each query's own window set to -inf through the bias, softmax, `[M, Kh] @ [Kh, dv]`.
+Memory is O(N * d) for the gathered tiles plus the `[M, Kh]` scores of one batch chunk at a time; the per-query
+`[N, K, d]` neighbour tensors of the reference are never built.
+
+Dilation costs nothing extra: tiles are taken per sub-grid, and the index tensors address the full-resolution
+heads-last input directly, so one gather builds all tiles of all sub-grids and heads at once. Sub-grids shorter than
+the longest one (d does not divide L) get clamped duplicate queries/keys that are masked out (keys) or discarded
+(queries; their output gradient is zeroed in the backward so they add nothing to dK, dV, d_rpb).
+
+Backward recomputes the scores from the saved log-sum-exp and runs dP = dO V^T, dS = P (dP - rowsum(dO o O)),
+dQ = dS K, dK = dS^T Q, dV = P^T dO per tile; halo contributions to dK/dV and bias contributions to d_rpb are summed
+with `index_add_` (halos of neighbouring tiles overlap).
+"""
+import functools
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ['forward', 'backward', 'tile_shape']
+
+# Bytes of fp32 scores per batch chunk: a chunk's scores, probabilities and their gradients stay cache-resident.
+_CHUNK_BYTES = 6 << 20
+
+
+def tile_shape(spatial: Sequence[int], kernel: Sequence[int]) -> Tuple[int, ...]:
+    """Query tile per axis. Smaller tiles waste fewer scores (a tile computes prod(t + k - 1) keys per query instead
+    of prod(k)), larger tiles make better GEMMs; 8 per axis in 2-D and 64 in 1-D measured best here (k = 7)."""
+    if len(spatial) == 1:
+        return (64,)
+    return tuple(8 if kk <= 9 else 4 for kk in kernel)
+
+
+@dataclass(frozen=True)
+class _AxisPlan:
+    q: Tensor  # [T, t] full-resolution query coordinate of each tile slot (clamped duplicates past a sub-grid's end)
+    q_valid: Tensor  # [T, t] slot holds a real query (not a duplicate)
+    k: Tensor  # [T, h] full-resolution key coordinate of each halo slot (clamped)
+    inside: Tensor  # [T, t, h] key slot is in the query slot's window
+    rel: Tensor  # [T, t, h] relative-bias index (key - query) / d + k - 1 (0 where not inside)
+
+
+def _axis_plan(length: int, kernel: int, dilation: int, tile: int) -> _AxisPlan:
+    d = dilation
+    longest = -(-length // d)
+    t = min(tile, longest)
+    n_tiles = -(-longest // t)
+    halo = min(t + kernel - 1, longest)
+    g = torch.arange(d)[:, None, None]  # sub-grid (dilation group)
+    group_len = (length - g + d - 1) // d
+    i = (torch.arange(n_tiles)[:, None] * t + torch.arange(t))[None]  # [1, T, t] in-group query position
+    q_valid = i < group_len
+    i = torch.minimum(i, group_len - 1)
+    start = torch.minimum((i - kernel // 2).clamp(min=0), group_len - kernel)  # NATTEN's shifted window
+    h = torch.minimum(start[..., :1], group_len - halo).clamp(min=0) + torch.arange(halo)  # [d, T, h]
+    off = h[..., None, :] - start[..., :, None]  # [d, T, t, h]
+    inside = (h < group_len)[..., None, :] & (off >= 0) & (off < kernel)
+    rel = torch.where(inside, h[..., None, :] - i[..., :, None] + kernel - 1, 0)
+    h = torch.minimum(h, group_len - 1)
+    return _AxisPlan(
+        q=(g + d * i).reshape(d * n_tiles, t), q_valid=q_valid.expand(d, n_tiles, t).reshape(d * n_tiles, t),
+        k=(g + d * h).reshape(d * n_tiles, halo), inside=inside.reshape(d * n_tiles, t, halo),
+        rel=rel.reshape(d * n_tiles, t, halo))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    q_index: Tuple[Tensor, ...]  # per-axis gather indices, broadcasting to [T_0.., t_0..]
+    k_index: Tuple[Tensor, ...]  # per-axis gather indices, broadcasting to [T_0.., h_0..]
+    tiles: int
+    m: int  # queries per tile
+    kh: int  # halo keys per tile
+    bias_index: Tensor  # [tiles, m, kh] into the flattened rpb table extended by one -inf slot at the end
+    q_flat: Tensor  # [tiles * m] flat spatial index of each query slot
+    q_valid: Tensor  # [tiles * m] bool
+    k_flat: Tensor  # [tiles * kh] flat spatial index of each halo key slot
+    inverse: Tensor  # [N] the query slot that holds each spatial position
+
+
+def _place(t: Tensor, pos: Sequence[int], ndim: int) -> Tensor:
+    """View t's dims at positions `pos` of an `ndim`-dim broadcast shape (size 1 elsewhere)."""
+    shape = [1] * ndim
+    for p, s in zip(pos, t.shape):
+        shape[p] = s
+    return t.reshape(shape)
+
+
+@functools.lru_cache(maxsize=32)
+def _plan(spatial: Tuple[int, ...], kernel: Tuple[int, ...], dilation: Tuple[int, ...], tile: Tuple[int, ...],
+          device: torch.device) -> _Plan:
+    n = len(spatial)
+    axes = [_axis_plan(*args) for args in zip(spatial, kernel, dilation, tile)]
+    n_tiles = [a.q.shape[0] for a in axes]
+    t = [a.q.shape[1] for a in axes]
+    h = [a.k.shape[1] for a in axes]
+    tiles, m, kh = math.prod(n_tiles), math.prod(t), math.prod(h)
+    strides = [math.prod(spatial[a + 1:]) for a in range(n)]
+    rel_strides = [math.prod(2 * kk - 1 for kk in kernel[a + 1:]) for a in range(n)]
+    # Broadcast layouts: queries [T_0.., t_0..], keys [T_0.., h_0..], pairs [T_0.., t_0.., h_0..].
+    q_index = tuple(_place(a.q, (i, n + i), 2 * n) for i, a in enumerate(axes))
+    k_index = tuple(_place(a.k, (i, n + i), 2 * n) for i, a in enumerate(axes))
+    q_flat = sum(qi * s for qi, s in zip(q_index, strides))
+    q_valid = functools.reduce(torch.logical_and, [_place(a.q_valid, (i, n + i), 2 * n) for i, a in enumerate(axes)])
+    k_flat = sum(ki * s for ki, s in zip(k_index, strides))
+    rel = sum(_place(a.rel, (i, n + i, 2 * n + i), 3 * n) * s for i, (a, s) in enumerate(zip(axes, rel_strides)))
+    inside = functools.reduce(
+        torch.logical_and, [_place(a.inside, (i, n + i, 2 * n + i), 3 * n) for i, a in enumerate(axes)])
+    table = math.prod(2 * kk - 1 for kk in kernel)
+    bias_index = torch.where(inside, rel, table).reshape(tiles, m, kh)
+    q_flat = q_flat.expand(*n_tiles, *t).reshape(-1)
+    q_valid = q_valid.expand(*n_tiles, *t).reshape(-1)
+    inverse = torch.empty(math.prod(spatial), dtype=torch.long)
+    inverse[q_flat[q_valid]] = torch.arange(q_flat.numel())[q_valid]
+    to = functools.partial(torch.Tensor.to, device=device)
+    return _Plan(
+        q_index=tuple(map(to, q_index)), k_index=tuple(map(to, k_index)), tiles=tiles, m=m, kh=kh,
+        bias_index=to(bias_index), q_flat=to(q_flat), q_valid=to(q_valid), k_flat=to(k_flat.expand(*n_tiles, *h).reshape(-1)),
+        inverse=to(inverse))
+
+
+def _setup(q: Tensor, kernel: List[int], dilation: List[int]) -> _Plan:
+    spatial = tuple(q.shape[1:-2])
+    return _plan(spatial, tuple(kernel), tuple(dilation), tile_shape(spatial, kernel), q.device)
+
+
+def _tiles(x: Tensor, index: Tuple[Tensor, ...], rows: int, acc: torch.dtype) -> Tensor:
+    """Gather `[B, *spatial, heads, c]` into tiles `[B, heads, tiles, rows, c]` in the compute dtype."""
+    heads = x.shape[-2]
+    hd = torch.arange(heads, device=x.device).reshape(heads, *([1] * index[0].dim()))
+    t = x[(slice(None),) + tuple(index) + (hd,)]  # [B, heads, T_0.., r_0.., c]
+    return t.reshape(x.shape[0], heads, -1, rows, x.shape[-1]).to(acc)
+
+
+def _bias(rpb: Optional[Tensor], heads: int, plan: _Plan, table: int, acc: torch.dtype, device) -> Tensor:
+    """Additive `[heads, tiles, m, kh]` bias: rpb inside each query's window, -inf outside."""
+    ext = torch.zeros(heads, table + 1, dtype=acc, device=device)
+    if rpb is not None:
+        ext[:, :table] = rpb.reshape(heads, table)
+    ext[:, table] = float('-inf')
+    return ext[:, plan.bias_index]
+
+
+def _chunks(batch: int, heads: int, plan: _Plan) -> int:
+    return max(1, min(batch, _CHUNK_BYTES // (4 * heads * plan.tiles * plan.m * plan.kh)))
+
+
+def forward(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], kernel: List[int], dilation: List[int],
+            scale: float) -> Tuple[Tensor, Tensor]:
+    """Output (shape of v) and fp32 log-sum-exp `[B, *spatial, heads]`."""
+    plan = _setup(q, kernel, dilation)
+    B, heads, dv = q.shape[0], q.shape[-2], v.shape[-1]
+    acc = torch.promote_types(q.dtype, torch.float32)
+    table = math.prod(2 * kk - 1 for kk in kernel)
+    bias = _bias(rpb, heads, plan, table, acc, q.device)
+    hd = torch.arange(heads, device=q.device)[None, :]
+    out = torch.empty(B, q[0, ..., 0, 0].numel(), heads, dv, dtype=v.dtype, device=q.device)
+    lse = torch.empty(B, out.shape[1], heads, dtype=torch.float32, device=q.device)
+    step = _chunks(B, heads, plan)
+    for b in range(0, B, step):
+        sl = slice(b, b + step)
+        qt = _tiles(q[sl], plan.q_index, plan.m, acc).mul_(scale)  # [b, heads, tiles, m, d]
+        kt = _tiles(k[sl], plan.k_index, plan.kh, acc)
+        vt = _tiles(v[sl], plan.k_index, plan.kh, acc)
+        s = torch.matmul(qt, kt.transpose(-1, -2)).add_(bias)  # [b, heads, tiles, m, kh]
+        mx = s.amax(-1, keepdim=True)
+        p = s.sub_(mx).exp_()
+        denom = p.sum(-1, keepdim=True)
+        o = torch.matmul(p, vt).div_(denom)  # [b, heads, tiles, m, dv]
+        # Scatter-free untiling: pick, for each spatial position, the one slot that holds it (heads-last result).
+        out[sl] = o.reshape(o.shape[0], heads, -1, dv)[:, hd, plan.inverse[:, None]]
+        lse_t = (mx + denom.log()).reshape(o.shape[0], heads, -1)
+        lse[sl] = lse_t[:, hd, plan.inverse[:, None]]
+    return out.reshape(v.shape), lse.reshape(q.shape[:-1])
+
+
+def backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], out: Tensor, lse: Tensor,
+             kernel: List[int], dilation: List[int], scale: float) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+    """Gradients of q, k, v and rpb (None without rpb)."""
+    plan = _setup(q, kernel, dilation)
+    B, heads, d, dv = q.shape[0], q.shape[-2], q.shape[-1], v.shape[-1]
+    N = plan.inverse.numel()
+    acc = torch.promote_types(q.dtype, torch.float32)
+    table = math.prod(2 * kk - 1 for kk in kernel)
+    bias = _bias(rpb, heads, plan, table, acc, q.device)
+    hd = torch.arange(heads, device=q.device)
+    # Per query slot: flat index into [N * heads] of the heads-last tensors; padded slots get zero output gradient.
+    slot = (plan.q_flat[None, :] * heads + hd[:, None]).reshape(-1)  # [heads * tiles * m]
+    valid = plan.q_valid.to(acc)[None, :, None]  # [1, tiles * m, 1]
+    key_slot = (plan.k_flat[None, :] * heads + hd[:, None]).reshape(-1)  # [heads * tiles * kh]
+    delta = (dout.to(acc) * out.to(acc)).sum(-1).reshape(B, N * heads)  # rowsum(dO o O)
+    lse = lse.reshape(B, N * heads)
+    dq = torch.empty(B, N, heads, d, dtype=q.dtype, device=q.device)
+    dk = torch.zeros(B, N * heads, d, dtype=acc, device=q.device)
+    dvv = torch.zeros(B, N * heads, dv, dtype=acc, device=q.device)
+    dbias = torch.zeros(heads, plan.tiles, plan.m, plan.kh, dtype=acc, device=q.device) if rpb is not None else None
+    step = _chunks(B, heads, plan)
+    for b in range(0, B, step):
+        sl = slice(b, b + step)
+        n = q[sl].shape[0]
+        qt = _tiles(q[sl], plan.q_index, plan.m, acc).mul_(scale)  # [n, heads, tiles, m, d]
+        kt = _tiles(k[sl], plan.k_index, plan.kh, acc)
+        vt = _tiles(v[sl], plan.k_index, plan.kh, acc)
+        dot = _tiles(dout[sl], plan.q_index, plan.m, acc)
+        dot = dot.mul_(valid.reshape(1, 1, plan.tiles, plan.m, 1))
+        lse_t = lse[sl][:, slot].reshape(n, heads, plan.tiles, plan.m, 1)
+        delta_t = (delta[sl][:, slot] * valid[..., 0].repeat(1, heads)).reshape(n, heads, plan.tiles, plan.m, 1)
+        p = torch.matmul(qt, kt.transpose(-1, -2)).add_(bias).sub_(lse_t).exp_()  # [n, heads, tiles, m, kh]
+        ds = torch.matmul(dot, vt.transpose(-1, -2)).sub_(delta_t).mul_(p)
+        dvv[sl].index_add_(1, key_slot, torch.matmul(p.transpose(-1, -2), dot).reshape(n, -1, dv))
+        dk[sl].index_add_(1, key_slot, torch.matmul(ds.transpose(-1, -2), qt).reshape(n, -1, d))
+        dq_t = torch.matmul(ds, kt).mul_(scale).reshape(n, heads, -1, d)
+        dq[sl] = dq_t[:, hd[None, :], plan.inverse[:, None]]
+        if dbias is not None:
+            dbias += ds.sum(0)
+    drpb = None
+    if dbias is not None:
+        drpb = torch.zeros(heads, table + 1, dtype=acc, device=q.device)
+        drpb.index_add_(1, plan.bias_index.reshape(-1), dbias.reshape(heads, -1))
+        drpb = drpb[:, :table].reshape(rpb.shape).to(rpb.dtype)
+    return (dq.reshape(q.shape), dk.reshape(k.shape).to(k.dtype), dvv.reshape(v.shape).to(v.dtype), drpb)
