@@ -1,0 +1,250 @@
+"""hiervit-train / hiervit-validate: the real pipeline on a tiny NAT and tiny images.
+
+Covers recipe loading, a few training steps with mixup + cutmix + RandAugment + random erasing + EMA + bf16 autocast +
+grad accumulation, bit-identical resume from a mid-epoch stop, atomic checkpoint writes, 2-process gloo DDP, the
+validate CLI and the bad-data errors. The data is a small ImageFolder of odd-sized PNGs written per test module.
+"""
+import gzip
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import hiervit  # noqa: F401  (registers the models)
+from hiervit.train import checkpoint as ckpt
+from hiervit.train.args import build_train_parser, parse_with_config
+from hiervit.train.data import FashionMNIST, ResumableSampler, read_idx
+from hiervit.train.train import train
+from hiervit.train.validate import validate
+
+TINY_NAT = ['--model', 'nat_mini', '--model-kwargs', 'embed_dim=8', 'depths=(1,1,1,1)', 'num_heads=(1,1,1,1)',
+            'kernel_size=3']
+NUM_CLASSES = 3
+
+
+def _write_split(root, split, per_class, rng):
+    for c in range(NUM_CLASSES):
+        folder = root / split / f'class_{c}'
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            # odd, non-square sizes; each class has its own mean colour so the task is learnable
+            h, w = int(rng.integers(17, 27)), int(rng.integers(19, 31))
+            pixels = np.clip(rng.normal(60 + 70 * c, 40, size=(h, w, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f'{i}.png')
+
+
+@pytest.fixture(scope='module')
+def image_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp('imagefolder')
+    rng = np.random.default_rng(0)
+    _write_split(root, 'train', 8, rng)
+    _write_split(root, 'validation', 3, rng)
+    return root
+
+
+def _base_args(data_dir, out, experiment, *extra):
+    return [*TINY_NAT, '--data-dir', str(data_dir), '--output', str(out), '--experiment', experiment,
+            '--img-size', '32', '-b', '4', '--workers', '0', '--opt', 'adamw', '--lr', '1e-3', '--warmup-epochs', '1',
+            '--no-progress', '--no-log-tb', *extra]
+
+
+# the full regularisation stack of the ImageNet recipes; each piece draws from a different RNG
+_RECIPE_AUG = ['--mixup', '0.8', '--cutmix', '1.0', '--aa', 'rand-m9-mstd0.5-inc1', '--reprob', '0.25',
+               '--drop-path', '0.1', '--smoothing', '0.1', '--model-ema', '--model-ema-decay', '0.9',
+               '--clip-grad', '5.0']
+
+
+@pytest.fixture(scope='module')
+def trained_run(image_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp('runs')
+    result = train(_base_args(image_folder, out, 'pipeline', '--epochs', '2', '--amp', '--amp-dtype', 'bfloat16',
+                              '--grad-accum-steps', '2', '--channels-last', '--grad-checkpointing', *_RECIPE_AUG))
+    return result
+
+
+def test_recipe_keys_are_checked(tmp_path):
+    recipe = tmp_path / 'r.yaml'
+    recipe.write_text('model: nat_mini\nbatch-size: 32\nlr: 0.001\n')
+    with pytest.raises(ValueError, match=r"'batch-size' \(did you mean 'batch_size'\?\)"):
+        parse_with_config(build_train_parser(), ['-c', str(recipe)])
+    recipe.write_text('model: nat_mini\nbatch_size: 32\ndrop_path: 0.2\nmodel_kwargs: {kernel_size: 5}\n')
+    args, _ = parse_with_config(build_train_parser(), ['-c', str(recipe), '--drop-path', '0.3'])
+    assert (args.model, args.batch_size, args.drop_path, args.model_kwargs) == ('nat_mini', 32, 0.3, {'kernel_size': 5})
+
+
+def test_bundled_recipe_by_name():
+    args, _ = parse_with_config(build_train_parser(), ['-c', 'nat_tiny'])
+    assert args.model == 'nat_tiny' and args.opt == 'adamw'
+    with pytest.raises(ValueError, match='--config'):
+        parse_with_config(build_train_parser(), ['-c', 'no_such_recipe'])
+
+
+def test_pipeline_outputs(trained_run):
+    out = trained_run['output_dir']
+    for name in ('last.pth.tar', 'model_best.pth.tar', 'summary.csv', 'args.yaml', 'checkpoint-0.pth.tar'):
+        assert os.path.isfile(os.path.join(out, name)), name
+    assert not [f for f in os.listdir(out) if f.endswith('.tmp')]
+    state = ckpt.load_file(os.path.join(out, 'last.pth.tar'))
+    assert state['resume_epoch'] == 2 and state['resume_batch'] == 0
+    assert state['num_updates'] == 2 * 3  # 24 images / batch 4 = 6 batches, 2 per update
+    assert 'state_dict_ema' in state and 'scheduler' in state and len(state['rng']) == 1
+    ema = state['state_dict_ema']
+    assert any(not torch.equal(ema[k], v) for k, v in state['state_dict'].items() if v.is_floating_point())
+    with open(os.path.join(out, 'summary.csv')) as f:
+        header, *rows = f.read().splitlines()
+    assert 'eval_top1' in header and 'eval_ema_top1' in header and len(rows) == 2
+    assert np.isfinite(trained_run['metrics']['train']['loss'])
+
+
+def test_validate_matches_training_eval(trained_run, image_folder, capsys):
+    out = trained_run['output_dir']
+    results = validate(['--checkpoint', os.path.join(out, 'last.pth.tar'), '--data-dir', str(image_folder),
+                        '--workers', '0', '-b', '5'])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed['top1'] == results['top1'] and printed['num_images'] == 9
+    assert {'top1', 'top5', 'img_per_sec', 'param_count'} <= set(printed)
+    # the same weights, split and transforms (taken from the checkpoint's args) as the last in-training evaluation
+    eval_top1 = trained_run['metrics']['eval']['top1']
+    assert results['top1'] == pytest.approx(eval_top1, abs=1e-3)
+    ema = validate(['--checkpoint', os.path.join(out, 'last.pth.tar'), '--data-dir', str(image_folder),
+                    '--workers', '0', '--use-ema'])
+    assert ema['top1'] == pytest.approx(trained_run['metrics']['eval']['ema_top1'], abs=1e-3)
+
+
+def _weights(path):
+    state = ckpt.load_file(path)
+    return state['state_dict'], state['state_dict_ema'], state['optimizer']['state']
+
+
+def test_resume_mid_epoch_is_bit_identical(image_folder, tmp_path):
+    args = ['--epochs', '2', '--sched-on-updates', *_RECIPE_AUG]
+    full = train(_base_args(image_folder, tmp_path, 'full', *args, '--no-eval'))
+    # 6 updates per epoch: stop inside the second epoch, then resume with a different worker count
+    stopped = train(_base_args(image_folder, tmp_path, 'split', *args, '--no-eval', '--stop-after-steps', '8'))
+    assert stopped['stopped'] and stopped['num_updates'] == 8
+    last = os.path.join(stopped['output_dir'], 'last.pth.tar')
+    assert ckpt.load_file(last)['resume_batch'] == 2
+    resumed = train(_base_args(image_folder, tmp_path, 'split', *args, '--no-eval', '--resume', last,
+                               '--workers', '1'))
+    assert resumed['num_updates'] == full['num_updates'] == 12
+    a = _weights(os.path.join(full['output_dir'], 'last.pth.tar'))
+    b = _weights(os.path.join(resumed['output_dir'], 'last.pth.tar'))
+    for sa, sb in zip(a[:2], b[:2]):
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            assert torch.equal(sa[k], sb[k]), k
+    for pa, pb in zip(a[2].values(), b[2].values()):
+        assert all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / 'last.pth.tar'
+    ckpt.atomic_save({'x': torch.ones(3)}, str(path))
+
+    def broken_save(obj, f):
+        f.write(b'partial')
+        raise OSError('disk full')
+
+    monkeypatch.setattr(torch, 'save', broken_save)
+    with pytest.raises(OSError, match='disk full'):
+        ckpt.atomic_save({'x': torch.zeros(3)}, str(path))
+    assert torch.equal(ckpt.load_file(str(path))['x'], torch.ones(3))
+    assert os.listdir(tmp_path) == ['last.pth.tar']
+
+
+def test_rng_state_roundtrip():
+    state = ckpt.rng_state()
+    a = (np.random.rand(), torch.rand(2), __import__('random').random())
+    ckpt.set_rng_state(state)
+    b = (np.random.rand(), torch.rand(2), __import__('random').random())
+    assert a[0] == b[0] and torch.equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_sampler_resume_and_shards():
+    full = list(ResumableSampler(23, seed=3))
+    sampler = ResumableSampler(23, seed=3)
+    sampler.set_epoch(0, start=10)
+    assert list(sampler) == full[10:] and len(sampler) == 13
+    sampler.set_epoch(1)
+    assert [i for i, _ in sampler] != [i for i, _ in full]
+    shards = [list(ResumableSampler(23, seed=3, num_replicas=2, rank=r)) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 12
+    assert {i for s in shards for i, _ in s} == set(range(23))
+    assert len({s for shard in shards for _, s in shard}) == 24  # every position has its own augmentation seed
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_gloo_two_processes(image_folder, tmp_path):
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nnodes', '1', '--nproc_per_node', '2',
+           '--master_addr', '127.0.0.1', '--master_port', str(_free_port()), '-m', 'hiervit.train',
+           *_base_args(image_folder, tmp_path, 'ddp', '--epochs', '1', '--device', 'cpu', '--sync-bn',
+                       '--mixup', '0.8', '--drop-path', '0.1')]
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert 'all 2 ranks hold identical weights' in log
+    state = ckpt.load_file(str(tmp_path / 'ddp' / 'last.pth.tar'))
+    assert len(state['rng']) == 2 and state['num_updates'] == 3  # 24 images / (2 ranks x 4) per update
+    assert not torch.equal(state['rng'][0]['torch'], state['rng'][1]['torch'])  # per-rank seeding
+
+
+def test_corrupt_image_names_the_file(image_folder, tmp_path):
+    bad = tmp_path / 'data'
+    shutil.copytree(image_folder, bad)
+    corrupt = bad / 'train' / 'class_1' / '3.png'
+    corrupt.write_bytes(corrupt.read_bytes()[:40])
+    with pytest.raises(ValueError, match=r'corrupt or unreadable image .*class_1/3\.png'):
+        train(_base_args(bad, tmp_path, 'corrupt', '--epochs', '1', '--no-eval', '-b', '24'))
+
+
+def test_missing_folder_and_class_mismatch(image_folder, trained_run, tmp_path):
+    with pytest.raises(ValueError, match='--data-dir .*does not exist'):
+        train(_base_args(tmp_path / 'nope', tmp_path, 'missing', '--epochs', '1'))
+    with pytest.raises(ValueError, match='--num-classes'):
+        train(_base_args(image_folder, tmp_path, 'mismatch', '--epochs', '1', '--num-classes', '5'))
+    with pytest.raises(ValueError, match=r'--checkpoint .*has 3 classes but --num-classes is 7'):
+        validate(['--checkpoint', os.path.join(trained_run['output_dir'], 'last.pth.tar'),
+                  '--data-dir', str(image_folder), '--num-classes', '7', '--workers', '0'])
+    with pytest.raises(ValueError, match="--model 'nat_nano' is not a registered"):
+        train(['--model', 'nat_nano', '--data-dir', str(image_folder), '--output', str(tmp_path)])
+
+
+def _write_idx(path, array):
+    header = bytes([0, 0, 0x08, array.ndim]) + np.array(array.shape, dtype='>i4').tobytes()
+    with gzip.open(path, 'wb') as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_reader(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(5, 28, 28))
+    labels = np.array([0, 9, 3, 3, 1])
+    _write_idx(tmp_path / 't10k-images-idx3-ubyte.gz', images)
+    _write_idx(tmp_path / 't10k-labels-idx1-ubyte.gz', labels)
+    ds = FashionMNIST(str(tmp_path), 'test')
+    img, target = ds[1]
+    assert len(ds) == 5 and target == 9 and img.mode == 'RGB' and img.size == (28, 28)
+    assert np.array_equal(np.asarray(img)[..., 0], images[1])
+    with pytest.raises(FileNotFoundError, match='apt-get install dataset-fashion-mnist'):
+        FashionMNIST(str(tmp_path), 'train')
+    with pytest.raises(ValueError, match="'train' and 'test'"):
+        FashionMNIST(str(tmp_path), 'holdout')
+    (tmp_path / 'bad.gz').write_bytes(gzip.compress(b'\x00\x00\x0d\x01\x00\x00\x00\x01\x00'))
+    with pytest.raises(ValueError, match='not an IDX file'):
+        read_idx(str(tmp_path / 'bad.gz'))
+    _write_idx(tmp_path / 't10k-labels-idx1-ubyte.gz', labels[:4])
+    with pytest.raises(ValueError, match='do not pair up'):
+        FashionMNIST(str(tmp_path), 'test')
