@@ -304,11 +304,18 @@ def _layout(sd: Dict[str, torch.Tensor]) -> Dict[str, List[int]]:
 
 
 def _from_fixture(name: str) -> Dict[str, torch.Tensor]:
+    """Meta tensors in a stored official layout: keys and shapes are all a strict load checks."""
     keys = json.loads((FIXTURES / name).read_text())
-    return {k: torch.randn(shape) for k, shape in keys.items()}
+    return {k: torch.empty(shape, device='meta') for k, shape in keys.items()}
+
+
+def _meta_model(name: str, **kwargs) -> nn.Module:
+    with torch.device('meta'):
+        return timm.create_model(name, **kwargs)
 
 
 NAT_MINI_ARGS = dict(embed_dim=64, mlp_ratio=3, depths=(3, 4, 6, 5), num_heads=(2, 4, 8, 16))
+OFFICIAL_TINY = dict(embed_dim=16, mlp_ratio=2, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4), kernel_size=3)
 
 
 def test_fixture_matches_official_structure():
@@ -319,27 +326,33 @@ def test_fixture_matches_official_structure():
 
 
 @pytest.mark.parametrize('name', ['nat_mini', 'dinat_mini'])
-def test_official_checkpoint_loads_strictly(name, tmp_path):
-    sd = _from_fixture('nat_mini_keys.json')
-    model = timm.create_model(name)
-    model.load_state_dict(checkpoint_filter_fn({'model': sd}, model), strict=True)
-    torch.testing.assert_close(model.head.fc.weight, sd['head.weight'])
-    torch.testing.assert_close(model.levels[2].blocks[5].attn.rpb, sd['levels.2.blocks.5.attn.rpb'])
+def test_official_checkpoint_loads_strictly(name):
+    model = _meta_model(name)
+    model.load_state_dict(checkpoint_filter_fn({'model': _from_fixture('nat_mini_keys.json')}, model), assign=True)
+    headless = _meta_model(name, num_classes=0)
+    headless.load_state_dict(checkpoint_filter_fn(_from_fixture('nat_mini_keys.json'), headless), assign=True)
 
-    # the timm path: pretrained=True with a local file, then a different head (timm drops the classifier)
-    path = tmp_path / 'nat_mini.pth'
+
+def test_pretrained_file_through_timm(tmp_path):
+    """`pretrained=True` + `pretrained_cfg_overlay=dict(file=...)` on an official-layout file, same and other heads."""
+    official = OfficialNAT(num_classes=1000, **OFFICIAL_TINY).eval()
+    sd = _randomize(official)
+    path = tmp_path / 'nat_official.pth'
     torch.save({'model': sd}, path)
-    loaded = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), num_classes=7)
-    torch.testing.assert_close(loaded.patch_embed.proj[0].weight, sd['patch_embed.proj.0.weight'])
-    assert loaded.head.fc.out_features == 7
+    overlay = dict(file=str(path))
+    model = timm.create_model('nat_mini', pretrained=True, pretrained_cfg_overlay=overlay, **OFFICIAL_TINY).eval()
+    x = torch.randn(1, 3, 40, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), official(x), rtol=1e-4, atol=1e-4)
+    other = timm.create_model(
+        'nat_mini', pretrained=True, pretrained_cfg_overlay=overlay, num_classes=7, **OFFICIAL_TINY)
+    assert other.head.fc.out_features == 7
+    torch.testing.assert_close(other.levels[2].blocks[1].attn.rpb, sd['levels.2.blocks.1.attn.rpb'])
 
 
 def test_mismatched_checkpoint_error_names_keys_and_variant():
-    sd = _from_fixture('nat_mini_keys.json')
-    with torch.device('meta'):
-        model = timm.create_model('nat_tiny')
     with pytest.raises(ValueError) as err:
-        checkpoint_filter_fn(sd, model)
+        checkpoint_filter_fn(_from_fixture('nat_mini_keys.json'), _meta_model('nat_tiny'))
     msg = str(err.value)
     assert 'levels.2.blocks.6.' in msg and 'nat_tiny' in msg and 'nat_mini' in msg
 
@@ -349,29 +362,33 @@ def test_dense_checkpoint_loads_into_features_model():
     sd = _from_fixture('nat_mini_keys.json')
     dense = {f'backbone.{k}': v for k, v in sd.items() if not k.startswith(('head.', 'norm.'))}
     for i, c in enumerate((64, 128, 256, 512)):
-        dense[f'backbone.norm{i}.weight'], dense[f'backbone.norm{i}.bias'] = torch.randn(c), torch.randn(c)
-    dense['neck.lateral_convs.0.conv.weight'] = torch.randn(256, 64, 1, 1)
-    dense['rpn_head.rpn_conv.weight'] = torch.randn(256, 256, 3, 3)
-    features = timm.create_model('nat_mini', features_only=True)
-    features.model.load_state_dict(checkpoint_filter_fn({'state_dict': dense}, features.model), strict=True)
-    torch.testing.assert_close(features.model.out_norms[1].bias, dense['backbone.norm1.bias'])
-    torch.testing.assert_close(features.model.norm.weight, dense['backbone.norm3.weight'])
+        dense[f'backbone.norm{i}.weight'] = dense[f'backbone.norm{i}.bias'] = torch.empty(c, device='meta')
+    dense['neck.lateral_convs.0.conv.weight'] = torch.empty(256, 64, 1, 1, device='meta')
+    dense['rpn_head.rpn_conv.weight'] = torch.empty(256, 256, 3, 3, device='meta')
+    with torch.device('meta'):
+        features = timm.create_model('nat_mini', features_only=True)
+    converted = checkpoint_filter_fn({'state_dict': dense}, features.model)
+    assert converted['out_norms.1.bias'] is dense['backbone.norm1.bias']
+    assert converted['norm.weight'] is dense['backbone.norm3.weight']
+    features.model.load_state_dict(converted, assign=True)
     with pytest.raises(ValueError, match='output_norms=True'):
-        checkpoint_filter_fn(dense, timm.create_model('nat_mini', num_classes=0))
+        checkpoint_filter_fn(dense, _meta_model('nat_mini', num_classes=0))
+    with pytest.raises(ValueError, match='num_classes=0'):
+        checkpoint_filter_fn(dense, _meta_model('nat_mini', output_norms=True))
 
 
 def test_classification_checkpoint_into_features_model_starts_identity_norms():
-    sd = _from_fixture('nat_mini_keys.json')
-    features = timm.create_model('nat_mini', features_only=True)
-    features.model.load_state_dict(checkpoint_filter_fn(sd, features.model), strict=True)
-    assert torch.equal(features.model.out_norms[0].weight, torch.ones(64))
-    assert torch.equal(features.model.out_norms[2].bias, torch.zeros(256))
+    sd = _randomize(OfficialNAT(**OFFICIAL_TINY))
+    features = timm.create_model('nat_mini', features_only=True, **OFFICIAL_TINY)
+    features.model.load_state_dict(checkpoint_filter_fn(sd, features.model))
+    for i, ln in enumerate(features.model.out_norms):
+        assert torch.equal(ln.weight, torch.ones(16 * 2 ** i)) and torch.equal(ln.bias, torch.zeros(16 * 2 ** i))
+    torch.testing.assert_close(features.model.norm.weight, sd['norm.weight'])
 
 
 SMALL_OFFICIAL = [
     # (official kwargs, input size): DiNAT with dilations that force the small-input padding, and NAT with layer scale
-    (dict(embed_dim=16, mlp_ratio=2, depths=(2, 1, 2, 1), num_heads=(1, 2, 2, 4), kernel_size=3,
-          dilations=[[1, 4], [2], [1, 2], [1]]), (44, 36)),
+    (dict(OFFICIAL_TINY, depths=(2, 1, 2, 1), dilations=[[1, 4], [2], [1, 2], [1]]), (44, 36)),
     (dict(embed_dim=16, mlp_ratio=3, depths=(1, 2, 1, 1), num_heads=(2, 2, 4, 4), kernel_size=5, layer_scale=0.5),
      (50, 38)),
 ]
