@@ -123,7 +123,7 @@ class NATStage(nn.Module):
             num_heads: int,
             kernel_size: int,
             dilations: Sequence[int],
-            downsample: bool = True,
+            downsample_layer: Optional[Callable[..., nn.Module]] = ConvDownsampler,
             mlp_ratio: float = 4.,
             qkv_bias: bool = True,
             qk_scale: Optional[float] = None,
@@ -151,7 +151,7 @@ class NATStage(nn.Module):
                 attn_backend=attn_backend,
             )
             for i in range(depth)])
-        self.downsample = ConvDownsampler(dim, norm_layer=norm_layer) if downsample else nn.Identity()
+        self.downsample = nn.Identity() if downsample_layer is None else downsample_layer(dim, norm_layer=norm_layer)
 
     def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
         """The level's output feature map (before its downsampler), NHWC."""
@@ -197,6 +197,8 @@ class NAT(nn.Module):
             proj_drop_rate: float = 0.,
             drop_path_rate: float = 0.2,
             norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+            stem_layer: Callable[..., nn.Module] = ConvTokenizer,
+            downsample_layer: Callable[..., nn.Module] = ConvDownsampler,
             output_norms: bool = False,
             attn_backend: Optional[str] = None,
     ):
@@ -218,6 +220,8 @@ class NAT(nn.Module):
             proj_drop_rate: Dropout after the attention projection and in the MLP (the official `drop_rate`).
             drop_path_rate: Stochastic depth rate, increased linearly over all blocks.
             norm_layer: Norm layer (channels-last).
+            stem_layer: Stride-4 stem `(in_chans, embed_dim, norm_layer)`, NCHW in, NHWC out.
+            downsample_layer: Level-closing downsampler `(dim, norm_layer)` to 2 * dim channels, NHWC.
             output_norms: Add one LayerNorm per level output for dense tasks (`out_norms`; the last level uses `norm`).
             attn_backend: Force a neighborhood-attention backend (None: the op's dispatcher chooses).
         """
@@ -234,7 +238,7 @@ class NAT(nn.Module):
         dims = [int(embed_dim * 2 ** i) for i in range(num_levels)]
         self.num_features = self.head_hidden_size = dims[-1]
 
-        self.patch_embed = ConvTokenizer(in_chans=in_chans, embed_dim=embed_dim, norm_layer=norm_layer)
+        self.patch_embed = stem_layer(in_chans=in_chans, embed_dim=embed_dim, norm_layer=norm_layer)
         self.pos_drop = nn.Dropout(p=drop_rate)
 
         dpr = [x.tolist() for x in torch.linspace(0, drop_path_rate, sum(depths), device='cpu').split(list(depths))]
@@ -247,7 +251,7 @@ class NAT(nn.Module):
                 num_heads=num_heads[i],
                 kernel_size=kernel_size,
                 dilations=dilations[i],
-                downsample=i < num_levels - 1,
+                downsample_layer=downsample_layer if i < num_levels - 1 else None,
                 mlp_ratio=mlp_ratio,
                 qkv_bias=qkv_bias,
                 qk_scale=qk_scale,
@@ -383,16 +387,15 @@ class NAT(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _describe_checkpoint(state_dict: Dict[str, torch.Tensor]) -> str:
-    """What architecture an (official-layout) state dict looks like, for error messages."""
-    if any(k.startswith('layers.') for k in state_dict):
-        return 'a DiNAT_s / Swin-layout checkpoint (`layers.*`, PatchMerging): load it into a dinat_s_* model'
+def _describe_checkpoint(state_dict: Dict[str, torch.Tensor], variants: Dict[str, Dict[str, Any]]) -> str:
+    """What architecture an official-layout state dict looks like, for error messages."""
+    swin_layout = any(k.startswith('layers.') for k in state_dict)
     depths: Dict[int, int] = {}
     for k in state_dict:
-        m = re.match(r'levels\.(\d+)\.blocks\.(\d+)\.', k)
+        m = re.match(r'(?:levels|layers)\.(\d+)\.blocks\.(\d+)\.', k)
         if m:
             depths[int(m[1])] = max(depths.get(int(m[1]), 0), int(m[2]) + 1)
-    stem = state_dict.get('patch_embed.proj.1.weight')
+    stem = state_dict.get('patch_embed.proj.1.weight', state_dict.get('patch_embed.proj.weight'))
     rpb = next((v for k, v in state_dict.items() if k.endswith('attn.rpb')), None)
     desc = dict(
         embed_dim=None if stem is None else stem.shape[0],
@@ -401,19 +404,25 @@ def _describe_checkpoint(state_dict: Dict[str, torch.Tensor]) -> str:
         layer_scale=any(k.endswith('gamma1') for k in state_dict),
     )
     guesses = [
-        name for name, a in _VARIANT_ARGS.items()
+        name for name, a in variants.items()
         if (a['embed_dim'], tuple(a['depths']), a.get('kernel_size', 7), a.get('layer_scale') is not None)
         == tuple(desc.values())]
-    return f'{desc} (matching {guesses or "no registered variant"})'
+    layout = 'DiNAT_s (PatchEmbed, PatchMerging, `layers.*`)' if swin_layout else 'NAT/DiNAT (ConvTokenizer)'
+    return f'a {layout} checkpoint with {desc}, like {guesses or "no variant of this family"}'
 
 
-def checkpoint_filter_fn(state_dict: Dict[str, Any], model: NAT) -> Dict[str, torch.Tensor]:
-    """Convert an official NAT/DiNAT checkpoint (classification, or the backbone of an mmdet/mmseg one) to this model.
+def convert_official_checkpoint(
+        state_dict: Dict[str, Any],
+        model: NAT,
+        stage_prefix: str = 'levels.',
+        variants: Optional[Dict[str, Dict[str, Any]]] = None,
+) -> Dict[str, torch.Tensor]:
+    """Map an official NAT/DiNAT/DiNAT_s state dict onto `model`, or raise a ValueError saying what does not fit.
 
     Unwraps `model`/`state_dict`, strips `backbone.` and drops the neck/heads of dense-task checkpoints, renames the
-    classifier (`head` -> `head.fc`) and the per-output norms (`norm{i}` -> `out_norms.{i}`, last level -> `norm`).
-    Classification checkpoints carry no per-output norms: for a model with `output_norms=True` they start as identity
-    LayerNorms, which is what the official dense-task code gets when it loads them non-strictly.
+    stages (`stage_prefix` -> `levels.`), the classifier (`head` -> `head.fc`) and the per-output norms (`norm{i}` ->
+    `out_norms.{i}`, the last level's -> `norm`). Classification checkpoints carry no per-output norms: in a model with
+    `output_norms=True` they start as identity LayerNorms, as the official dense-task code gets them (non-strict load).
     """
     for key in ('model', 'state_dict'):
         if key in state_dict and isinstance(state_dict[key], dict):
@@ -429,10 +438,12 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: NAT) -> Dict[str, to
             k = f'norm.{m[2]}' if i == num_levels - 1 else f'out_norms.{i}.{m[2]}'
         elif k.startswith('head.') and not k.startswith('head.fc.'):
             k = 'head.fc.' + k[len('head.'):]
+        elif k.startswith(stage_prefix):
+            k = 'levels.' + k[len(stage_prefix):]
         out[k] = v
 
     target = model.state_dict()
-    if any(k.startswith('out_norms.') for k in out) and not any(k.startswith('out_norms.') for k in target):
+    if any(k.startswith('out_norms.') for k in out) and model.out_norms is None:
         raise ValueError(
             'This checkpoint is a dense-task backbone with per-output norms (norm0.., mmdet/mmseg); create the model '
             'with output_norms=True (features_only=True does this) to load them.')
@@ -447,21 +458,28 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: NAT) -> Dict[str, to
             if k.startswith('out_norms.') and k not in out:
                 out[k] = torch.ones_like(v) if k.endswith('weight') else torch.zeros_like(v)
 
-    # The classifier is exempt: timm drops it afterwards when num_classes differs from the checkpoint's.
+    # Exempt from the checks: the classifier (timm drops it afterwards when num_classes differs from the checkpoint's)
+    # and the first conv's shape (timm adapts it afterwards when in_chans differs).
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    first_conv = cfg.get('first_conv', 'patch_embed.proj.0') + '.weight'
     missing = [k for k in target if k not in out and not k.startswith('head.fc.')]
     unexpected = [k for k in out if k not in target and not k.startswith('head.fc.')]
     mismatched = [
         f'{k}: {tuple(out[k].shape)} vs {tuple(v.shape)}' for k, v in target.items()
-        if k in out and not k.startswith(('head.fc.', 'patch_embed.proj.0.')) and out[k].shape != v.shape]
+        if k in out and k != first_conv and not k.startswith('head.fc.') and out[k].shape != v.shape]
     if missing or unexpected or mismatched:
         raise ValueError(
-            f'Checkpoint does not fit this {type(model).__name__} '
-            f'({getattr(model, "pretrained_cfg", {}).get("architecture", "custom")}): '
+            f'Checkpoint does not fit this {type(model).__name__} ({cfg.get("architecture", "custom config")}): '
             f'missing {missing[:5]}{" ..." if len(missing) > 5 else ""} ({len(missing)}), '
             f'unexpected {unexpected[:5]}{" ..." if len(unexpected) > 5 else ""} ({len(unexpected)}), '
             f'shape mismatches {mismatched[:5]} ({len(mismatched)}). '
-            f'The checkpoint looks like {_describe_checkpoint(state_dict)}.')
+            f'It looks like {_describe_checkpoint(state_dict, variants or {})}.')
     return out
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, Any], model: NAT) -> Dict[str, torch.Tensor]:
+    """Convert an official NAT/DiNAT checkpoint (classification, or the backbone of an mmdet/mmseg one)."""
+    return convert_official_checkpoint(state_dict, model, 'levels.', _VARIANT_ARGS)
 
 
 def _create_nat(variant: str, pretrained: bool = False, **kwargs) -> NAT:
