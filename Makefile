@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # torch and torchvision are pinned to the builds that this machine kind has on disk (pip finds them offline).
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo clean
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ $(VENV)/.installed: $(VENV)/.torch pyproject.toml setup.py
 	touch $@
 
 install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) -m hiervit.train.demo --output output/demo
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15 tests
