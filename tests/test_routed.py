@@ -87,7 +87,7 @@ CPU_CASES = {
     'gathered_per_head': dict(Nq=5, Nk=9, topk=2, per_head=True),
     'gathered_duplicates': dict(Nq=3, Nk=10, topk=2, duplicate=True),
     'dense_topk_all': dict(Nq=5, Tq=2, Nk=5, Tk=3, topk=5),
-    'dense_per_head_dup': dict(Nq=6, Tq=4, Nk=7, Tk=2, topk=3, per_head=True, duplicate=True),
+    'dense_per_head_dup': dict(Nq=6, Tq=4, Nk=7, Tk=2, topk=4, per_head=True, duplicate=True),
     'nq_ne_nk': dict(B=1, H=2, Nq=3, Tq=1, Nk=5, Tk=7, topk=4, d=3, dv=2),
 }
 
@@ -114,7 +114,7 @@ def test_cpu_half_precision(dtype, topk):
     assert_all_close([t.float() for t in got], want, atol=3e-2, rtol=3e-2)
 
 
-@pytest.mark.parametrize('backend,topk', [('reference', 2), ('cpu', 1), ('cpu', 3)])
+@pytest.mark.parametrize('backend,topk', [('reference', 2), ('cpu', 1), ('cpu', 3)])  # cpu: gathered, dense
 def test_gradcheck_float64(backend, topk):
     q, k, v, idx = make_inputs(B=1, H=2, Nq=3, Tq=2, Nk=4, Tk=3, d=3, dv=2, topk=topk, per_head=True,
                                dtype=torch.float64)
@@ -122,10 +122,11 @@ def test_gradcheck_float64(backend, topk):
 
 
 def test_cpu_chunking_matches_reference(monkeypatch):
-    # tiny chunk budget: many chunks, ragged last chunk, on both strategies
+    # tiny chunk budget: many chunks, ragged last chunk, on both strategies (topk 2 of 7 gathered, 5 of 7 dense)
     import hiervit.kernels.routed.cpu as cpu
     monkeypatch.setattr(cpu, '_CHUNK_BYTES', 700)
     for topk in (2, 5):
+        assert use_dense(7, topk) == (topk == 5)
         q, k, v, idx = make_inputs(B=2, H=2, Nq=5, Nk=7, topk=topk)
         dout = torch.randn(*q.shape[:4], v.shape[-1])
         assert_all_close(run('cpu', q, k, v, idx, dout), run('reference', q, k, v, idx, dout), atol=1e-5, rtol=1e-4)
