@@ -47,6 +47,17 @@ def test_triton_fp32_matches_reference(case):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=lambda m: f'{name}: {m}')
 
 
+def test_triton_multi_tile_blocks(monkeypatch):
+    # blocks larger than one token tile: 3 query tiles and 2 key tiles of 16 per block, ragged at the ends
+    import hiervit.kernels.routed.triton as tr
+    monkeypatch.setattr(tr, 'MAX_TOKEN_TILE', 16)
+    q, k, v, idx = make_inputs(1, 1, 2, 40, 3, 20, 16, 8, 2, False, True, dtype=torch.float32)
+    dout = torch.randn(*q.shape[:4], v.shape[-1], device=DEVICE)
+    for name, a, b in zip(('out', 'dq', 'dk', 'dv'), grads('triton', q, k, v, idx, dout),
+                          grads('reference', q, k, v, idx, dout)):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=lambda m: f'{name}: {m}')
+
+
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
 def test_triton_half_precision(dtype):
     q, k, v, idx = make_inputs(*CASES['per_head_duplicates'], dtype=dtype)

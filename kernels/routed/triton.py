@@ -1,18 +1,20 @@
 """Triton routed attention: fused forward and atomic-free backward.
 
-Forward: one program per (query block, batch*head); it loads its query tile once and loops over its `topk` routed
-key blocks (block ids are loaded as integers, then pointer arithmetic), with an online softmax; it writes the output
-and the log-sum-exp.
+Forward: one program per (query tile of a query block, batch*head); it loads its query tile once and loops over its
+`topk` routed key blocks (block ids are loaded as integers, then pointer arithmetic) and their key tiles, with an
+online softmax; it writes the output and the log-sum-exp.
 
 Backward (recomputes probabilities from the log-sum-exp, as FlashAttention):
-  * dq: one program per (query block, batch*head), looping over the same routed key blocks;
-  * dk/dv: one program per (key block, batch*head), looping over the query blocks that routed to it, read from a
-    CSR reverse index built on the device with `torch.sort` (a block listed twice by a query block appears twice).
+  * dq: one program per (query tile, batch*head), looping over the same routed key tiles;
+  * dk/dv: one program per (key tile of a key block, batch*head), looping over the query blocks that routed to it,
+    read from a CSR reverse index built on the device with `torch.sort` (a block listed twice by a query block
+    appears twice), and over their query tiles.
 No atomics, so results are deterministic.
 
-Blocks are padded to power-of-two tiles of at least 16 (the `tl.dot` minimum) with masks, so BiFormer's 4- and
-16-token regions work. Accumulation is fp32. Under `TRITON_INTERPRET=1` (CPU tests) every dot runs in fp32, because
-the interpreter's low-precision `tl.dot` is not exact.
+Tiles are powers of two between 16 (the `tl.dot` minimum) and 64 tokens, masked at block edges, so BiFormer's 4- and
+16-token regions and large detection-size regions both work; the head dims are one tile each (<= 256).
+Accumulation is fp32. Under `TRITON_INTERPRET=1` (CPU tests) every dot runs in fp32, because the interpreter's
+low-precision `tl.dot` is not exact.
 """
 import os
 from typing import Tuple
@@ -27,15 +29,15 @@ __all__ = ['forward', 'backward']
 
 @triton.jit
 def _routed_fwd_kernel(
-        Q, K, V, IDX, OUT, LSE, scale, Nq, Nk, Tq, Tk, d, dv, TOPK,
+        Q, K, V, IDX, OUT, LSE, scale, Nq, Nk, Tq, Tk, d, dv, TOPK, Q_TILES,
         BLOCK_TQ: tl.constexpr, BLOCK_TK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    i = tl.program_id(0).to(tl.int64)
+    i = tl.program_id(0).to(tl.int64) // Q_TILES
+    rq = (tl.program_id(0) % Q_TILES) * BLOCK_TQ + tl.arange(0, BLOCK_TQ)
     bh = tl.program_id(1).to(tl.int64)
-    rq, rk = tl.arange(0, BLOCK_TQ), tl.arange(0, BLOCK_TK)
     rd, rv = tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_DV)
-    mq, mk = rq < Tq, rk < Tk
+    mq = rq < Tq
     qb = bh * Nq + i  # flat query block
     q = tl.load(Q + qb * Tq * d + rq[:, None] * d + rd[None, :], mask=mq[:, None] & (rd[None, :] < d), other=0.)
     if DOT_F32:
@@ -45,19 +47,23 @@ def _routed_fwd_kernel(
     acc = tl.zeros([BLOCK_TQ, BLOCK_DV], tl.float32)
     for j in range(TOPK):
         kb = bh * Nk + tl.load(IDX + qb * TOPK + j)  # flat key block routed to by this query block
-        k = tl.load(K + kb * Tk * d + rk[:, None] * d + rd[None, :], mask=mk[:, None] & (rd[None, :] < d), other=0.)
-        v = tl.load(V + kb * Tk * dv + rk[:, None] * dv + rv[None, :], mask=mk[:, None] & (rv[None, :] < dv),
-                    other=0.)
-        if DOT_F32:
-            k, v = k.to(tl.float32), v.to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [BLOCK_TQ, BLOCK_TK]
-        s = tl.where(mk[None, :], s, float('-inf'))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+        for t0 in range(0, Tk, BLOCK_TK):
+            rk = t0 + tl.arange(0, BLOCK_TK)
+            mk = rk < Tk
+            k = tl.load(K + kb * Tk * d + rk[:, None] * d + rd[None, :], mask=mk[:, None] & (rd[None, :] < d),
+                        other=0.)
+            v = tl.load(V + kb * Tk * dv + rk[:, None] * dv + rv[None, :], mask=mk[:, None] & (rv[None, :] < dv),
+                        other=0.)
+            if DOT_F32:
+                k, v = k.to(tl.float32), v.to(tl.float32)
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [BLOCK_TQ, BLOCK_TK]
+            s = tl.where(mk[None, :], s, float('-inf'))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.exp(m_i - m_new)
+            p = tl.exp(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            m_i = m_new
     out = acc / l_i[:, None]
     tl.store(OUT + qb * Tq * dv + rq[:, None] * dv + rv[None, :], out.to(OUT.dtype.element_ty),
              mask=mq[:, None] & (rv[None, :] < dv))
@@ -66,15 +72,15 @@ def _routed_fwd_kernel(
 
 @triton.jit
 def _routed_bwd_dq_kernel(
-        Q, K, V, IDX, DO, LSE, DELTA, DQ, scale, Nq, Nk, Tq, Tk, d, dv, TOPK,
+        Q, K, V, IDX, DO, LSE, DELTA, DQ, scale, Nq, Nk, Tq, Tk, d, dv, TOPK, Q_TILES,
         BLOCK_TQ: tl.constexpr, BLOCK_TK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    i = tl.program_id(0).to(tl.int64)
+    i = tl.program_id(0).to(tl.int64) // Q_TILES
+    rq = (tl.program_id(0) % Q_TILES) * BLOCK_TQ + tl.arange(0, BLOCK_TQ)
     bh = tl.program_id(1).to(tl.int64)
-    rq, rk = tl.arange(0, BLOCK_TQ), tl.arange(0, BLOCK_TK)
     rd, rv = tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_DV)
-    mq, mk = rq < Tq, rk < Tk
+    mq = rq < Tq
     qb = bh * Nq + i
     q = tl.load(Q + qb * Tq * d + rq[:, None] * d + rd[None, :], mask=mq[:, None] & (rd[None, :] < d), other=0.)
     do = tl.load(DO + qb * Tq * dv + rq[:, None] * dv + rv[None, :], mask=mq[:, None] & (rv[None, :] < dv),
@@ -86,31 +92,35 @@ def _routed_bwd_dq_kernel(
     dq = tl.zeros([BLOCK_TQ, BLOCK_D], tl.float32)
     for j in range(TOPK):
         kb = bh * Nk + tl.load(IDX + qb * TOPK + j)
-        k = tl.load(K + kb * Tk * d + rk[:, None] * d + rd[None, :], mask=mk[:, None] & (rd[None, :] < d), other=0.)
-        v = tl.load(V + kb * Tk * dv + rk[:, None] * dv + rv[None, :], mask=mk[:, None] & (rv[None, :] < dv),
-                    other=0.)
-        if DOT_F32:
-            k, v = k.to(tl.float32), v.to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
-        p = tl.where(mk[None, :], tl.exp(s - lse[:, None]), 0.)
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+        for t0 in range(0, Tk, BLOCK_TK):
+            rk = t0 + tl.arange(0, BLOCK_TK)
+            mk = rk < Tk
+            k = tl.load(K + kb * Tk * d + rk[:, None] * d + rd[None, :], mask=mk[:, None] & (rd[None, :] < d),
+                        other=0.)
+            v = tl.load(V + kb * Tk * dv + rk[:, None] * dv + rv[None, :], mask=mk[:, None] & (rv[None, :] < dv),
+                        other=0.)
+            if DOT_F32:
+                k, v = k.to(tl.float32), v.to(tl.float32)
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
+            p = tl.where(mk[None, :], tl.exp(s - lse[:, None]), 0.)
+            dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+            ds = p * (dp - delta[:, None])
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
     tl.store(DQ + qb * Tq * d + rq[:, None] * d + rd[None, :], (dq * scale).to(DQ.dtype.element_ty),
              mask=mq[:, None] & (rd[None, :] < d))
 
 
 @triton.jit
 def _routed_bwd_dkv_kernel(
-        Q, K, V, DO, LSE, DELTA, DK, DV, OFFSETS, QBLOCKS, scale, Nq, Nk, Tq, Tk, d, dv,
+        Q, K, V, DO, LSE, DELTA, DK, DV, OFFSETS, QBLOCKS, scale, Nq, Nk, Tq, Tk, d, dv, K_TILES,
         BLOCK_TQ: tl.constexpr, BLOCK_TK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    m = tl.program_id(0).to(tl.int64)
+    m = tl.program_id(0).to(tl.int64) // K_TILES
+    rk = (tl.program_id(0) % K_TILES) * BLOCK_TK + tl.arange(0, BLOCK_TK)
     bh = tl.program_id(1).to(tl.int64)
-    rq, rk = tl.arange(0, BLOCK_TQ), tl.arange(0, BLOCK_TK)
     rd, rv = tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_DV)
-    mq, mk = rq < Tq, rk < Tk
+    mk = rk < Tk
     kb = bh * Nk + m
     k = tl.load(K + kb * Tk * d + rk[:, None] * d + rd[None, :], mask=mk[:, None] & (rd[None, :] < d), other=0.)
     v = tl.load(V + kb * Tk * dv + rk[:, None] * dv + rv[None, :], mask=mk[:, None] & (rv[None, :] < dv), other=0.)
@@ -122,33 +132,42 @@ def _routed_bwd_dkv_kernel(
     end = tl.load(OFFSETS + kb + 1)
     for t in range(start, end):  # every (query block, slot) that routed to this key block
         qb = bh * Nq + tl.load(QBLOCKS + t)
-        q = tl.load(Q + qb * Tq * d + rq[:, None] * d + rd[None, :], mask=mq[:, None] & (rd[None, :] < d), other=0.)
-        do = tl.load(DO + qb * Tq * dv + rq[:, None] * dv + rv[None, :], mask=mq[:, None] & (rv[None, :] < dv),
-                     other=0.)
-        if DOT_F32:
-            q, do = q.to(tl.float32), do.to(tl.float32)
-        lse = tl.load(LSE + qb * Tq + rq, mask=mq, other=float('inf'))
-        delta = tl.load(DELTA + qb * Tq + rq, mask=mq, other=0.)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [BLOCK_TQ, BLOCK_TK]
-        p = tl.exp(s - lse[:, None])  # padded query rows: lse = inf -> p = 0
-        dvacc += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PRECISION)
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
-        dk += tl.dot(tl.trans(ds).to(q.dtype), q, input_precision=PRECISION)
+        for t0 in range(0, Tq, BLOCK_TQ):
+            rq = t0 + tl.arange(0, BLOCK_TQ)
+            mq = rq < Tq
+            q = tl.load(Q + qb * Tq * d + rq[:, None] * d + rd[None, :], mask=mq[:, None] & (rd[None, :] < d),
+                        other=0.)
+            do = tl.load(DO + qb * Tq * dv + rq[:, None] * dv + rv[None, :], mask=mq[:, None] & (rv[None, :] < dv),
+                         other=0.)
+            if DOT_F32:
+                q, do = q.to(tl.float32), do.to(tl.float32)
+            lse = tl.load(LSE + qb * Tq + rq, mask=mq, other=float('inf'))
+            delta = tl.load(DELTA + qb * Tq + rq, mask=mq, other=0.)
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [BLOCK_TQ, BLOCK_TK]
+            p = tl.exp(s - lse[:, None])  # padded query rows: lse = inf -> p = 0
+            dvacc += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PRECISION)
+            dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+            ds = p * (dp - delta[:, None])
+            dk += tl.dot(tl.trans(ds).to(q.dtype), q, input_precision=PRECISION)
     tl.store(DK + kb * Tk * d + rk[:, None] * d + rd[None, :], (dk * scale).to(DK.dtype.element_ty),
              mask=mk[:, None] & (rd[None, :] < d))
     tl.store(DV + kb * Tk * dv + rk[:, None] * dv + rv[None, :], dvacc.to(DV.dtype.element_ty),
              mask=mk[:, None] & (rv[None, :] < dv))
 
 
-def _tile(n: int) -> int:
-    return max(16, triton.next_power_of_2(n))
+# Largest token tile (rows of the q and k/v tiles); blocks with more tokens are looped over in tiles of this size.
+MAX_TOKEN_TILE = 64
+
+
+def _tile(n: int, cap: int = 256) -> int:
+    return min(cap, max(16, triton.next_power_of_2(n)))
 
 
 def _meta(q: Tensor, k: Tensor, v: Tensor) -> dict:
     interpret = os.environ.get('TRITON_INTERPRET', '0') == '1'
     return dict(
-        BLOCK_TQ=_tile(q.shape[3]), BLOCK_TK=_tile(k.shape[3]), BLOCK_D=_tile(q.shape[4]), BLOCK_DV=_tile(v.shape[4]),
+        BLOCK_TQ=_tile(q.shape[3], MAX_TOKEN_TILE), BLOCK_TK=_tile(k.shape[3], MAX_TOKEN_TILE),
+        BLOCK_D=_tile(q.shape[4]), BLOCK_DV=_tile(v.shape[4]),
         # fp32 inputs get exact fp32 dots (no tf32); the interpreter computes every dot in fp32
         DOT_F32=interpret or q.dtype == torch.float32, PRECISION='ieee' if q.dtype == torch.float32 else 'tf32')
 
@@ -160,8 +179,10 @@ def forward(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, scale: float) -> Tuple
     Nk, Tk, dv = k.shape[2], k.shape[3], v.shape[-1]
     out = q.new_empty(B, H, Nq, Tq, dv)
     lse = torch.empty(B, H, Nq, Tq, device=q.device, dtype=torch.float32)
-    _routed_fwd_kernel[(Nq, B * H)](
-        q, k, v, idx, out, lse, scale, Nq, Nk, Tq, Tk, d, dv, idx.shape[-1], **_meta(q, k, v))
+    meta = _meta(q, k, v)
+    q_tiles = triton.cdiv(Tq, meta['BLOCK_TQ'])
+    _routed_fwd_kernel[(Nq * q_tiles, B * H)](
+        q, k, v, idx, out, lse, scale, Nq, Nk, Tq, Tk, d, dv, idx.shape[-1], q_tiles, **meta)
     return out, lse
 
 
@@ -188,9 +209,10 @@ def backward(
     delta = (dout.float() * out.float()).sum(-1)  # rowsum(dO * O) = rowsum(P * dP), [B, H, Nq, Tq]
     meta = _meta(q, k, v)
     dq, dk, dvv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    _routed_bwd_dq_kernel[(Nq, B * H)](
-        q, k, v, idx, dout, lse, delta, dq, scale, Nq, Nk, Tq, Tk, d, dv, idx.shape[-1], **meta)
+    q_tiles, k_tiles = triton.cdiv(Tq, meta['BLOCK_TQ']), triton.cdiv(Tk, meta['BLOCK_TK'])
+    _routed_bwd_dq_kernel[(Nq * q_tiles, B * H)](
+        q, k, v, idx, dout, lse, delta, dq, scale, Nq, Nk, Tq, Tk, d, dv, idx.shape[-1], q_tiles, **meta)
     offsets, qblocks = reverse_index(idx, Nk)
-    _routed_bwd_dkv_kernel[(Nk, B * H)](
-        q, k, v, dout, lse, delta, dk, dvv, offsets, qblocks, scale, Nq, Nk, Tq, Tk, d, dv, **meta)
+    _routed_bwd_dkv_kernel[(Nk * k_tiles, B * H)](
+        q, k, v, dout, lse, delta, dk, dvv, offsets, qblocks, scale, Nq, Nk, Tq, Tk, d, dv, k_tiles, **meta)
     return dq, dk, dvv
