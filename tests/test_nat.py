@@ -18,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import hiervit  # noqa: F401  (registers the models)
 from hiervit.backbones.layers.neighborhood import NeighborhoodAttention2d
+from hiervit.backbones.dinats import checkpoint_filter_fn as dinats_filter_fn
 from hiervit.backbones.nat import checkpoint_filter_fn
 from hiervit.kernels.neighborhood import neighborhood_attention
 
@@ -38,6 +39,12 @@ PUBLISHED = {
     'dinat_large_384_11x11': (200, 92.4, 384),
     'dinat_large_21k': (200, None, 224),  # 22k classifier: the tables list the 1k model only
     'dinat_large_21k_11x11': (200, None, 224),
+    'dinat_s_tiny': (28, 4.5, 224),
+    'dinat_s_small': (50, 8.7, 224),
+    'dinat_s_base': (88, 15.4, 224),
+    'dinat_s_large': (197, 34.5, 224),
+    'dinat_s_large_384': (197, 101.5, 384),
+    'dinat_s_large_21k': (197, None, 224),
 }
 
 TINY = dict(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), kernel_size=3)
@@ -46,20 +53,34 @@ TINY = dict(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), kernel_si
 @pytest.mark.parametrize('name', sorted(PUBLISHED))
 def test_params_and_flops_match_paper(name):
     params, gflops, size = PUBLISHED[name]
-    assert name in timm.list_models(module='nat')
     with torch.device('meta'):
         model = timm.create_model(name, num_classes=1000)
         with FlopCounterMode(display=False) as counter:
             model(torch.empty(1, 3, size, size))
     n = sum(p.numel() for p in model.parameters()) / 1e6
-    assert abs(n - params) / params < 0.01, f'{name}: {n:.2f}M params, published {params}M'
+    # within 1%, or equal after the tables' rounding to whole millions (DiNAT_s-T: 28.29M, published "28M")
+    assert abs(n - params) / params < 0.01 or round(n) == params, f'{name}: {n:.2f}M params, published {params}M'
     if gflops is not None:
         g = counter.get_total_flops() / 2 / 1e9  # torch counts 2 FLOPs per multiply-add, the papers (fvcore) 1
         assert abs(g - gflops) / gflops < 0.03, f'{name}: {g:.2f} GFLOPs, published {gflops}G'
 
 
+@pytest.mark.parametrize('name,swin', [
+    ('dinat_s_tiny', 'swin_tiny_patch4_window7_224'),
+    ('dinat_s_base', 'swin_base_patch4_window7_224'),
+])
+def test_dinats_params_equal_swin(name, swin):
+    """DiNAT_s is Swin with NA: a (2k-1)^2 rpb per layer replaces Swin's (2w-1)^2 table, so the counts are identical."""
+    assert _num_params(name) == _num_params(swin)
+
+
+def _num_params(name: str) -> int:
+    with torch.device('meta'):
+        return sum(p.numel() for p in timm.create_model(name).parameters())
+
+
 def test_registered_variants_are_the_official_ones():
-    assert set(timm.list_models(module='nat')) == set(PUBLISHED)
+    assert set(timm.list_models(module='nat')) | set(timm.list_models(module='dinats')) == set(PUBLISHED)
 
 
 def test_layer_scale_and_dilations_per_variant():
@@ -292,6 +313,70 @@ class OfficialNAT(nn.Module):
         return self.head(x)
 
 
+class OfficialPatchMerging(nn.Module):
+    """Swin's PatchMerging as in classification/dinats.py: pad odd sizes, concat the 2x2 phases, LN(4C), Linear."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm = nn.LayerNorm(4 * dim)
+
+    def forward(self, x):
+        H, W = x.shape[1:3]
+        x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+        return self.reduction(self.norm(x))
+
+
+class OfficialBasicLayer(nn.Module):
+    def __init__(self, dim, depth, num_heads, kernel_size, dilations, downsample, mlp_ratio):
+        super().__init__()
+        self.blocks = nn.ModuleList([
+            OfficialNATLayer(dim, num_heads, kernel_size, 1 if dilations is None else dilations[i], mlp_ratio, None)
+            for i in range(depth)])
+        self.downsample = OfficialPatchMerging(dim) if downsample else None
+
+    def forward(self, x):
+        for blk in self.blocks:
+            x = blk(x)
+        return (x, x) if self.downsample is None else (x, self.downsample(x))
+
+
+class OfficialDiNATs(nn.Module):
+    """classification/dinats.py `DiNAT_s` (dense=False) or its mmdet/mmseg backbone (dense=True)."""
+
+    def __init__(self, embed_dim, depths, num_heads, kernel_size=7, dilations=None, mlp_ratio=4., num_classes=1000,
+                 dense=False):
+        super().__init__()
+        self.dense = dense
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(3, embed_dim, 4, 4)
+        self.patch_embed.norm = nn.LayerNorm(embed_dim)
+        self.layers = nn.ModuleList([
+            OfficialBasicLayer(embed_dim * 2 ** i, depths[i], num_heads[i], kernel_size,
+                               None if dilations is None else dilations[i], i < len(depths) - 1, mlp_ratio)
+            for i in range(len(depths))])
+        if dense:
+            for i in range(len(depths)):
+                self.add_module(f'norm{i}', nn.LayerNorm(embed_dim * 2 ** i))
+        else:
+            self.norm = nn.LayerNorm(embed_dim * 2 ** (len(depths) - 1))
+            self.head = nn.Linear(embed_dim * 2 ** (len(depths) - 1), num_classes)
+
+    def forward(self, x):
+        H, W = x.shape[2:]
+        x = F.pad(x, (0, -W % 4, 0, -H % 4))
+        x = self.patch_embed.norm(self.patch_embed.proj(x).permute(0, 2, 3, 1))
+        outs = []
+        for i, layer in enumerate(self.layers):
+            xo, x = layer(x)
+            if self.dense:
+                outs.append(getattr(self, f'norm{i}')(xo).permute(0, 3, 1, 2))
+        if self.dense:
+            return outs
+        return self.head(self.norm(x).flatten(1, 2).mean(1))
+
+
 def _randomize(module: nn.Module) -> Dict[str, torch.Tensor]:
     with torch.no_grad():
         for p in module.parameters():
@@ -318,11 +403,25 @@ NAT_MINI_ARGS = dict(embed_dim=64, mlp_ratio=3, depths=(3, 4, 6, 5), num_heads=(
 OFFICIAL_TINY = dict(embed_dim=16, mlp_ratio=2, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4), kernel_size=3)
 
 
-def test_fixture_matches_official_structure():
-    """The stored official key layout (nat_mini, classification) is what the re-statement produces."""
+DINAT_S_TINY_ARGS = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24))
+
+
+@pytest.mark.parametrize('official_cls,args,fixture', [
+    (OfficialNAT, NAT_MINI_ARGS, 'nat_mini_keys.json'),
+    (OfficialDiNATs, DINAT_S_TINY_ARGS, 'dinat_s_tiny_keys.json'),
+])
+def test_fixture_matches_official_structure(official_cls, args, fixture):
+    """The stored official key layouts (classification) are what the re-statements produce."""
     with torch.device('meta'):
-        official = OfficialNAT(**NAT_MINI_ARGS)
-    assert _layout(official.state_dict()) == json.loads((FIXTURES / 'nat_mini_keys.json').read_text())
+        official = official_cls(**args)
+    assert _layout(official.state_dict()) == json.loads((FIXTURES / fixture).read_text())
+
+
+def test_official_dinats_checkpoint_loads_strictly():
+    model = _meta_model('dinat_s_tiny')
+    model.load_state_dict(dinats_filter_fn({'model': _from_fixture('dinat_s_tiny_keys.json')}, model), assign=True)
+    with pytest.raises(ValueError, match='DiNAT_s'):
+        checkpoint_filter_fn(_from_fixture('dinat_s_tiny_keys.json'), _meta_model('nat_tiny'))
 
 
 @pytest.mark.parametrize('name', ['nat_mini', 'dinat_mini'])
@@ -408,6 +507,25 @@ def test_converted_checkpoint_matches_official_outputs(official_args, size):
     dense_sd = {f'backbone.{k}': v for k, v in _randomize(dense).items()}
     features = timm.create_model('nat_mini', features_only=True, **official_args).eval()
     features.model.load_state_dict(checkpoint_filter_fn(dense_sd, features.model), strict=True)
+    with torch.no_grad():
+        for ours, theirs in zip(features(x), dense(x)):
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_converted_dinats_checkpoint_matches_official_outputs():
+    args = dict(embed_dim=16, depths=(2, 1, 2, 1), num_heads=(1, 2, 2, 4), kernel_size=3,
+                dilations=[[1, 4], [2], [1, 2], [1]])
+    official = OfficialDiNATs(num_classes=10, **args).eval()
+    model = timm.create_model('dinat_s_tiny', num_classes=10, **args).eval()
+    model.load_state_dict(dinats_filter_fn(_randomize(official), model), strict=True)
+    x = torch.randn(2, 3, 45, 39)  # odd: exercises the stem padding and PatchMerging's odd-size padding
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), official(x), rtol=1e-4, atol=1e-4)
+
+    dense = OfficialDiNATs(dense=True, **args).eval()
+    dense_sd = {f'backbone.{k}': v for k, v in _randomize(dense).items()}
+    features = timm.create_model('dinat_s_tiny', features_only=True, **args).eval()
+    features.model.load_state_dict(dinats_filter_fn({'state_dict': dense_sd}, features.model), strict=True)
     with torch.no_grad():
         for ours, theirs in zip(features(x), dense(x)):
             torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)

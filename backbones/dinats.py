@@ -1,0 +1,200 @@
+""" DiNAT_s: Dilated Neighborhood Attention Transformer in the Swin layout
+
+A timm implementation of the DiNAT_s variants of
+    - `Dilated Neighborhood Attention Transformer` - https://arxiv.org/abs/2209.15001
+
+Model structure and weights from https://github.com/SHI-Labs/Neighborhood-Attention-Transformer (classification/
+dinats.py; MIT License, Copyright (c) 2022-2023 SHI Lab). DiNAT_s is Swin-T/S/B/L with window self-attention replaced
+by NA (even blocks) and DiNA (odd blocks): a non-overlapping 4x4 patch embedding, Swin's PatchMerging at the end of
+every level but the last, mlp_ratio 4, no layer scale. It shares the NAT model class (`hiervit.backbones.nat.NAT`) with
+its stem and downsampler swapped; the official `layers.*` keys become `levels.*` (see `checkpoint_filter_fn`).
+"""
+from typing import Any, Callable, Dict
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.swin_transformer import PatchMerging
+
+from hiervit.backbones.nat import NAT, convert_official_checkpoint
+
+__all__ = ['DiNATs']
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping 4x4 stride-4 conv, after zero-padding bottom/right to a multiple of 4, then LayerNorm.
+
+    NCHW in, NHWC out.
+    """
+
+    def __init__(
+            self,
+            in_chans: int = 3,
+            embed_dim: int = 96,
+            norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+            patch_size: int = 4,
+    ):
+        super().__init__()
+        self.in_chans = in_chans
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = norm_layer(embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(
+                f'Expected an NCHW image batch with {self.in_chans} channels (the model\'s in_chans), got shape '
+                f'{tuple(x.shape)}. Create the model with in_chans={x.shape[1] if x.ndim == 4 else "<C>"} '
+                f'or convert the input.')
+        H, W = x.shape[-2:]
+        x = F.pad(x, (0, -W % self.patch_size, 0, -H % self.patch_size))
+        x = self.proj(x).permute(0, 2, 3, 1)  # [B, C, H/4, W/4] -> [B, H/4, W/4, C]
+        return self.norm(x)
+
+
+class DiNATs(NAT):
+    """DiNAT_s: the NAT model with a 4x4 patch embedding and Swin PatchMerging downsamplers."""
+
+    def __init__(
+            self,
+            embed_dim: int = 96,
+            depths=(2, 2, 6, 2),
+            num_heads=(3, 6, 12, 24),
+            mlp_ratio: float = 4.,
+            **kwargs,
+    ):
+        """
+        Args:
+            embed_dim: Channels of the first level; doubled at every level.
+            depths: Blocks per level.
+            num_heads: Attention heads per level.
+            mlp_ratio: MLP hidden width / dim.
+            **kwargs: Any other `NAT` argument (`dilations`, `kernel_size`, `num_classes`, ...).
+        """
+        for name in ('stem_layer', 'downsample_layer', 'layer_scale'):
+            if name in kwargs:
+                raise TypeError(f'DiNATs fixes {name!r} (the Swin layout); use NAT for a different {name}.')
+        super().__init__(
+            embed_dim=embed_dim,
+            depths=depths,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            stem_layer=PatchEmbed,
+            downsample_layer=PatchMerging,
+            **kwargs,
+        )
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, Any], model: DiNATs) -> Dict[str, torch.Tensor]:
+    """Convert an official DiNAT_s checkpoint (classification, or the backbone of an mmdet/mmseg one)."""
+    return convert_official_checkpoint(state_dict, model, 'layers.', _VARIANT_ARGS)
+
+
+def _create_dinats(variant: str, pretrained: bool = False, **kwargs) -> DiNATs:
+    out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs.get('depths', (2, 2, 6, 2))))))
+    if kwargs.get('features_only', False):
+        # dense-task backbones: one LayerNorm per output, as in the official mmdet/mmseg DiNAT_s
+        kwargs.setdefault('output_norms', True)
+    return build_model_with_cfg(
+        DiNATs, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter', norm=True),
+        **kwargs,
+    )
+
+
+def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
+    # The official models had no default_cfg, so timm 0.5's data defaults applied: bicubic, crop 0.875, ImageNet stats.
+    return {
+        'url': url, 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
+        'crop_pct': .875, 'interpolation': 'bicubic', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'patch_embed.proj', 'classifier': 'head.fc', 'license': 'mit',
+        'origin_url': 'https://github.com/SHI-Labs/Neighborhood-Attention-Transformer',
+        'paper_ids': 'arXiv:2209.15001', **kwargs,
+    }
+
+
+# URLs as in the official dinats.py and detection/DiNAT.md; classification/DiNAT.md links the same files without the
+# `in` (`dinat_s_tiny_1k_224.pth`), which of the two the server still has could not be checked offline.
+_URL = 'https://shi-labs.com/projects/dinat/checkpoints/'
+
+default_cfgs = generate_default_cfgs({
+    'dinat_s_tiny.shi_in1k': _cfg(url=_URL + 'imagenet1k/dinat_s_tiny_in1k_224.pth'),
+    'dinat_s_small.shi_in1k': _cfg(url=_URL + 'imagenet1k/dinat_s_small_in1k_224.pth'),
+    'dinat_s_base.shi_in1k': _cfg(url=_URL + 'imagenet1k/dinat_s_base_in1k_224.pth'),
+    'dinat_s_large.shi_in22k_ft_in1k': _cfg(url=_URL + 'imagenet1k/dinat_s_large_in1k_224.pth'),
+    'dinat_s_large_384.shi_in22k_ft_in1k': _cfg(
+        url=_URL + 'imagenet1k/dinat_s_large_in1k_384.pth', input_size=(3, 384, 384), pool_size=(12, 12),
+        crop_pct=1.0),
+    'dinat_s_large_21k.shi_in22k': _cfg(url=_URL + 'imagenet22k/dinat_s_large_in22k_224.pth', num_classes=21841),
+})
+
+_DILATIONS_T = ([1, 8], [1, 4], [1, 2] * 3, [1, 1])
+_DILATIONS_224 = ([1, 8], [1, 4], [1, 2] * 9, [1, 1])
+_DILATIONS_384 = ([1, 13], [1, 6], [1, 3] * 9, [1, 1])
+
+# Architecture arguments of every entrypoint (the official ones, including drop_path_rate).
+_VARIANT_ARGS: Dict[str, Dict[str, Any]] = {
+    'dinat_s_tiny': dict(
+        depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), embed_dim=96, drop_path_rate=0.2, dilations=_DILATIONS_T),
+    'dinat_s_small': dict(
+        depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), embed_dim=96, drop_path_rate=0.3, dilations=_DILATIONS_224),
+    'dinat_s_base': dict(
+        depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), embed_dim=128, drop_path_rate=0.5, dilations=_DILATIONS_224),
+    'dinat_s_large': dict(
+        depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), embed_dim=192, drop_path_rate=0.35,
+        dilations=_DILATIONS_224),
+    'dinat_s_large_384': dict(
+        depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), embed_dim=192, drop_path_rate=0.35,
+        dilations=_DILATIONS_384),
+    'dinat_s_large_21k': dict(
+        depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), embed_dim=192, drop_path_rate=0.2,
+        dilations=_DILATIONS_224),
+}
+
+
+def _create_variant(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -> DiNATs:
+    args = dict(_VARIANT_ARGS[variant])
+    if 'depths' in kwargs and 'dilations' not in kwargs:
+        raise ValueError(
+            f'{variant} has per-block dilations for depths={args["depths"]}; when overriding depths, pass '
+            f'dilations= too (one list per level, one value per block).')
+    return _create_dinats(variant, pretrained=pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def dinat_s_tiny(pretrained: bool = False, **kwargs) -> DiNATs:
+    """DiNAT_s-Tiny @ 224, ImageNet-1k."""
+    return _create_variant('dinat_s_tiny', pretrained, kwargs)
+
+
+@register_model
+def dinat_s_small(pretrained: bool = False, **kwargs) -> DiNATs:
+    """DiNAT_s-Small @ 224, ImageNet-1k."""
+    return _create_variant('dinat_s_small', pretrained, kwargs)
+
+
+@register_model
+def dinat_s_base(pretrained: bool = False, **kwargs) -> DiNATs:
+    """DiNAT_s-Base @ 224, ImageNet-1k."""
+    return _create_variant('dinat_s_base', pretrained, kwargs)
+
+
+@register_model
+def dinat_s_large(pretrained: bool = False, **kwargs) -> DiNATs:
+    """DiNAT_s-Large @ 224, ImageNet-22k pretrained, ImageNet-1k fine-tuned."""
+    return _create_variant('dinat_s_large', pretrained, kwargs)
+
+
+@register_model
+def dinat_s_large_384(pretrained: bool = False, **kwargs) -> DiNATs:
+    """DiNAT_s-Large @ 384 (384 dilations), ImageNet-22k pretrained, ImageNet-1k fine-tuned."""
+    return _create_variant('dinat_s_large_384', pretrained, kwargs)
+
+
+@register_model
+def dinat_s_large_21k(pretrained: bool = False, **kwargs) -> DiNATs:
+    """DiNAT_s-Large @ 224, ImageNet-22k (21841 classes)."""
+    return _create_variant('dinat_s_large_21k', pretrained, kwargs)
