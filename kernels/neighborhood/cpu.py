@@ -12,8 +12,8 @@ heads-last input directly, so one gather builds all tiles of all sub-grids and h
 the longest one (d does not divide L) get clamped duplicate queries/keys that are masked out (keys) or discarded
 (queries; their output gradient is zeroed in the backward so they add nothing to dK, dV, d_rpb).
 
-Backward recomputes the scores from the saved log-sum-exp and runs dP = dO V^T, dS = P (dP - rowsum(dO o O)),
-dQ = dS K, dK = dS^T Q, dV = P^T dO per tile; halo contributions to dK/dV and bias contributions to d_rpb are summed
+Backward recomputes the probabilities and runs dP = dO V^T, dS = P (dP - rowsum(dP o P)), dQ = dS K, dK = dS^T Q,
+dV = P^T dO per tile; halo contributions to dK/dV and bias contributions to d_rpb are summed
 with `index_add_` (halos of neighbouring tiles overlap).
 """
 import functools
@@ -72,16 +72,15 @@ def _axis_plan(length: int, kernel: int, dilation: int, tile: int) -> _AxisPlan:
 
 @dataclass(frozen=True)
 class _Plan:
-    q_index: Tuple[Tensor, ...]  # per-axis gather indices, broadcasting to [T_0.., t_0..]
-    k_index: Tuple[Tensor, ...]  # per-axis gather indices, broadcasting to [T_0.., h_0..]
     tiles: int
     m: int  # queries per tile
     kh: int  # halo keys per tile
     bias_index: Tensor  # [tiles, m, kh] into the flattened rpb table extended by one -inf slot at the end
-    q_flat: Tensor  # [tiles * m] flat spatial index of each query slot
-    q_valid: Tensor  # [tiles * m] bool
-    k_flat: Tensor  # [tiles * kh] flat spatial index of each halo key slot
-    inverse: Tensor  # [N] the query slot that holds each spatial position
+    q_slot: Tensor  # [heads * tiles * m] row of the heads-last `[N * heads]` input held by each query slot
+    k_slot: Tensor  # [heads * tiles * kh] the same for each halo key slot
+    q_valid: Tensor  # [tiles * m] the query slot holds a real query (not a clamped duplicate)
+    untile: Tensor  # [N * heads] the query slot that holds each row of the heads-last output
+    first: Tensor  # [tiles, m, 1] a halo slot inside each query slot's window (to read the log-sum-exp back)
 
 
 def _place(t: Tensor, pos: Sequence[int], ndim: int) -> Tensor:
@@ -93,8 +92,8 @@ def _place(t: Tensor, pos: Sequence[int], ndim: int) -> Tensor:
 
 
 @functools.lru_cache(maxsize=32)
-def _plan(spatial: Tuple[int, ...], kernel: Tuple[int, ...], dilation: Tuple[int, ...], tile: Tuple[int, ...],
-          device: torch.device) -> _Plan:
+def _plan(spatial: Tuple[int, ...], heads: int, kernel: Tuple[int, ...], dilation: Tuple[int, ...],
+          tile: Tuple[int, ...], device: torch.device) -> _Plan:
     n = len(spatial)
     axes = [_axis_plan(*args) for args in zip(spatial, kernel, dilation, tile)]
     n_tiles = [a.q.shape[0] for a in axes]
@@ -103,52 +102,61 @@ def _plan(spatial: Tuple[int, ...], kernel: Tuple[int, ...], dilation: Tuple[int
     tiles, m, kh = math.prod(n_tiles), math.prod(t), math.prod(h)
     strides = [math.prod(spatial[a + 1:]) for a in range(n)]
     rel_strides = [math.prod(2 * kk - 1 for kk in kernel[a + 1:]) for a in range(n)]
-    # Broadcast layouts: queries [T_0.., t_0..], keys [T_0.., h_0..], pairs [T_0.., t_0.., h_0..].
-    q_index = tuple(_place(a.q, (i, n + i), 2 * n) for i, a in enumerate(axes))
-    k_index = tuple(_place(a.k, (i, n + i), 2 * n) for i, a in enumerate(axes))
-    q_flat = sum(qi * s for qi, s in zip(q_index, strides))
+    # Broadcast layouts: queries [T_0.., t_0..], keys [T_0.., h_0..], (query, key) pairs [T_0.., t_0.., h_0..].
+    q_flat = sum(_place(a.q, (i, n + i), 2 * n) * s for i, (a, s) in enumerate(zip(axes, strides)))
+    k_flat = sum(_place(a.k, (i, n + i), 2 * n) * s for i, (a, s) in enumerate(zip(axes, strides)))
     q_valid = functools.reduce(torch.logical_and, [_place(a.q_valid, (i, n + i), 2 * n) for i, a in enumerate(axes)])
-    k_flat = sum(ki * s for ki, s in zip(k_index, strides))
     rel = sum(_place(a.rel, (i, n + i, 2 * n + i), 3 * n) * s for i, (a, s) in enumerate(zip(axes, rel_strides)))
     inside = functools.reduce(
         torch.logical_and, [_place(a.inside, (i, n + i, 2 * n + i), 3 * n) for i, a in enumerate(axes)])
     table = math.prod(2 * kk - 1 for kk in kernel)
-    bias_index = torch.where(inside, rel, table).reshape(tiles, m, kh)
+    inside = inside.expand(*n_tiles, *t, *h).reshape(tiles, m, kh)
+    bias_index = torch.where(inside, rel.reshape(tiles, m, kh), table)
     q_flat = q_flat.expand(*n_tiles, *t).reshape(-1)
+    k_flat = k_flat.expand(*n_tiles, *h).reshape(-1)
     q_valid = q_valid.expand(*n_tiles, *t).reshape(-1)
     inverse = torch.empty(math.prod(spatial), dtype=torch.long)
     inverse[q_flat[q_valid]] = torch.arange(q_flat.numel())[q_valid]
-    to = functools.partial(torch.Tensor.to, device=device)
+    hd = torch.arange(heads)
     return _Plan(
-        q_index=tuple(map(to, q_index)), k_index=tuple(map(to, k_index)), tiles=tiles, m=m, kh=kh,
-        bias_index=to(bias_index), q_flat=to(q_flat), q_valid=to(q_valid), k_flat=to(k_flat.expand(*n_tiles, *h).reshape(-1)),
-        inverse=to(inverse))
+        tiles=tiles, m=m, kh=kh, bias_index=bias_index.to(device),
+        q_slot=(q_flat[None, :] * heads + hd[:, None]).reshape(-1).to(device),
+        k_slot=(k_flat[None, :] * heads + hd[:, None]).reshape(-1).to(device), q_valid=q_valid.to(device),
+        untile=(inverse[:, None] + hd[None, :] * (tiles * m)).reshape(-1).to(device),
+        first=inside.int().argmax(-1, keepdim=True).to(device))
 
 
 def _setup(q: Tensor, kernel: List[int], dilation: List[int]) -> _Plan:
     spatial = tuple(q.shape[1:-2])
-    return _plan(spatial, tuple(kernel), tuple(dilation), tile_shape(spatial, kernel), q.device)
+    return _plan(spatial, q.shape[-2], tuple(kernel), tuple(dilation), tile_shape(spatial, kernel), q.device)
 
 
-def _tiles(x: Tensor, index: Tuple[Tensor, ...], rows: int, acc: torch.dtype) -> Tensor:
-    """Gather `[B, *spatial, heads, c]` into tiles `[B, heads, tiles, rows, c]` in the compute dtype."""
-    heads = x.shape[-2]
-    hd = torch.arange(heads, device=x.device).reshape(heads, *([1] * index[0].dim()))
-    t = x[(slice(None),) + tuple(index) + (hd,)]  # [B, heads, T_0.., r_0.., c]
-    return t.reshape(x.shape[0], heads, -1, rows, x.shape[-1]).to(acc)
+def _tiles(x: Tensor, slots: Tensor, rows: int, acc: torch.dtype) -> Tensor:
+    """Gather `[n, *spatial, heads, c]` into tiles `[n * heads * tiles, rows, c]` in the compute dtype.
+
+    `slots` indexes the `[N * heads]` rows of the heads-last input; one `index_select` copies whole c-vectors."""
+    c = x.shape[-1]
+    return x.reshape(x.shape[0], -1, c).index_select(1, slots).reshape(-1, rows, c).to(acc)
 
 
 def _bias(rpb: Optional[Tensor], heads: int, plan: _Plan, table: int, acc: torch.dtype, device) -> Tensor:
-    """Additive `[heads, tiles, m, kh]` bias: rpb inside each query's window, -inf outside."""
+    """Additive `[heads * tiles, m, kh]` bias: rpb inside each query's window, -inf outside."""
     ext = torch.zeros(heads, table + 1, dtype=acc, device=device)
     if rpb is not None:
         ext[:, :table] = rpb.reshape(heads, table)
     ext[:, table] = float('-inf')
-    return ext[:, plan.bias_index]
+    return ext[:, plan.bias_index].reshape(-1, plan.m, plan.kh)
 
 
-def _chunks(batch: int, heads: int, plan: _Plan) -> int:
+def _chunk(batch: int, heads: int, plan: _Plan) -> int:
     return max(1, min(batch, _CHUNK_BYTES // (4 * heads * plan.tiles * plan.m * plan.kh)))
+
+
+def _scores(bias: Tensor, n: int, qt: Tensor, kt: Tensor) -> Tensor:
+    """`bias + (q * scale) @ k^T` for n batch elements: one batched GEMM that accumulates onto the bias."""
+    if n > 1:
+        bias = bias.expand(n, *bias.shape).reshape(-1, *bias.shape[1:])
+    return torch.baddbmm(bias, qt, kt.transpose(1, 2))
 
 
 def forward(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], kernel: List[int], dilation: List[int],
@@ -157,71 +165,63 @@ def forward(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], kernel: List
     plan = _setup(q, kernel, dilation)
     B, heads, dv = q.shape[0], q.shape[-2], v.shape[-1]
     acc = torch.promote_types(q.dtype, torch.float32)
-    table = math.prod(2 * kk - 1 for kk in kernel)
-    bias = _bias(rpb, heads, plan, table, acc, q.device)
-    hd = torch.arange(heads, device=q.device)[None, :]
-    out = torch.empty(B, q[0, ..., 0, 0].numel(), heads, dv, dtype=v.dtype, device=q.device)
-    lse = torch.empty(B, out.shape[1], heads, dtype=torch.float32, device=q.device)
-    step = _chunks(B, heads, plan)
+    bias = _bias(rpb, heads, plan, math.prod(2 * kk - 1 for kk in kernel), acc, q.device)
+    first = plan.first.repeat(heads, 1, 1)
+    out = torch.empty(B, plan.untile.numel(), dv, dtype=v.dtype, device=q.device)
+    lse = torch.empty(B, plan.untile.numel(), dtype=torch.float32, device=q.device)
+    step = _chunk(B, heads, plan)
     for b in range(0, B, step):
         sl = slice(b, b + step)
-        qt = _tiles(q[sl], plan.q_index, plan.m, acc).mul_(scale)  # [b, heads, tiles, m, d]
-        kt = _tiles(k[sl], plan.k_index, plan.kh, acc)
-        vt = _tiles(v[sl], plan.k_index, plan.kh, acc)
-        s = torch.matmul(qt, kt.transpose(-1, -2)).add_(bias)  # [b, heads, tiles, m, kh]
-        mx = s.amax(-1, keepdim=True)
-        p = s.sub_(mx).exp_()
-        denom = p.sum(-1, keepdim=True)
-        o = torch.matmul(p, vt).div_(denom)  # [b, heads, tiles, m, dv]
-        # Scatter-free untiling: pick, for each spatial position, the one slot that holds it (heads-last result).
-        out[sl] = o.reshape(o.shape[0], heads, -1, dv)[:, hd, plan.inverse[:, None]]
-        lse_t = (mx + denom.log()).reshape(o.shape[0], heads, -1)
-        lse[sl] = lse_t[:, hd, plan.inverse[:, None]]
+        n = q[sl].shape[0]
+        qt = _tiles(q[sl], plan.q_slot, plan.m, acc).mul_(scale)  # [n * heads * tiles, m, d]
+        kt = _tiles(k[sl], plan.k_slot, plan.kh, acc)  # [n * heads * tiles, kh, d]
+        vt = _tiles(v[sl], plan.k_slot, plan.kh, acc)
+        s = _scores(bias, n, qt, kt)  # [n * heads * tiles, m, kh]
+        p = torch.log_softmax(s, -1)
+        # log-sum-exp = s - log_softmax(s) at any key inside the window (there the difference is finite).
+        lse_t = (s.view(n, *bias.shape).gather(-1, first.expand(n, *first.shape))
+                 - p.view(n, *bias.shape).gather(-1, first.expand(n, *first.shape)))
+        o = torch.bmm(p.exp_(), vt)  # [n * heads * tiles, m, dv]
+        # Untile by a gather: every output row is held by exactly one slot (duplicates are never read).
+        out[sl] = o.view(n, -1, dv).index_select(1, plan.untile)
+        lse[sl] = lse_t.view(n, -1).index_select(1, plan.untile)
     return out.reshape(v.shape), lse.reshape(q.shape[:-1])
 
 
 def backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], out: Tensor, lse: Tensor,
              kernel: List[int], dilation: List[int], scale: float) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
-    """Gradients of q, k, v and rpb (None without rpb)."""
+    """Gradients of q, k, v and rpb (None without rpb). Recomputes the probabilities; out and lse are not needed
+    (the softmax backward's rowsum(dP o P) equals rowsum(dO o O))."""
     plan = _setup(q, kernel, dilation)
     B, heads, d, dv = q.shape[0], q.shape[-2], q.shape[-1], v.shape[-1]
-    N = plan.inverse.numel()
+    rows = plan.untile.numel()
     acc = torch.promote_types(q.dtype, torch.float32)
     table = math.prod(2 * kk - 1 for kk in kernel)
     bias = _bias(rpb, heads, plan, table, acc, q.device)
-    hd = torch.arange(heads, device=q.device)
-    # Per query slot: flat index into [N * heads] of the heads-last tensors; padded slots get zero output gradient.
-    slot = (plan.q_flat[None, :] * heads + hd[:, None]).reshape(-1)  # [heads * tiles * m]
-    valid = plan.q_valid.to(acc)[None, :, None]  # [1, tiles * m, 1]
-    key_slot = (plan.k_flat[None, :] * heads + hd[:, None]).reshape(-1)  # [heads * tiles * kh]
-    delta = (dout.to(acc) * out.to(acc)).sum(-1).reshape(B, N * heads)  # rowsum(dO o O)
-    lse = lse.reshape(B, N * heads)
-    dq = torch.empty(B, N, heads, d, dtype=q.dtype, device=q.device)
-    dk = torch.zeros(B, N * heads, d, dtype=acc, device=q.device)
-    dvv = torch.zeros(B, N * heads, dv, dtype=acc, device=q.device)
-    dbias = torch.zeros(heads, plan.tiles, plan.m, plan.kh, dtype=acc, device=q.device) if rpb is not None else None
-    step = _chunks(B, heads, plan)
+    # Duplicate query slots get a zero output gradient, so they add nothing to dK, dV and d_rpb.
+    valid = plan.q_valid.to(acc).reshape(plan.tiles, plan.m, 1).repeat(heads, 1, 1)
+    dq = torch.empty(B, rows, d, dtype=q.dtype, device=q.device)
+    dk = torch.zeros(B, rows, d, dtype=acc, device=q.device)
+    dvv = torch.zeros(B, rows, dv, dtype=acc, device=q.device)
+    dbias = torch.zeros_like(bias) if rpb is not None else None
+    step = _chunk(B, heads, plan)
     for b in range(0, B, step):
         sl = slice(b, b + step)
         n = q[sl].shape[0]
-        qt = _tiles(q[sl], plan.q_index, plan.m, acc).mul_(scale)  # [n, heads, tiles, m, d]
-        kt = _tiles(k[sl], plan.k_index, plan.kh, acc)
-        vt = _tiles(v[sl], plan.k_index, plan.kh, acc)
-        dot = _tiles(dout[sl], plan.q_index, plan.m, acc)
-        dot = dot.mul_(valid.reshape(1, 1, plan.tiles, plan.m, 1))
-        lse_t = lse[sl][:, slot].reshape(n, heads, plan.tiles, plan.m, 1)
-        delta_t = (delta[sl][:, slot] * valid[..., 0].repeat(1, heads)).reshape(n, heads, plan.tiles, plan.m, 1)
-        p = torch.matmul(qt, kt.transpose(-1, -2)).add_(bias).sub_(lse_t).exp_()  # [n, heads, tiles, m, kh]
-        ds = torch.matmul(dot, vt.transpose(-1, -2)).sub_(delta_t).mul_(p)
-        dvv[sl].index_add_(1, key_slot, torch.matmul(p.transpose(-1, -2), dot).reshape(n, -1, dv))
-        dk[sl].index_add_(1, key_slot, torch.matmul(ds.transpose(-1, -2), qt).reshape(n, -1, d))
-        dq_t = torch.matmul(ds, kt).mul_(scale).reshape(n, heads, -1, d)
-        dq[sl] = dq_t[:, hd[None, :], plan.inverse[:, None]]
+        qt = _tiles(q[sl], plan.q_slot, plan.m, acc).mul_(scale)  # [n * heads * tiles, m, d]
+        kt = _tiles(k[sl], plan.k_slot, plan.kh, acc)  # [n * heads * tiles, kh, d]
+        vt = _tiles(v[sl], plan.k_slot, plan.kh, acc)
+        dot = _tiles(dout[sl], plan.q_slot, plan.m, acc).view(n, *valid.shape[:2], dv).mul_(valid).view(-1, plan.m, dv)
+        p = torch.softmax(_scores(bias, n, qt, kt), -1)  # [n * heads * tiles, m, kh]
+        ds = torch.ops.aten._softmax_backward_data(torch.bmm(dot, vt.transpose(1, 2)), p, -1, acc)
+        dvv[sl].index_add_(1, plan.k_slot, torch.bmm(p.transpose(1, 2), dot).view(n, -1, dv))
+        dk[sl].index_add_(1, plan.k_slot, torch.bmm(ds.transpose(1, 2), qt).view(n, -1, d))
+        dq[sl] = torch.bmm(ds, kt).mul_(scale).view(n, -1, d).index_select(1, plan.untile)
         if dbias is not None:
-            dbias += ds.sum(0)
+            dbias += ds.view(n, *bias.shape).sum(0)
     drpb = None
     if dbias is not None:
         drpb = torch.zeros(heads, table + 1, dtype=acc, device=q.device)
-        drpb.index_add_(1, plan.bias_index.reshape(-1), dbias.reshape(heads, -1))
+        drpb.index_add_(1, plan.bias_index.reshape(-1), dbias.view(heads, -1))
         drpb = drpb[:, :table].reshape(rpb.shape).to(rpb.dtype)
-    return (dq.reshape(q.shape), dk.reshape(k.shape).to(k.dtype), dvv.reshape(v.shape).to(v.dtype), drpb)
+    return dq.reshape(q.shape), dk.reshape(k.shape).to(k.dtype), dvv.reshape(v.shape).to(v.dtype), drpb
