@@ -80,7 +80,6 @@ class _Plan:
     k_slot: Tensor  # [heads * tiles * kh] the same for each halo key slot
     q_valid: Tensor  # [tiles * m] the query slot holds a real query (not a clamped duplicate)
     untile: Tensor  # [N * heads] the query slot that holds each row of the heads-last output
-    first: Tensor  # [tiles, m, 1] a halo slot inside each query slot's window (to read the log-sum-exp back)
 
 
 def _place(t: Tensor, pos: Sequence[int], ndim: int) -> Tensor:
@@ -122,8 +121,7 @@ def _plan(spatial: Tuple[int, ...], heads: int, kernel: Tuple[int, ...], dilatio
         tiles=tiles, m=m, kh=kh, bias_index=bias_index.to(device),
         q_slot=(q_flat[None, :] * heads + hd[:, None]).reshape(-1).to(device),
         k_slot=(k_flat[None, :] * heads + hd[:, None]).reshape(-1).to(device), q_valid=q_valid.to(device),
-        untile=(inverse[:, None] + hd[None, :] * (tiles * m)).reshape(-1).to(device),
-        first=inside.int().argmax(-1, keepdim=True).to(device))
+        untile=(inverse[:, None] + hd[None, :] * (tiles * m)).reshape(-1).to(device))
 
 
 def _setup(q: Tensor, kernel: List[int], dilation: List[int]) -> _Plan:
@@ -145,7 +143,7 @@ def _bias(rpb: Optional[Tensor], heads: int, plan: _Plan, table: int, acc: torch
     if rpb is not None:
         ext[:, :table] = rpb.reshape(heads, table)
     ext[:, table] = float('-inf')
-    return ext[:, plan.bias_index].reshape(-1, plan.m, plan.kh)
+    return ext.index_select(1, plan.bias_index.view(-1)).view(-1, plan.m, plan.kh)
 
 
 def _chunk(batch: int, heads: int, plan: _Plan) -> int:
@@ -166,7 +164,6 @@ def forward(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], kernel: List
     B, heads, dv = q.shape[0], q.shape[-2], v.shape[-1]
     acc = torch.promote_types(q.dtype, torch.float32)
     bias = _bias(rpb, heads, plan, math.prod(2 * kk - 1 for kk in kernel), acc, q.device)
-    first = plan.first.repeat(heads, 1, 1)
     out = torch.empty(B, plan.untile.numel(), dv, dtype=v.dtype, device=q.device)
     lse = torch.empty(B, plan.untile.numel(), dtype=torch.float32, device=q.device)
     step = _chunk(B, heads, plan)
@@ -177,11 +174,11 @@ def forward(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], kernel: List
         kt = _tiles(k[sl], plan.k_slot, plan.kh, acc)  # [n * heads * tiles, kh, d]
         vt = _tiles(v[sl], plan.k_slot, plan.kh, acc)
         s = _scores(bias, n, qt, kt)  # [n * heads * tiles, m, kh]
-        p = torch.log_softmax(s, -1)
-        # log-sum-exp = s - log_softmax(s) at any key inside the window (there the difference is finite).
-        lse_t = (s.view(n, *bias.shape).gather(-1, first.expand(n, *first.shape))
-                 - p.view(n, *bias.shape).gather(-1, first.expand(n, *first.shape)))
-        o = torch.bmm(p.exp_(), vt)  # [n * heads * tiles, m, dv]
+        p = torch.softmax(s, -1)
+        # log-sum-exp = max(s) + log(sum(exp(s - max(s)))) and the largest probability is 1 / that sum. (Two cheap
+        # max reductions; exp of the -inf entries, unlike softmax, takes a slow path on CPU.)
+        lse_t = s.amax(-1).sub_(p.amax(-1).log_())
+        o = torch.bmm(p, vt)  # [n * heads * tiles, m, dv]
         # Untile by a gather: every output row is held by exactly one slot (duplicates are never read).
         out[sl] = o.view(n, -1, dv).index_select(1, plan.untile)
         lse[sl] = lse_t.view(n, -1).index_select(1, plan.untile)
