@@ -8,6 +8,7 @@ import gzip
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -51,8 +52,8 @@ def image_folder(tmp_path_factory):
 
 def _base_args(data_dir, out, experiment, *extra):
     return [*TINY_NAT, '--data-dir', str(data_dir), '--output', str(out), '--experiment', experiment,
-            '--img-size', '32', '-b', '4', '--workers', '0', '--opt', 'adamw', '--lr', '1e-3', '--warmup-epochs', '1',
-            '--no-progress', '--no-log-tb', *extra]
+            '--img-size', '32', '-b', '4', '--workers', '0', '--threads', '1', '--opt', 'adamw', '--lr', '1e-3',
+            '--warmup-epochs', '1', '--no-progress', '--no-log-tb', *extra]
 
 
 # the full regularisation stack of the ImageNet recipes; each piece draws from a different RNG
@@ -106,7 +107,7 @@ def test_pipeline_outputs(trained_run):
 def test_validate_matches_training_eval(trained_run, image_folder, capsys):
     out = trained_run['output_dir']
     results = validate(['--checkpoint', os.path.join(out, 'last.pth.tar'), '--data-dir', str(image_folder),
-                        '--workers', '0', '-b', '5'])
+                        '--workers', '0', '-b', '5', '--threads', '1'])
     printed = json.loads(capsys.readouterr().out)
     assert printed['top1'] == results['top1'] and printed['num_images'] == 9
     assert {'top1', 'top5', 'img_per_sec', 'param_count'} <= set(printed)
@@ -114,7 +115,7 @@ def test_validate_matches_training_eval(trained_run, image_folder, capsys):
     eval_top1 = trained_run['metrics']['eval']['top1']
     assert results['top1'] == pytest.approx(eval_top1, abs=1e-3)
     ema = validate(['--checkpoint', os.path.join(out, 'last.pth.tar'), '--data-dir', str(image_folder),
-                    '--workers', '0', '--use-ema'])
+                    '--workers', '0', '--use-ema', '--threads', '1'])
     assert ema['top1'] == pytest.approx(trained_run['metrics']['eval']['ema_top1'], abs=1e-3)
 
 
@@ -199,6 +200,25 @@ def test_ddp_gloo_two_processes(image_folder, tmp_path):
     state = ckpt.load_file(str(tmp_path / 'ddp' / 'last.pth.tar'))
     assert len(state['rng']) == 2 and state['num_updates'] == 3  # 24 images / (2 ranks x 4) per update
     assert not torch.equal(state['rng'][0]['torch'], state['rng'][1]['torch'])  # per-rank seeding
+
+
+def test_sigterm_saves_resumable_checkpoint(image_folder, tmp_path):
+    cmd = [sys.executable, '-m', 'hiervit.train',
+           *_base_args(image_folder, tmp_path, 'term', '--epochs', '100', '--no-eval', '--log-interval', '1')]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    lines = []
+    for line in proc.stdout:  # wait until training is under way
+        lines.append(line)
+        if 'epoch 0 [2/6]' in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    lines += proc.stdout.readlines()
+    assert proc.wait(timeout=120) == 0, ''.join(lines)[-3000:]
+    log = ''.join(lines)
+    assert 'continue with --resume' in log, log[-3000:]
+    state = ckpt.load_file(str(tmp_path / 'term' / 'last.pth.tar'))
+    assert 0 < state['num_updates'] == 6 * state['resume_epoch'] + state['resume_batch'] < 600
 
 
 def test_corrupt_image_names_the_file(image_folder, tmp_path):

@@ -1,8 +1,8 @@
 """Command-line flags of `hiervit-train` and `hiervit-validate`, and YAML recipe loading.
 
 Flag names, dests and defaults follow timm's train.py / validate.py so that timm recipes and habits carry over. A recipe
-(`-c/--config`) is a YAML mapping whose keys are flag dests (`batch_size`, `drop_path`, ...); it sets the defaults and the
-command line overrides it. An unknown key is an error naming the key, never silently ignored.
+(`-c/--config`) is a YAML mapping whose keys are flag dests (`batch_size`, `drop_path`, ...); it sets the defaults
+and the command line overrides it. An unknown key is an error naming the key, never silently ignored.
 """
 import argparse
 import os
@@ -56,6 +56,9 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--amp-dtype', default='float16', type=str, choices=('float16', 'bfloat16'),
                        help='autocast dtype (float16 uses a GradScaler and needs a GPU)')
     group.add_argument('--device', default=None, type=str, help="'cpu', 'cuda' or 'cuda:N' (default: cuda if present)")
+    group.add_argument('--threads', type=int, default=None, metavar='N',
+                       help='torch intra-op CPU threads (default: torch\'s choice); 1 is fastest for tiny models on '
+                            'a busy machine')
     group.add_argument('-j', '--workers', type=int, default=4, metavar='N', help='data loading worker processes')
     group.add_argument('--pin-mem', action='store_true', default=False, help='pin loader memory (GPU)')
     group.add_argument('--log-interval', type=int, default=50, metavar='N', help='batches between log lines')
@@ -172,8 +175,8 @@ def build_validate_parser() -> argparse.ArgumentParser:
     parser.add_argument('-c', '--config', default='', type=str, metavar='FILE', help='YAML file of flag dests')
     _add_data_args(parser, training=False)
     _add_model_args(parser)
-    parser.add_argument('--checkpoint', default='', type=str, metavar='PATH', help='weights (a hiervit-train checkpoint '
-                                                                                   'brings its model args along)')
+    parser.add_argument('--checkpoint', default='', type=str, metavar='PATH',
+                        help='weights (a hiervit-train checkpoint brings its model and data args along)')
     parser.add_argument('--use-ema', dest='use_ema', action='store_true', help='use the checkpoint\'s EMA weights')
     parser.add_argument('--num-samples', type=int, default=None, metavar='N', help='validate on the first N samples')
     parser.add_argument('--results-file', default='', type=str, metavar='FILENAME', help='write results JSON here')

@@ -1,7 +1,7 @@
 """Datasets and loaders for the training and validation CLIs.
 
-Sources: timm's folder / tar readers (`--dataset ''`), torchvision datasets (`torch/<name>`), HF datasets (`hfds/<name>`)
-through `timm.data.create_dataset`, and an in-memory Fashion-MNIST reader of the IDX files that Debian's
+Sources: timm's folder / tar readers (`--dataset ''`), torchvision datasets (`torch/<name>`), HF datasets
+(`hfds/<name>`) through `timm.data.create_dataset`, and an in-memory Fashion-MNIST reader of the IDX files that Debian's
 `dataset-fashion-mnist` package installs. Transforms are timm's `create_transform`.
 
 Resumable, reproducible augmentation: the sampler hands every sample a seed drawn from (seed, epoch, position), and
@@ -169,17 +169,25 @@ def source_num_classes(source: torch.utils.data.Dataset) -> Optional[int]:
 
 @contextlib.contextmanager
 def _seeded(seed: int) -> Iterator[None]:
-    """Seed python, numpy and torch RNGs for one sample and put the previous states back afterwards."""
-    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    """Seed python, numpy and torch (CPU) RNGs for one sample.
+
+    In the main process (`--workers 0`) the previous states are put back afterwards so the training RNG streams do not
+    depend on the data; a loader worker owns its RNGs, so there the save / restore is skipped (it costs more than the
+    transform of a small image).
+    """
+    in_main = torch.utils.data.get_worker_info() is None
+    if in_main:
+        py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.default_generator.manual_seed(seed)  # CPU generator only: transforms never touch a GPU RNG
     try:
         yield
     finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-        torch.set_rng_state(torch_state)
+        if in_main:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+            torch.set_rng_state(torch_state)
 
 
 class SeededTransformDataset(torch.utils.data.Dataset):

@@ -39,7 +39,8 @@ def ensure_fashion_mnist(root: str, install: bool = True) -> None:
     """Make sure the four Fashion-MNIST IDX files are in `root`, installing the Debian package if allowed."""
     if _have_data(root):
         return
-    how = f'`sudo apt-get install {_PACKAGE}` (fills {FASHION_MNIST_ROOT}), or pass --data-dir to a folder with {_FILES}'
+    how = (f'`sudo apt-get install {_PACKAGE}` (fills {FASHION_MNIST_ROOT}), or pass --data-dir to a folder with '
+           f'{_FILES}')
     if not install or os.path.abspath(root) != FASHION_MNIST_ROOT:
         raise SystemExit(f'Fashion-MNIST not found in {root}; install it with {how}')
     apt = shutil.which('apt-get')
@@ -84,8 +85,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     train_time = time.time() - start
     checkpoint = os.path.join(run['output_dir'], 'last.pth.tar')
     _logger.info(f'trained in {train_time:.0f}s; validating {checkpoint} on the Fashion-MNIST test split')
+    workers = str(args.workers if args.workers is not None else 1)
     results = validate(['--checkpoint', checkpoint, '--data-dir', args.data_dir, '--val-split', 'test',
-                        '-b', '256', '--workers', str(args.workers if args.workers is not None else 1),
+                        '-b', '256', '--workers', workers, '--threads', '1',
                         '--results-file', os.path.join(run['output_dir'], 'test_results.json')])
     total = time.time() - start
     ok = results['top1'] >= args.target

@@ -46,13 +46,13 @@ try:
 except ImportError:
     SummaryWriter = None
 
-__all__ = ['main', 'train', 'create_model_from_args', 'check_num_classes']
+__all__ = ['main', 'train', 'evaluate', 'create_model_from_args', 'check_num_classes', 'cpu_threads']
 
 _logger = logging.getLogger('hiervit.train')
 
 
 class _Stop:
-    """Set by SIGTERM (e.g. a preempting scheduler); the loop saves a resumable checkpoint after the current update and stops."""
+    """Set by SIGTERM (e.g. a preempting scheduler): the loop saves a resumable checkpoint after this update, stops."""
 
     def __init__(self):
         self.requested = False
@@ -168,10 +168,26 @@ def evaluate(
     return {k: m.avg for k, m in meters.items()}
 
 
+@contextlib.contextmanager
+def cpu_threads(threads: Optional[int]):
+    """Use `threads` intra-op threads inside the block (None: leave torch's setting alone)."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def train(argv=None) -> Dict[str, Any]:
     """Run training from CLI-style `argv`; returns the output folder, final epoch and metrics."""
-    parser = build_train_parser()
-    args, args_text = parse_with_config(parser, argv)
+    args, args_text = parse_with_config(build_train_parser(), argv)
+    with cpu_threads(args.threads):
+        return _train(args, args_text)
+
+
+def _train(args, args_text: str) -> Dict[str, Any]:
     env = _init_distributed(args)
     device, rank, world_size, distributed = env['device'], env['rank'], env['world_size'], env['distributed']
     primary = rank == 0

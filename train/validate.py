@@ -20,7 +20,7 @@ from timm.utils import setup_default_logging
 from .args import build_validate_parser, parse_with_config
 from .checkpoint import load_file, model_state_from_file
 from .data import create_eval_loader, create_source
-from .train import check_num_classes, create_model_from_args, evaluate
+from .train import check_num_classes, cpu_threads, create_model_from_args, evaluate
 
 __all__ = ['main', 'validate']
 
@@ -41,6 +41,11 @@ def validate(argv=None) -> Dict[str, Any]:
     """Run validation from CLI-style `argv`; returns the results dict that is also printed."""
     parser = build_validate_parser()
     args, _ = parse_with_config(parser, argv)
+    with cpu_threads(args.threads):
+        return _validate(args, parser)
+
+
+def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Dict[str, Any]:
     device = torch.device(args.device) if args.device else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 
     checkpoint: Optional[Dict[str, Any]] = None
