@@ -7,7 +7,7 @@ official layout can be produced, converted with `checkpoint_filter_fn` and compa
 """
 import json
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import pytest
 import timm

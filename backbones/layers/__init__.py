@@ -1,1 +1,4 @@
 """Blocks shared by several families (anything timm.layers does not already provide)."""
+from .neighborhood import NeighborhoodAttention2d
+
+__all__ = ['NeighborhoodAttention2d']
