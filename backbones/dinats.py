@@ -9,7 +9,7 @@ by NA (even blocks) and DiNA (odd blocks): a non-overlapping 4x4 patch embedding
 every level but the last, mlp_ratio 4, no layer scale. It shares the NAT model class (`hiervit.backbones.nat.NAT`) with
 its stem and downsampler swapped; the official `layers.*` keys become `levels.*` (see `checkpoint_filter_fn`).
 """
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Sequence
 
 import torch
 import torch.nn as nn
@@ -60,8 +60,8 @@ class DiNATs(NAT):
     def __init__(
             self,
             embed_dim: int = 96,
-            depths=(2, 2, 6, 2),
-            num_heads=(3, 6, 12, 24),
+            depths: Sequence[int] = (2, 2, 6, 2),
+            num_heads: Sequence[int] = (3, 6, 12, 24),
             mlp_ratio: float = 4.,
             **kwargs,
     ):
