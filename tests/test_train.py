@@ -242,6 +242,21 @@ def test_missing_folder_and_class_mismatch(image_folder, trained_run, tmp_path):
         train(['--model', 'nat_nano', '--data-dir', str(image_folder), '--output', str(tmp_path)])
 
 
+def test_initial_checkpoint_without_classifier(trained_run, image_folder, tmp_path):
+    state = ckpt.load_file(os.path.join(trained_run['output_dir'], 'last.pth.tar'))['state_dict']
+    headless = {k: v for k, v in state.items() if not k.startswith('head.fc.')}
+    torch.save(headless, tmp_path / 'headless.pth')
+    run = train(_base_args(image_folder, tmp_path, 'ft', '--epochs', '1', '--no-eval', '--lr', '0', '--warmup-lr', '0',
+                           '--initial-checkpoint', str(tmp_path / 'headless.pth')))
+    tuned = ckpt.load_file(os.path.join(run['output_dir'], 'last.pth.tar'))['state_dict']
+    assert torch.equal(tuned['patch_embed.proj.0.weight'], state['patch_embed.proj.0.weight'])  # lr 0: unchanged
+    headless['extra.weight'] = torch.zeros(1)
+    torch.save(headless, tmp_path / 'foreign.pth')
+    with pytest.raises(ValueError, match=r"unexpected keys \['extra.weight'\]"):
+        train(_base_args(image_folder, tmp_path, 'ft2', '--epochs', '1', '--initial-checkpoint',
+                         str(tmp_path / 'foreign.pth')))
+
+
 def _write_idx(path, array):
     header = bytes([0, 0, 0x08, array.ndim]) + np.array(array.shape, dtype='>i4').tobytes()
     with gzip.open(path, 'wb') as f:

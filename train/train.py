@@ -108,13 +108,21 @@ def create_model_from_args(args, num_classes: Optional[int], pretrained: bool = 
 
 
 def _load_initial(model: nn.Module, path: str) -> None:
+    """Load `--initial-checkpoint`; a checkpoint without the classifier (e.g. a dropped 21k head) keeps the fresh one."""
     state = model_state_from_file(load_file(path))
     classifier = model.pretrained_cfg.get('classifier') if hasattr(model, 'pretrained_cfg') else None
-    head = state.get(f'{classifier}.weight') if isinstance(classifier, str) else None
+    head_keys = {f'{classifier}.weight', f'{classifier}.bias'} if isinstance(classifier, str) else set()
+    head = state.get(f'{classifier}.weight')
     if head is not None and head.shape[0] != model.num_classes:
         raise ValueError(f'--initial-checkpoint {path} has {head.shape[0]} classes but the model has '
-                         f'{model.num_classes}; set --num-classes {head.shape[0]}')
-    model.load_state_dict(state)
+                         f'{model.num_classes}; set --num-classes {head.shape[0]}, or drop its {classifier}.* keys '
+                         f'to fine-tune a fresh classifier')
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - head_keys:
+        raise ValueError(f'--initial-checkpoint {path} does not fit --model {model.default_cfg.get("architecture")}: '
+                         f'missing keys {sorted(set(missing) - head_keys)[:8]}, unexpected keys {sorted(unexpected)[:8]}')
+    if missing:
+        _logger.info(f'--initial-checkpoint {path} has no {classifier}: the classifier keeps its initialisation')
 
 
 def _weights_digest(model: nn.Module) -> str:
