@@ -13,7 +13,7 @@ from hiervit.kernels.neighborhood import na_dispatcher, neighborhood_attention, 
 from hiervit.kernels.neighborhood.reference import neighbor_index, window_start
 
 HAS_NATTEN = importlib.util.find_spec('natten') is not None
-FAST_BACKENDS = [n for n in ('cpu', 'triton') if n in na_dispatcher.names]
+FAST_BACKENDS = [n for n in ('cpu',) if n in na_dispatcher.names]
 
 
 def _keys_1d(length, kernel, dilation=1):
