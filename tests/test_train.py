@@ -235,6 +235,14 @@ def test_missing_folder_and_class_mismatch(image_folder, trained_run, tmp_path):
         train(_base_args(tmp_path / 'nope', tmp_path, 'missing', '--epochs', '1'))
     with pytest.raises(ValueError, match='--num-classes'):
         train(_base_args(image_folder, tmp_path, 'mismatch', '--epochs', '1', '--num-classes', '5'))
+    last = os.path.join(trained_run['output_dir'], 'last.pth.tar')
+    five = ckpt.load_file(last)
+    five['state_dict']['head.fc.weight'] = torch.zeros(5, five['state_dict']['head.fc.weight'].shape[1])
+    torch.save(five, tmp_path / 'five.pth.tar')
+    with pytest.raises(ValueError, match=r'--resume .*five.pth.tar has 5 classes but the model has 3'):
+        train(_base_args(image_folder, tmp_path, 'mismatch', '--epochs', '1', '--resume', str(tmp_path / 'five.pth.tar')))
+    with pytest.raises(ValueError, match='--amp-dtype float16 needs a CUDA device'):
+        train(_base_args(image_folder, tmp_path, 'fp16', '--epochs', '1', '--amp', '--device', 'cpu'))
     with pytest.raises(ValueError, match=r'--checkpoint .*has 3 classes but --num-classes is 7'):
         validate(['--checkpoint', os.path.join(trained_run['output_dir'], 'last.pth.tar'),
                   '--data-dir', str(image_folder), '--num-classes', '7', '--workers', '0'])

@@ -16,7 +16,7 @@ import signal
 import time
 from datetime import datetime
 from functools import partial
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 import torch
 import torch.distributed as dist
@@ -107,16 +107,25 @@ def create_model_from_args(args, num_classes: Optional[int], pretrained: bool = 
     return timm.create_model(args.model, pretrained=pretrained, **kwargs)
 
 
+def _classifier_keys(model: nn.Module) -> Tuple[Optional[str], Set[str]]:
+    classifier = model.pretrained_cfg.get('classifier') if hasattr(model, 'pretrained_cfg') else None
+    return classifier, ({f'{classifier}.weight', f'{classifier}.bias'} if isinstance(classifier, str) else set())
+
+
+def _check_classes(model: nn.Module, state: Dict[str, torch.Tensor], flag: str, path: str) -> None:
+    classifier, _ = _classifier_keys(model)
+    head = state.get(f'{classifier}.weight')
+    if head is not None and head.shape[0] != model.num_classes:
+        raise ValueError(f'{flag} {path} has {head.shape[0]} classes but the model has {model.num_classes}; set '
+                         f'--num-classes {head.shape[0]} (and a dataset with as many classes), or drop its '
+                         f'{classifier}.* keys to fine-tune a fresh classifier')
+
+
 def _load_initial(model: nn.Module, path: str) -> None:
     """Load `--initial-checkpoint`; a checkpoint without the classifier (e.g. a dropped 21k head) keeps the fresh one."""
     state = model_state_from_file(load_file(path))
-    classifier = model.pretrained_cfg.get('classifier') if hasattr(model, 'pretrained_cfg') else None
-    head_keys = {f'{classifier}.weight', f'{classifier}.bias'} if isinstance(classifier, str) else set()
-    head = state.get(f'{classifier}.weight')
-    if head is not None and head.shape[0] != model.num_classes:
-        raise ValueError(f'--initial-checkpoint {path} has {head.shape[0]} classes but the model has '
-                         f'{model.num_classes}; set --num-classes {head.shape[0]}, or drop its {classifier}.* keys '
-                         f'to fine-tune a fresh classifier')
+    _check_classes(model, state, '--initial-checkpoint', path)
+    classifier, head_keys = _classifier_keys(model)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or set(missing) - head_keys:
         raise ValueError(f'--initial-checkpoint {path} does not fit --model {model.default_cfg.get("architecture")}: '
@@ -140,7 +149,7 @@ def _make_output_dir(args, data_config: dict) -> str:
         return os.path.dirname(os.path.abspath(args.resume))
     else:
         name = '-'.join([datetime.now().strftime('%Y%m%d-%H%M%S'), args.model, str(data_config['input_size'][-1])])
-    path = os.path.join(args.output or './output/train', name)
+    path = os.path.abspath(os.path.join(args.output or './output/train', name))
     os.makedirs(path, exist_ok=True)
     return path
 
@@ -248,7 +257,9 @@ def _train(args, args_text: str) -> Dict[str, Any]:
 
     start_epoch, start_batch, num_updates = 0, 0, 0
     if resume is not None:
-        model.load_state_dict(model_state_from_file(resume))
+        resume_state = model_state_from_file(resume)
+        _check_classes(model, resume_state, '--resume', args.resume)
+        model.load_state_dict(resume_state)
         if not args.no_resume_opt:
             optimizer.load_state_dict(resume['optimizer'])
             if scaler is not None and 'scaler' in resume:
