@@ -11,9 +11,11 @@ Backward (recomputes probabilities from the log-sum-exp, as FlashAttention):
     appears twice), and over their query tiles.
 No atomics, so results are deterministic.
 
-Tiles are powers of two between 16 (the `tl.dot` minimum) and 64 tokens, masked at block edges, so BiFormer's 4- and
-16-token regions and large detection-size regions both work; the head dims are one tile each (<= 256).
-Accumulation is fp32. Under `TRITON_INTERPRET=1` (CPU tests) every dot runs in fp32, because the interpreter's
+Tiles are powers of two between 16 (the `tl.dot` minimum) and 64 tokens (fewer for wide heads, to fit shared
+memory), masked at block edges, so BiFormer's 4- and 16-token regions and large detection-size regions both work;
+the head dims are one tile each (<= 256). The kernels compile for sm_90 (checked without a GPU with
+`triton.compile(..., target=GPUTarget('cuda', 90, 32))` for fp16/bf16/fp32, head dims 32-256), but they have only been
+run under the interpreter. Accumulation is fp32. Under `TRITON_INTERPRET=1` (CPU tests) every dot runs in fp32, because the interpreter's
 low-precision `tl.dot` is not exact.
 """
 import os
@@ -155,19 +157,25 @@ def _routed_bwd_dkv_kernel(
              mask=mk[:, None] & (rv[None, :] < dv))
 
 
-# Largest token tile (rows of the q and k/v tiles); blocks with more tokens are looped over in tiles of this size.
+# Largest token tile (rows of the q and k/v tiles); blocks with more tokens are looped over in tiles.
 MAX_TOKEN_TILE = 64
+# Token tiles shrink with the head dim so that one tile row set stays within this many bytes: the software-pipelined
+# loops keep several tiles in shared memory (compiled for sm_90: fp32, d = 256 needs 344 KB at 64 tokens, over the
+# 228 KB limit; 99 KB at 16 tokens).
+_TILE_BYTES = 8192
 
 
-def _tile(n: int, cap: int = 256) -> int:
+def _pow2_tile(n: int, cap: int) -> int:
     return min(cap, max(16, triton.next_power_of_2(n)))
 
 
 def _meta(q: Tensor, k: Tensor, v: Tensor) -> dict:
     interpret = os.environ.get('TRITON_INTERPRET', '0') == '1'
+    block_d, block_dv = _pow2_tile(q.shape[4], 256), _pow2_tile(v.shape[4], 256)
+    token_cap = max(16, min(MAX_TOKEN_TILE, _TILE_BYTES // (max(block_d, block_dv) * q.element_size())))
     return dict(
-        BLOCK_TQ=_tile(q.shape[3], MAX_TOKEN_TILE), BLOCK_TK=_tile(k.shape[3], MAX_TOKEN_TILE),
-        BLOCK_D=_tile(q.shape[4]), BLOCK_DV=_tile(v.shape[4]),
+        BLOCK_TQ=_pow2_tile(q.shape[3], token_cap), BLOCK_TK=_pow2_tile(k.shape[3], token_cap),
+        BLOCK_D=block_d, BLOCK_DV=block_dv,
         # fp32 inputs get exact fp32 dots (no tf32); the interpreter computes every dot in fp32
         DOT_F32=interpret or q.dtype == torch.float32, PRECISION='ieee' if q.dtype == torch.float32 else 'tf32')
 
