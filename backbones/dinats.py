@@ -15,10 +15,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models.swin_transformer import PatchMerging
 
-from hiervit.backbones.nat import NAT, convert_official_checkpoint
+from hiervit.backbones.nat import NAT, build_nat, convert_official_checkpoint
 
 __all__ = ['DiNATs']
 
@@ -92,19 +92,6 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: DiNATs) -> Dict[str,
     return convert_official_checkpoint(state_dict, model, 'layers.', _VARIANT_ARGS)
 
 
-def _create_dinats(variant: str, pretrained: bool = False, **kwargs) -> DiNATs:
-    out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs.get('depths', (2, 2, 6, 2))))))
-    if kwargs.get('features_only', False):
-        # dense-task backbones: one LayerNorm per output, as in the official mmdet/mmseg DiNAT_s
-        kwargs.setdefault('output_norms', True)
-    return build_model_with_cfg(
-        DiNATs, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter', norm=True),
-        **kwargs,
-    )
-
-
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
     # The official models had no default_cfg, so timm 0.5's data defaults applied: bicubic, crop 0.875, ImageNet stats.
     return {
@@ -161,7 +148,7 @@ def _create_variant(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -> D
         raise ValueError(
             f'{variant} has per-block dilations for depths={args["depths"]}; when overriding depths, pass '
             f'dilations= too (one list per level, one value per block).')
-    return _create_dinats(variant, pretrained=pretrained, **dict(args, **kwargs))
+    return build_nat(DiNATs, variant, pretrained, checkpoint_filter_fn, **dict(args, **kwargs))
 
 
 @register_model

@@ -15,7 +15,7 @@ The feature maps are channels-last (NHWC) inside the model, as in the official c
 official mmdet/mmseg backbones do, and `forward_intermediates(norm=True)` applies them (the last level uses `norm`).
 """
 import re
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
@@ -261,7 +261,7 @@ class NAT(nn.Module):
                 norm_layer=norm_layer,
                 attn_backend=attn_backend,
             ))
-            self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f'levels.{i}'))
+            self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f'levels.{i}.blocks'))
 
         self.norm = norm_layer(self.num_features)
         self.out_norms = nn.ModuleList([norm_layer(d) for d in dims[:-1]]) if output_norms else None
@@ -482,15 +482,24 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: NAT) -> Dict[str, to
     return convert_official_checkpoint(state_dict, model, 'levels.', _VARIANT_ARGS)
 
 
-def _create_nat(variant: str, pretrained: bool = False, **kwargs) -> NAT:
-    out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs.get('depths', (3, 4, 6, 5))))))
-    if kwargs.get('features_only', False):
-        # dense-task backbones: one LayerNorm per output, as in the official mmdet/mmseg NAT
+def build_nat(
+        model_cls: Type[NAT],
+        variant: str,
+        pretrained: bool,
+        filter_fn: Callable[[Dict[str, Any], NAT], Dict[str, torch.Tensor]],
+        **kwargs,
+) -> NAT:
+    """`build_model_with_cfg` with the NAT-family feature defaults (shared with DiNAT_s)."""
+    out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs['depths']))))
+    feature_cfg = dict(out_indices=out_indices, feature_cls=kwargs.pop('feature_cls', 'getter'))
+    if kwargs.get('features_only', False) and feature_cfg['feature_cls'] == 'getter':
+        # dense-task backbones: NCHW maps with one LayerNorm per output, as the official mmdet/mmseg backbones
         kwargs.setdefault('output_norms', True)
+        feature_cfg['norm'] = True
     return build_model_with_cfg(
-        NAT, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter', norm=True),
+        model_cls, variant, pretrained,
+        pretrained_filter_fn=filter_fn,
+        feature_cfg=feature_cfg,
         **kwargs,
     )
 
@@ -586,7 +595,7 @@ def _create_variant(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -> N
         raise ValueError(
             f'{variant} has per-block dilations for depths={args["depths"]}; when overriding depths, pass '
             f'dilations= too (one list per level, one value per block).')
-    return _create_nat(variant, pretrained=pretrained, **dict(args, **kwargs))
+    return build_nat(NAT, variant, pretrained, checkpoint_filter_fn, **dict(args, **kwargs))
 
 
 @register_model
