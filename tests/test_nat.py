@@ -105,6 +105,7 @@ def test_demo_config_trains_at_32px():
 def test_small_input_padding_rule():
     """Below kernel*dilation the module zero-pads x (bottom/right) *before* qkv and crops after (NATTEN <= 0.14)."""
     attn = NeighborhoodAttention2d(16, num_heads=2, kernel_size=3, dilation=2).eval()
+    nn.init.normal_(attn.qkv.bias)  # padded tokens carry this bias: padding after the projection would differ
     x = torch.randn(2, 4, 5, 16)  # both axes < 3 * 2
     padded = F.pad(x, (0, 0, 0, 1, 0, 2))  # [2, 6, 6, 16]: exactly the window, so no further padding
     with torch.no_grad():
