@@ -46,7 +46,6 @@ class RoutedProblem:
     dim: int
     v_dim: int
     topk: int
-    needs_grad: bool
 
 
 def _check_reference(p: RoutedProblem) -> Optional[str]:
@@ -163,8 +162,7 @@ def routed_problem(q: Tensor, k: Tensor, v: Tensor, idx: Tensor) -> RoutedProble
     B, H, Nq, Tq, d = q.shape
     return RoutedProblem(
         device=q.device, dtype=q.dtype, batch=B, heads=H, q_blocks=Nq, q_tokens=Tq, k_blocks=k.shape[2],
-        k_tokens=k.shape[3], dim=d, v_dim=v.shape[-1], topk=idx.shape[-1],
-        needs_grad=torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
+        k_tokens=k.shape[3], dim=d, v_dim=v.shape[-1], topk=idx.shape[-1])
 
 
 def routed_attention(
