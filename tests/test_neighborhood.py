@@ -185,6 +185,24 @@ def test_backend_matches_reference(backend, spatial, kernel, dilation, heads, d,
             torch.testing.assert_close(g, r, atol=atol, rtol=1e-4, msg=name)
 
 
+@pytest.mark.skipif('cpu' not in FAST_BACKENDS, reason='no cpu backend')
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_cpu_batch_chunks_and_low_precision(monkeypatch, dtype):
+    """One batch element per chunk (the loop over chunks), and bf16 inputs (computed in fp32, cast back)."""
+    import hiervit.kernels.neighborhood.cpu as cpu
+    monkeypatch.setattr(cpu, '_CHUNK_BYTES', 1)
+    tensors = [t.detach().to(dtype).requires_grad_() for t in _inputs(3, (10, 9), 2, 8, 8, 3, True)]
+    dout = torch.randn(3, 10, 9, 2, 8).to(dtype)
+    out, grads = _run('cpu', tensors, 3, (2, 1), dout)
+    ref_tensors = [t.detach().float().requires_grad_() for t in tensors]
+    ref, ref_grads = _run('reference', ref_tensors, 3, (2, 1), dout.float())
+    assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
+    atol = 1e-4 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(out.float(), ref, atol=atol, rtol=0)
+    for name, g, r in zip(('dq', 'dk', 'dv', 'drpb'), grads, ref_grads):
+        torch.testing.assert_close(g.float(), r, atol=atol * max(1.0, r.abs().max().item()), rtol=0, msg=name)
+
+
 @pytest.mark.parametrize('backend', ['reference'] + FAST_BACKENDS)
 def test_gradcheck(backend):
     torch.manual_seed(1)

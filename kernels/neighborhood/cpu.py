@@ -26,8 +26,9 @@ from torch import Tensor
 
 __all__ = ['forward', 'backward', 'tile_shape']
 
-# Bytes of fp32 scores per batch chunk: a chunk's scores, probabilities and their gradients stay cache-resident.
-_CHUNK_BYTES = 6 << 20
+# Bytes of fp32 scores per batch chunk. Chunks bound the memory of the scores; few, large chunks keep the number of
+# (thread-synchronising) torch calls low, which matters more on a busy 2-core machine than cache residency.
+_CHUNK_BYTES = 32 << 20
 
 
 def tile_shape(spatial: Sequence[int], kernel: Sequence[int]) -> Tuple[int, ...]:
@@ -147,14 +148,24 @@ def _bias(rpb: Optional[Tensor], heads: int, plan: _Plan, table: int, acc: torch
 
 
 def _chunk(batch: int, heads: int, plan: _Plan) -> int:
-    return max(1, min(batch, _CHUNK_BYTES // (4 * heads * plan.tiles * plan.m * plan.kh)))
+    """Batch elements per chunk: as few chunks as the score budget allows, of balanced size."""
+    per = max(1, _CHUNK_BYTES // (4 * heads * plan.tiles * plan.m * plan.kh))
+    return -(-batch // -(-batch // per))
 
 
-def _scores(bias: Tensor, n: int, qt: Tensor, kt: Tensor) -> Tensor:
-    """`bias + (q * scale) @ k^T` for n batch elements: one batched GEMM that accumulates onto the bias."""
+def _scores(bias: Tensor, n: int, qt: Tensor, kt: Tensor, scale: float) -> Tensor:
+    """`bias + scale * q @ k^T` for n batch elements: one batched GEMM that accumulates onto the bias."""
     if n > 1:
         bias = bias.expand(n, *bias.shape).reshape(-1, *bias.shape[1:])
-    return torch.baddbmm(bias, qt, kt.transpose(1, 2))
+    return torch.baddbmm(bias, qt, kt.transpose(1, 2), alpha=scale)
+
+
+def _untile(dst: Tensor, src: Tensor, untile: Tensor) -> None:
+    """dst[:, i] = src[:, untile[i]]: every output row is held by exactly one slot (duplicates are never read)."""
+    if src.dtype == dst.dtype:
+        torch.index_select(src, 1, untile, out=dst)
+    else:
+        dst.copy_(src.index_select(1, untile))
 
 
 def forward(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], kernel: List[int], dilation: List[int],
@@ -170,18 +181,17 @@ def forward(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], kernel: List
     for b in range(0, B, step):
         sl = slice(b, b + step)
         n = q[sl].shape[0]
-        qt = _tiles(q[sl], plan.q_slot, plan.m, acc).mul_(scale)  # [n * heads * tiles, m, d]
+        qt = _tiles(q[sl], plan.q_slot, plan.m, acc)  # [n * heads * tiles, m, d]
         kt = _tiles(k[sl], plan.k_slot, plan.kh, acc)  # [n * heads * tiles, kh, d]
         vt = _tiles(v[sl], plan.k_slot, plan.kh, acc)
-        s = _scores(bias, n, qt, kt)  # [n * heads * tiles, m, kh]
+        s = _scores(bias, n, qt, kt, scale)  # [n * heads * tiles, m, kh]
         p = torch.softmax(s, -1)
         # log-sum-exp = max(s) + log(sum(exp(s - max(s)))) and the largest probability is 1 / that sum. (Two cheap
         # max reductions; exp of the -inf entries, unlike softmax, takes a slow path on CPU.)
         lse_t = s.amax(-1).sub_(p.amax(-1).log_())
         o = torch.bmm(p, vt)  # [n * heads * tiles, m, dv]
-        # Untile by a gather: every output row is held by exactly one slot (duplicates are never read).
-        out[sl] = o.view(n, -1, dv).index_select(1, plan.untile)
-        lse[sl] = lse_t.view(n, -1).index_select(1, plan.untile)
+        _untile(out[sl], o.view(n, -1, dv), plan.untile)
+        _untile(lse[sl], lse_t.view(n, -1), plan.untile)
     return out.reshape(v.shape), lse.reshape(q.shape[:-1])
 
 
@@ -205,15 +215,15 @@ def backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor
     for b in range(0, B, step):
         sl = slice(b, b + step)
         n = q[sl].shape[0]
-        qt = _tiles(q[sl], plan.q_slot, plan.m, acc).mul_(scale)  # [n * heads * tiles, m, d]
+        qt = _tiles(q[sl], plan.q_slot, plan.m, acc)  # [n * heads * tiles, m, d]
         kt = _tiles(k[sl], plan.k_slot, plan.kh, acc)  # [n * heads * tiles, kh, d]
         vt = _tiles(v[sl], plan.k_slot, plan.kh, acc)
         dot = _tiles(dout[sl], plan.q_slot, plan.m, acc).view(n, *valid.shape[:2], dv).mul_(valid).view(-1, plan.m, dv)
-        p = torch.softmax(_scores(bias, n, qt, kt), -1)  # [n * heads * tiles, m, kh]
+        p = torch.softmax(_scores(bias, n, qt, kt, scale), -1)  # [n * heads * tiles, m, kh]
         ds = torch.ops.aten._softmax_backward_data(torch.bmm(dot, vt.transpose(1, 2)), p, -1, acc)
         dvv[sl].index_add_(1, plan.k_slot, torch.bmm(p.transpose(1, 2), dot).view(n, -1, dv))
         dk[sl].index_add_(1, plan.k_slot, torch.bmm(ds.transpose(1, 2), qt).view(n, -1, d))
-        dq[sl] = torch.bmm(ds, kt).mul_(scale).view(n, -1, d).index_select(1, plan.untile)
+        _untile(dq[sl], torch.baddbmm(ds.new_empty(()), ds, kt, beta=0, alpha=scale).view(n, -1, d), plan.untile)
         if dbias is not None:
             dbias += ds.view(n, *bias.shape).sum(0)
     drpb = None
@@ -221,4 +231,5 @@ def backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor
         drpb = torch.zeros(heads, table + 1, dtype=acc, device=q.device)
         drpb.index_add_(1, plan.bias_index.reshape(-1), dbias.view(heads, -1))
         drpb = drpb[:, :table].reshape(rpb.shape).to(rpb.dtype)
-    return dq.reshape(q.shape), dk.reshape(k.shape).to(k.dtype), dvv.reshape(v.shape).to(v.dtype), drpb
+    dk = dk.mul_(scale).reshape(k.shape).to(k.dtype)  # dK = scale * dS^T Q, scaled once here
+    return dq.reshape(q.shape), dk, dvv.reshape(v.shape).to(v.dtype), drpb
