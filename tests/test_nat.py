@@ -486,6 +486,21 @@ def test_classification_checkpoint_into_features_model_starts_identity_norms():
     torch.testing.assert_close(features.model.norm.weight, sd['norm.weight'])
 
 
+def _assert_same_function(model: nn.Module, official: nn.Module, x: torch.Tensor, filter_fn) -> None:
+    """Same outputs, input gradients and (name-mapped) parameter gradients; ours runs on the op's default backend."""
+    x = x.clone().requires_grad_()
+    ours, theirs = model(x), official(x)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    grad = torch.randn_like(ours)
+    ours.backward(grad)
+    x_grad, x.grad = x.grad, None
+    theirs.backward(grad)
+    torch.testing.assert_close(x_grad, x.grad, rtol=1e-4, atol=1e-4)
+    expected = filter_fn({n: p.grad for n, p in official.named_parameters()}, model)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[n], rtol=1e-4, atol=1e-4, msg=lambda m: f'{n}: {m}')
+
+
 SMALL_OFFICIAL = [
     # (official kwargs, input size): DiNAT with dilations that force the small-input padding, and NAT with layer scale
     (dict(OFFICIAL_TINY, depths=(2, 1, 2, 1), dilations=[[1, 4], [2], [1, 2], [1]]), (44, 36)),
@@ -501,8 +516,7 @@ def test_converted_checkpoint_matches_official_outputs(official_args, size):
     model = timm.create_model('nat_mini', num_classes=10, **official_args).eval()
     model.load_state_dict(checkpoint_filter_fn(sd, model), strict=True)
     x = torch.randn(2, 3, *size)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), official(x), rtol=1e-4, atol=1e-4)
+    _assert_same_function(model, official, x, checkpoint_filter_fn)
 
     dense = OfficialNAT(dense=True, **official_args).eval()
     dense_sd = {f'backbone.{k}': v for k, v in _randomize(dense).items()}
@@ -520,8 +534,7 @@ def test_converted_dinats_checkpoint_matches_official_outputs():
     model = timm.create_model('dinat_s_tiny', num_classes=10, **args).eval()
     model.load_state_dict(dinats_filter_fn(_randomize(official), model), strict=True)
     x = torch.randn(2, 3, 45, 39)  # odd: exercises the stem padding and PatchMerging's odd-size padding
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), official(x), rtol=1e-4, atol=1e-4)
+    _assert_same_function(model, official, x, dinats_filter_fn)
 
     dense = OfficialDiNATs(dense=True, **args).eval()
     dense_sd = {f'backbone.{k}': v for k, v in _randomize(dense).items()}
