@@ -1,9 +1,9 @@
 """Fast CPU routed attention: two exact strategies, both chunked, with a flash-style backward.
 
-*Gathered* (sparse routing, e.g. all BiFormer stages: topk/Nk = 1/49, 4/49, 16/49): query blocks are processed in chunks; each chunk gathers only
-its own selected K/V blocks (`index_select` of whole `[Tk*d]` rows), runs batched GEMMs and a stable softmax in
-place, and keeps only the output and the log-sum-exp. The backward recomputes each chunk's probabilities and sums
-the gathered-block gradients back with `index_add_` (the gather's adjoint).
+*Gathered* (sparse routing, e.g. all BiFormer stages: topk/Nk = 1/49, 4/49, 16/49): query blocks are processed in
+chunks; each chunk gathers only its own selected K/V blocks (`index_select` of whole `[Tk*d]` rows), runs batched
+GEMMs and a stable softmax in place, and keeps only the output and the log-sum-exp. The backward recomputes each
+chunk's probabilities and sums the gathered-block gradients back with `index_add_` (the gather's adjoint).
 
 *Block-masked dense* (dense routing, at least half of the key blocks, up to `topk = Nk`): per (batch, head) the
 scores of all query tokens against all key tokens are one GEMM; every key block gets the additive bias
@@ -27,7 +27,7 @@ from torch import Tensor
 __all__ = ['forward', 'backward', 'use_dense']
 
 # Workspace per chunk and thread: large enough that per-op overheads vanish, small enough to stay cache-resident and
-# far below the reference's full gather (2 MiB measured fastest at BiFormer-T's stage shapes, 0.5 and 8 MiB slower).
+# far below the reference's full gather (1-4 MiB timed alike at BiFormer-T's stage shapes, 0.5 MiB slower).
 _CHUNK_BYTES = 2 * 2 ** 20
 # Dense-masked is chosen while it computes at most this many times the routed FLOPs (Nk / topk <= ratio).
 _DENSE_MAX_FLOP_RATIO = 2
