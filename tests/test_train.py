@@ -5,6 +5,7 @@ grad accumulation, bit-identical resume from a mid-epoch stop, atomic checkpoint
 validate CLI and the bad-data errors. The data is a small ImageFolder of odd-sized PNGs written per test module.
 """
 import gzip
+import importlib.util
 import json
 import os
 import shutil
@@ -66,7 +67,8 @@ _RECIPE_AUG = ['--mixup', '0.8', '--cutmix', '1.0', '--aa', 'rand-m9-mstd0.5-inc
 def trained_run(image_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp('runs')
     result = train(_base_args(image_folder, out, 'pipeline', '--epochs', '2', '--amp', '--amp-dtype', 'bfloat16',
-                              '--grad-accum-steps', '2', '--channels-last', '--grad-checkpointing', *_RECIPE_AUG))
+                              '--grad-accum-steps', '2', '--channels-last', '--grad-checkpointing', '--log-tb',
+                              *_RECIPE_AUG))
     return result
 
 
@@ -102,6 +104,8 @@ def test_pipeline_outputs(trained_run):
         header, *rows = f.read().splitlines()
     assert 'eval_top1' in header and 'eval_ema_top1' in header and len(rows) == 2
     assert np.isfinite(trained_run['metrics']['train']['loss'])
+    if importlib.util.find_spec('tensorboard') is not None:
+        assert any(f.startswith('events.out.tfevents') for f in os.listdir(os.path.join(out, 'tb')))
 
 
 def test_validate_matches_training_eval(trained_run, image_folder, capsys):
@@ -240,7 +244,8 @@ def test_missing_folder_and_class_mismatch(image_folder, trained_run, tmp_path):
     five['state_dict']['head.fc.weight'] = torch.zeros(5, five['state_dict']['head.fc.weight'].shape[1])
     torch.save(five, tmp_path / 'five.pth.tar')
     with pytest.raises(ValueError, match=r'--resume .*five.pth.tar has 5 classes but the model has 3'):
-        train(_base_args(image_folder, tmp_path, 'mismatch', '--epochs', '1', '--resume', str(tmp_path / 'five.pth.tar')))
+        train(_base_args(image_folder, tmp_path, 'mismatch', '--epochs', '1',
+                         '--resume', str(tmp_path / 'five.pth.tar')))
     with pytest.raises(ValueError, match='--amp-dtype float16 needs a CUDA device'):
         train(_base_args(image_folder, tmp_path, 'fp16', '--epochs', '1', '--amp', '--device', 'cpu'))
     with pytest.raises(ValueError, match=r'--checkpoint .*has 3 classes but --num-classes is 7'):

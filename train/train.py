@@ -122,14 +122,15 @@ def _check_classes(model: nn.Module, state: Dict[str, torch.Tensor], flag: str, 
 
 
 def _load_initial(model: nn.Module, path: str) -> None:
-    """Load `--initial-checkpoint`; a checkpoint without the classifier (e.g. a dropped 21k head) keeps the fresh one."""
+    """Load `--initial-checkpoint`; without classifier keys (e.g. a dropped 21k head) the fresh classifier stays."""
     state = model_state_from_file(load_file(path))
     _check_classes(model, state, '--initial-checkpoint', path)
     classifier, head_keys = _classifier_keys(model)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or set(missing) - head_keys:
         raise ValueError(f'--initial-checkpoint {path} does not fit --model {model.default_cfg.get("architecture")}: '
-                         f'missing keys {sorted(set(missing) - head_keys)[:8]}, unexpected keys {sorted(unexpected)[:8]}')
+                         f'missing keys {sorted(set(missing) - head_keys)[:8]}, '
+                         f'unexpected keys {sorted(unexpected)[:8]}')
     if missing:
         _logger.info(f'--initial-checkpoint {path} has no {classifier}: the classifier keeps its initialisation')
 
