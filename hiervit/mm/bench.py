@@ -12,7 +12,7 @@ import torch
 
 from .tv_ops import install_tv_ops
 
-__all__ = ['bench_config', 'SWIN_T']
+__all__ = ['bench_config', 'build_from_config', 'swap_in_channels', 'SWIN_T']
 
 # mmdet / mmseg Swin-T as in their Swin configs (same drop path as the detection reference config).
 SWIN_T = dict(
@@ -42,16 +42,18 @@ def build_from_config(cfg: Any) -> torch.nn.Module:
     return MODELS.build(cfg.model)
 
 
-def _swap_in_channels(cfg: Any, old: Sequence[int], new: Sequence[int]) -> None:
-    """Re-point every neck/head `in_channels` that refers to backbone outputs from `old` widths to `new`."""
+def swap_in_channels(cfg: Any, old: Sequence[int], new: Sequence[int]) -> None:
+    """Re-point the modules that read backbone outputs from `old` widths to `new`: the neck if the model has one, else
+    the decode and auxiliary heads (UperNet)."""
     mapping = dict(zip(old, new))
-    for key in ('neck', 'decode_head', 'auxiliary_head'):
+    readers = ['neck'] if cfg.model.get('neck') else ['decode_head', 'auxiliary_head']
+    for key in readers:
         heads = cfg.model.get(key)
         for head in heads if isinstance(heads, list) else [heads] if heads else []:
             ch = head.get('in_channels')
-            if isinstance(ch, (list, tuple)) and all(c in mapping for c in ch):
+            if isinstance(ch, (list, tuple)):
                 head['in_channels'] = [mapping[c] for c in ch]
-            elif isinstance(ch, int) and key != 'neck' and ch in mapping:
+            else:
                 head['in_channels'] = mapping[ch]
 
 
@@ -101,7 +103,7 @@ def bench_config(config_path: str, img_size: int = 512, repeats: int = 3, compar
         swin_cfg = copy.deepcopy(cfg)
         ours = build_from_config(cfg).backbone.out_channels
         swin_cfg.model.backbone = Config(dict(SWIN_T, out_indices=tuple(range(len(ours)))))
-        _swap_in_channels(swin_cfg, ours, SWIN_T_CHANNELS[:len(ours)])
+        swap_in_channels(swin_cfg, ours, SWIN_T_CHANNELS[:len(ours)])
         variants.append(('swin_tiny (mmdet/mmseg)', swin_cfg))
     rows = []
     for name, variant_cfg in variants:

@@ -1,0 +1,176 @@
+"""Every config in configs/detection and configs/segmentation builds its real detector/segmentor and trains a step.
+
+The backbone is shrunk through config overrides (depths/widths; the neck and heads' `in_channels` follow) so the
+tests run on CPU in seconds; everything else (detector, heads, losses, assigners, data preprocessor) is the config's.
+"""
+import glob
+import math
+import os
+from typing import Dict, List
+
+import pytest
+import torch
+
+pytest.importorskip('mmdet', reason='needs the OpenMMLab extras: pip install "hiervit[det,seg]"')
+pytest.importorskip('mmseg', reason='needs the OpenMMLab extras: pip install "hiervit[det,seg]"')
+
+from hiervit.mm import install_tv_ops  # noqa: E402
+
+install_tv_ops()
+
+import timm  # noqa: E402
+from mmengine.config import Config  # noqa: E402
+
+from hiervit.mm.bench import build_from_config, swap_in_channels  # noqa: E402
+from hiervit.registry import MODELS  # noqa: E402
+
+pytestmark = pytest.mark.mm
+
+ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+DET = sorted(glob.glob(os.path.join(ROOT, 'detection', '*', '*.py')))
+SEG = sorted(glob.glob(os.path.join(ROOT, 'segmentation', '*', '*.py')))
+CONFIGS = [p for p in DET + SEG if '_base_' not in p]
+
+
+def _id(path: str) -> str:
+    return os.path.relpath(path, ROOT)
+
+
+def _tiny_backbone(bb: Dict) -> Dict:
+    """The config's backbone with tiny depths/widths; task settings (dilation pattern, n_win) are kept."""
+    name = bb['model_name']
+    if name.startswith('biformer'):
+        return dict(model_name='biformer_tiny', depths=(1, 1, 1, 1), embed_dims=(32, 64, 128, 256))
+    depths = (1, 1, 2, 1)
+    tiny = dict(model_name=name.split('_')[0] + '_mini', embed_dim=32, depths=depths, num_heads=(1, 2, 4, 8))
+    if 'dilations' in bb:
+        # keep each level's largest (last-but-one, the dilated) entries so dilated blocks still run
+        tiny['dilations'] = [sorted(level)[-d:] for level, d in zip(bb['dilations'], depths)]
+    return tiny
+
+
+def load_tiny(path: str) -> Config:
+    """Load a config and shrink its backbone, rewiring the neck/heads' input widths."""
+    cfg = Config.fromfile(path)
+    bb = cfg.model.backbone
+    tiny = _tiny_backbone(bb)
+    if tiny['model_name'] not in timm.list_models():
+        pytest.skip(f'{tiny["model_name"]} is not registered with timm in this checkout')
+    # the widths the config's neck (detectors, Semantic FPN) or decode head (UperNet) expects from the full backbone
+    full_widths = list((cfg.model.get('neck') or cfg.model.decode_head).in_channels)
+    bb.update(tiny, drop_path_rate=0.1)
+    tiny_widths = list(MODELS.build(dict(bb, init_cfg=None)).out_channels)
+    swap_in_channels(cfg, full_widths, tiny_widths)
+    if cfg.default_scope == 'mmseg':
+        cfg.model.data_preprocessor.size = (96, 128)
+    elif 'roi_head' in cfg.model:
+        # fewer sampled RoIs / proposals: the heads' cost scales with them, not with the image
+        train, test = cfg.model.train_cfg, cfg.model.test_cfg
+        train.rpn_proposal.update(nms_pre=200, max_per_img=100)
+        for stage in train.rcnn if isinstance(train.rcnn, list) else [train.rcnn]:
+            stage.sampler.num = 32
+        test.rpn.update(nms_pre=200, max_per_img=50)
+        test.rcnn.max_per_img = 20
+    return cfg
+
+
+def test_every_config_is_found():
+    families = {os.path.basename(os.path.dirname(p)) for p in CONFIGS}
+    assert families == {'nat', 'dinat', 'biformer'}
+    assert len(DET) >= 12 and len(SEG) >= 8
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _cached_external_config_lookup():
+    """mmengine re-parses every metafile of mmdet/mmseg for each `mmdet::` base it resolves (~0.5 s each); the answer
+    depends only on the installed files, so memoise it for this module's many config loads."""
+    import functools
+    from mmengine.config import config as mm_config
+    original = mm_config._get_external_cfg_path
+    mm_config._get_external_cfg_path = functools.lru_cache(maxsize=None)(original)
+    yield
+    mm_config._get_external_cfg_path = original
+
+
+def _backbone_widths_feed_the_model(model: torch.nn.Module) -> None:
+    widths = list(model.backbone.out_channels)
+    neck = getattr(model, 'neck', None)
+    if neck is not None:
+        assert list(neck.in_channels) == widths
+    else:  # UperNet: the decode head and the auxiliary head read backbone outputs directly
+        assert list(model.decode_head.in_channels) == widths
+        if getattr(model, 'auxiliary_head', None) is not None:
+            assert model.auxiliary_head.in_channels == widths[model.auxiliary_head.in_index]
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=_id)
+def test_config_builds(path):
+    cfg = load_tiny(path)
+    # Construction only (registries, arguments, widths); on the meta device it allocates and initialises nothing.
+    # test_loss_backward_and_predict runs the real thing per (family, detector).
+    with torch.device('meta'):
+        model = build_from_config(cfg)
+    assert type(model.backbone).__name__ == cfg.model.backbone.type.split('.')[-1]
+    _backbone_widths_feed_the_model(model)
+    # the real configs (not the tiny ones) keep the paper settings: pretrained hook and drop path
+    full = Config.fromfile(path).model.backbone
+    assert full.drop_path_rate > 0 and 'init_cfg' in full
+
+
+def _det_batch(with_mask: bool) -> Dict:
+    from mmdet.testing import demo_mm_inputs
+    return demo_mm_inputs(batch_size=2, image_shapes=[(3, 128, 160), (3, 96, 136)], num_items=[3, 2],
+                          num_classes=80, with_mask=with_mask)
+
+
+def _seg_batch() -> Dict:
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    inputs, samples = [], []
+    for h, w in ((96, 128), (80, 112)):
+        inputs.append(torch.randint(0, 256, (3, h, w), dtype=torch.uint8))
+        s = SegDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(96, 128)))
+        s.gt_sem_seg = PixelData(data=torch.randint(0, 150, (1, h, w)))
+        samples.append(s)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+# One config per (family, detector/segmentor) pair: the other sizes differ only in backbone width.
+TRAIN_STEP = [p for p in CONFIGS if any(k in os.path.basename(p) for k in ('-tiny_', '-s_'))]
+
+
+@pytest.mark.parametrize('path', TRAIN_STEP, ids=_id)
+def test_loss_backward_and_predict(path):
+    cfg = load_tiny(path)
+    model = build_from_config(cfg)
+    model.init_weights()
+    model.train()
+    is_det = cfg.default_scope == 'mmdet'
+    with_mask = is_det and 'mask' in os.path.basename(path)
+    packed = _det_batch(with_mask) if is_det else _seg_batch()
+    data = model.data_preprocessor(packed, True)
+    losses = model(**data, mode='loss')
+    loss, log = model.parse_losses(losses)
+    assert math.isfinite(loss.item()) and loss.item() > 0
+    if with_mask:
+        assert 'loss_mask' in log or any(k.endswith('loss_mask') for k in log)
+    loss.backward()
+    grads: List[torch.Tensor] = [p.grad for p in model.backbone.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert sum(g.abs().sum() for g in grads) > 0
+
+    model.eval()
+    if not is_det:  # mmseg tests one image per batch (its test-time preprocessor does not pad)
+        packed = dict(inputs=packed['inputs'][:1], data_samples=packed['data_samples'][:1])
+    with torch.no_grad():
+        results = model(**model.data_preprocessor(packed, False), mode='predict')
+    assert len(results) == len(packed['inputs'])
+    for res, sample in zip(results, packed['data_samples']):
+        if is_det:
+            pred = res.pred_instances
+            assert pred.bboxes.shape == (len(pred.scores), 4) and len(pred.labels) == len(pred.scores)
+            if with_mask:
+                assert pred.masks.shape[1:] == sample.ori_shape
+        else:
+            assert res.pred_sem_seg.data.shape[1:] == sample.ori_shape
+            assert int(res.pred_sem_seg.data.max()) < 150
