@@ -128,17 +128,21 @@ def _weights(path):
     return state['state_dict'], state['state_dict_ema'], state['optimizer']['state']
 
 
-def test_resume_mid_epoch_is_bit_identical(image_folder, tmp_path):
-    args = ['--epochs', '2', '--sched-on-updates', *_RECIPE_AUG]
+@pytest.mark.parametrize(
+    'accum,sched', [(1, ['--sched-on-updates']), (2, [])], ids=['per-update-lr', 'accum2-epoch-lr'])
+def test_resume_mid_epoch_is_bit_identical(image_folder, tmp_path, accum, sched):
+    args = ['--epochs', '2', '--grad-accum-steps', str(accum), *sched, *_RECIPE_AUG]
+    updates_per_epoch = 6 // accum  # 24 images, batch 4
     full = train(_base_args(image_folder, tmp_path, 'full', *args, '--no-eval'))
-    # 6 updates per epoch: stop inside the second epoch, then resume with a different worker count
-    stopped = train(_base_args(image_folder, tmp_path, 'split', *args, '--no-eval', '--stop-after-steps', '8'))
-    assert stopped['stopped'] and stopped['num_updates'] == 8
+    # stop two updates into the second epoch, then resume with a different worker count
+    stop_at = updates_per_epoch + 2
+    stopped = train(_base_args(image_folder, tmp_path, 'split', *args, '--no-eval', '--stop-after-steps', str(stop_at)))
+    assert stopped['stopped'] and stopped['num_updates'] == stop_at
     last = os.path.join(stopped['output_dir'], 'last.pth.tar')
-    assert ckpt.load_file(last)['resume_batch'] == 2
+    assert ckpt.load_file(last)['resume_batch'] == 2 * accum
     resumed = train(_base_args(image_folder, tmp_path, 'split', *args, '--no-eval', '--resume', last,
                                '--workers', '1'))
-    assert resumed['num_updates'] == full['num_updates'] == 12
+    assert resumed['num_updates'] == full['num_updates'] == 2 * updates_per_epoch
     a = _weights(os.path.join(full['output_dir'], 'last.pth.tar'))
     b = _weights(os.path.join(resumed['output_dir'], 'last.pth.tar'))
     for sa, sb in zip(a[:2], b[:2]):
