@@ -35,7 +35,7 @@ def cmd_op(args: argparse.Namespace) -> None:
 
     from .ops import OPS
     base = dict(op=args.op, device=args.device, dtype=args.dtype, repeats=args.repeats, peers=not args.no_peers,
-                batch=args.batch)
+                batch=args.batch, threads=args.threads)
     if args.op == 'neighborhood':
         specs = [dict(base, heads=args.heads, size=args.size, kernel=args.kernel, dilation=args.dilation,
                       head_dim=args.head_dim, rpb=not args.no_rpb)]
@@ -103,6 +103,7 @@ def main(argv=None) -> None:
     op.add_argument('--backends', nargs='+', help='only these rows (backend or peer names, e.g. cpu gather)')
     op.add_argument('--no-peers', action='store_true', help='skip the non-hiervit peers')
     op.add_argument('--repeats', type=int, default=5)
+    op.add_argument('--threads', type=int, default=0, help='torch CPU threads per worker (default: torch\'s)')
     op.set_defaults(fn=cmd_op)
 
     model = sub.add_parser('model', help='img/s, latency, params and FLOPs of timm model names (ours or timm\'s)')

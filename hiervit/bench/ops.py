@@ -191,6 +191,8 @@ def measure(spec: Dict, label: str) -> Dict:
     from ._timing import PeakMemory, best_time, gemm_gflops, synchronize
 
     device = torch.device(spec['device'])
+    if spec.get('threads'):
+        torch.set_num_threads(spec['threads'])
     row: Dict = {'backend': label}
     try:
         case = OPS[spec['op']](spec)[label]()
