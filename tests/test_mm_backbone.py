@@ -20,6 +20,8 @@ TINY = {
     'nat': dict(type='hiervit.NAT', model_name='nat_mini', depths=(1, 1, 2, 1), embed_dim=32, num_heads=(1, 2, 4, 8)),
     'dinat': dict(type='hiervit.DiNAT', model_name='dinat_mini', depths=(1, 1, 2, 1), embed_dim=32,
                   num_heads=(1, 2, 4, 8), dilations=[[1], [2], [1, 2], [1]]),
+    'dinat_s': dict(type='hiervit.DiNATs', model_name='dinat_s_tiny', depths=(1, 1, 2, 1), embed_dim=32,
+                    num_heads=(1, 2, 4, 8), dilations=[[1], [2], [1, 2], [1]]),
 }
 
 

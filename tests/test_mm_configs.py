@@ -42,7 +42,8 @@ def _tiny_backbone(bb: Dict) -> Dict:
     if name.startswith('biformer'):
         return dict(model_name='biformer_tiny', depths=(1, 1, 1, 1), embed_dims=(32, 64, 128, 256))
     depths = (1, 1, 2, 1)
-    tiny = dict(model_name=name.split('_')[0] + '_mini', embed_dim=32, depths=depths, num_heads=(1, 2, 4, 8))
+    small = 'dinat_s_tiny' if name.startswith('dinat_s') else name.split('_')[0] + '_mini'
+    tiny = dict(model_name=small, embed_dim=32, depths=depths, num_heads=(1, 2, 4, 8))
     if 'dilations' in bb:
         # keep each level's largest (last-but-one, the dilated) entries so dilated blocks still run
         tiny['dilations'] = [sorted(level)[-d:] for level, d in zip(bb['dilations'], depths)]
@@ -77,7 +78,7 @@ def load_tiny(path: str) -> Config:
 def test_every_config_is_found():
     assert all(os.path.exists(p) for p in TRAIN_STEP)
     families = {os.path.basename(os.path.dirname(p)) for p in CONFIGS}
-    assert families == {'nat', 'dinat', 'biformer'}
+    assert families == {'nat', 'dinat', 'dinat_s', 'biformer'}
     assert len(DET) >= 12 and len(SEG) >= 8
 
 
