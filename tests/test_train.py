@@ -196,10 +196,13 @@ def _free_port():
 
 
 def test_ddp_gloo_two_processes(image_folder, tmp_path):
+    # a tiny BiFormer: its BatchNorm buffers must stay in sync too (DDP broadcasts rank 0's)
+    model = ['--model', 'biformer_tiny', '--model-kwargs', 'depths=(1,1,1,1)', 'embed_dims=(8,16,32,64)', 'head_dim=8',
+             'topks=(1,1,1,-2)', 'n_win=2', 'global_attn_heads=2']
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nnodes', '1', '--nproc_per_node', '2',
            '--master_addr', '127.0.0.1', '--master_port', str(_free_port()), '-m', 'hiervit.train',
-           *_base_args(image_folder, tmp_path, 'ddp', '--epochs', '1', '--device', 'cpu', '--sync-bn',
-                       '--mixup', '0.8', '--drop-path', '0.1')]
+           *_base_args(image_folder, tmp_path, 'ddp', '--epochs', '1', '--device', 'cpu', '--mixup', '0.8',
+                       '--drop-path', '0.1'), *model]
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     log = proc.stdout + proc.stderr

@@ -75,6 +75,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group('Model extras')
     group.add_argument('--grad-checkpointing', action='store_true', default=False, help='activation checkpointing')
     group.add_argument('--sync-bn', action='store_true', default=False, help='SyncBatchNorm in distributed runs')
+    group.add_argument('--dist-bn', type=str, default='reduce', choices=('reduce', 'broadcast', ''),
+                       help='distributed runs: average (reduce) or copy rank 0\'s (broadcast) BatchNorm statistics '
+                            'at the end of each epoch')
     group.add_argument('--grad-accum-steps', type=int, default=1, metavar='N', help='batches per optimizer update')
 
     group = parser.add_argument_group('Optimizer')

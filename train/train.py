@@ -27,8 +27,8 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.utils import (
-    AverageMeter, ModelEmaV3, accuracy, dispatch_clip_grad, random_seed, reduce_tensor, setup_default_logging,
-    update_summary)
+    AverageMeter, ModelEmaV3, accuracy, dispatch_clip_grad, distribute_bn, random_seed, reduce_tensor,
+    setup_default_logging, update_summary)
 from timm.utils.summary import trim_summary
 
 import hiervit
@@ -135,11 +135,12 @@ def _load_initial(model: nn.Module, path: str) -> None:
         _logger.info(f'--initial-checkpoint {path} has no {classifier}: the classifier keeps its initialisation')
 
 
-def _weights_digest(model: nn.Module) -> str:
+def _weights_digest(model: nn.Module, buffers: bool = True) -> str:
     h = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
+    tensors = model.state_dict().items() if buffers else model.named_parameters()
+    for name, tensor in tensors:
         h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -240,7 +241,13 @@ def _train(args, args_text: str) -> Dict[str, Any]:
     if args.grad_checkpointing:
         model.set_grad_checkpointing(enable=True)
     if args.sync_bn and distributed:
+        if device.type == 'cpu':
+            raise ValueError('--sync-bn needs GPUs (torch.nn.SyncBatchNorm has no CPU path); drop it for CPU runs, '
+                             'where DDP keeps rank 0\'s BatchNorm statistics')
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if primary:
+            n_sync = sum(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+            _logger.info(f'--sync-bn: {n_sync} BatchNorm layers synchronised across ranks')
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -449,6 +456,9 @@ def _train(args, args_text: str) -> Dict[str, Any]:
                 break
             bar.close()
 
+            if distributed and args.dist_bn:
+                # each rank's last forward updated its own BatchNorm statistics; make them agree before eval / save
+                distribute_bn(model, world_size, reduce=args.dist_bn == 'reduce')
             train_metrics = {'loss': loss_meter.avg}
             eval_metrics = None
             if loader_eval is not None:
@@ -480,7 +490,8 @@ def _train(args, args_text: str) -> Dict[str, Any]:
                 if stopped and primary:
                     _logger.info(f'stopped after epoch {epoch}; continue with --resume {manager.last_path}')
                 break
-        digest = _weights_digest(model)
+        # mid-epoch, ranks legitimately differ in their BatchNorm statistics: compare the parameters only
+        digest = _weights_digest(model, buffers=not stopped)
         if distributed:
             digests = [None] * world_size
             dist.all_gather_object(digests, digest)
