@@ -303,3 +303,17 @@ def test_fashion_mnist_reader(tmp_path):
     _write_idx(tmp_path / 't10k-labels-idx1-ubyte.gz', labels[:4])
     with pytest.raises(ValueError, match='do not pair up'):
         FashionMNIST(str(tmp_path), 'test')
+
+
+def test_demo_wiring_on_a_tiny_idx_set(tmp_path, capsys):
+    from hiervit.train import demo
+    rng = np.random.default_rng(1)
+    for prefix, n in (('train', 16), ('t10k', 8)):
+        _write_idx(tmp_path / f'{prefix}-images-idx3-ubyte.gz', rng.integers(0, 256, size=(n, 28, 28)))
+        _write_idx(tmp_path / f'{prefix}-labels-idx1-ubyte.gz', rng.integers(0, 10, size=(n,)))
+    demo.main(['--data-dir', str(tmp_path), '--no-install', '--output', str(tmp_path / 'out'), '--epochs', '1',
+               '--workers', '0', '--target', '0', '-b', '4', '--no-progress'])
+    out = capsys.readouterr().out
+    assert 'Fashion-MNIST test top-1' in out and 'on 8 images' in out and 'reached' in out
+    with pytest.raises(SystemExit, match='apt-get install dataset-fashion-mnist'):
+        demo.ensure_fashion_mnist(str(tmp_path / 'empty'))
