@@ -332,7 +332,7 @@ def _train(args, args_text: str) -> Dict[str, Any]:
     if primary:
         with open(os.path.join(output_dir, 'args.yaml'), 'w') as f:
             f.write(args_text)
-        if resume is not None and os.path.exists(summary_path):
+        if os.path.exists(summary_path):  # rows of epochs this run is about to (re)train are stale
             trim_summary(summary_path, start_epoch)
         if args.log_tb and SummaryWriter is not None:
             writer = SummaryWriter(log_dir=os.path.join(output_dir, 'tb'))
