@@ -18,7 +18,7 @@ _CONFIG_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 
 def _add_data_args(parser: argparse.ArgumentParser, training: bool) -> None:
     group = parser.add_argument_group('Dataset')
-    group.add_argument('data', nargs='?', metavar='DIR', const=None, help='path to dataset (positional, deprecated)')
+    group.add_argument('data', nargs='?', metavar='DIR', help='path to dataset (positional, deprecated)')
     group.add_argument('--data-dir', metavar='DIR', help='path to the dataset root (folder, .tar, or IDX folder)')
     group.add_argument('--dataset', metavar='NAME', default='',
                        help="'' (ImageFolder / tar), 'torch/<name>', 'hfds/<name>' or 'fashion_mnist'")
