@@ -26,9 +26,10 @@ from torch import Tensor
 
 __all__ = ['forward', 'backward', 'tile_shape']
 
-# Bytes of fp32 scores per batch chunk: about one 56x56 image with two heads, so scores and probabilities stay in
-# cache between the calls that produce and consume them (measured best on this machine: 5 MB vs 10-40 MB chunks).
-_CHUNK_BYTES = 6 << 20
+# Bytes of fp32 scores per batch chunk (a 56x56 image with two heads needs 3.5 MB). Smaller chunks keep scores in
+# cache between the calls that produce and consume them; fewer chunks mean fewer thread-synchronising torch calls,
+# which dominate when the 2 cores are oversubscribed. Neither won reliably on this shared machine; 16 MB is between.
+_CHUNK_BYTES = 16 << 20
 
 
 def tile_shape(spatial: Sequence[int], kernel: Sequence[int]) -> Tuple[int, ...]:
