@@ -17,8 +17,9 @@ Semantics, per spatial axis of length L with kernel k and dilation d (an n-D nei
 
 Backends (`na_dispatcher`; `backend=` argument, or env `HIERVIT_NEIGHBORHOOD_BACKEND` / `HIERVIT_BACKEND`):
 `triton` (CUDA, or CPU tensors under `TRITON_INTERPRET=1`), `cpu` (fast CPU path), `reference` (gathers all
-neighbours; accepts everything, the test oracle), and the peers `natten` / `flex` (NATTEN 0.21 itself, if installed;
-no rpb; forward only on CPU). Auto order: triton on CUDA, cpu on CPU, then reference.
+neighbours; accepts everything, the test oracle), and the peers `natten` / `flex` (NATTEN 0.21 itself, if installed:
+no rpb; on CPU uncompiled FlexAttention, forward only; called directly, not through the custom op, so that NATTEN's
+autograd works on CUDA). Auto order: triton on CUDA, cpu on CPU, then reference.
 
 The op is registered as the torch custom ops `hiervit::neighborhood_attention_fwd` / `_bwd` with fake (meta)
 kernels, autograd and FLOP formulas, so it works under `torch.compile`, on meta tensors and in `FlopCounterMode`.
@@ -101,8 +102,8 @@ def _check_natten(p: NAProblem, flex: bool) -> Optional[str]:
         return f'NATTEN needs kernel_size >= 2, got {p.kernel}'
     if p.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return f'dtype {p.dtype} is not supported by NATTEN (use float16, bfloat16 or float32)'
-    if p.needs_grad:
-        return 'the NATTEN peers are forward only here; call under torch.no_grad() or use cpu, triton or reference'
+    if p.device.type == 'cpu' and p.needs_grad:
+        return 'on CPU NATTEN runs FlexAttention, which has no backward on CPU; call under torch.no_grad()'
     if p.device.type == 'cpu' or flex:
         if not 8 <= p.dim <= 512 or p.dim & (p.dim - 1) or p.v_dim != p.dim:
             return f'FlexAttention (uncompiled) needs d == dv, a power of two in [8, 512]; got d={p.dim}, dv={p.v_dim}'
@@ -123,6 +124,7 @@ _BACKENDS = {
     'flex': (lambda p: _check_natten(p, flex=True), f'{_PKG}.peers', 'flex_forward', None),
 }
 _BACKENDS = {n: v for n, v in _BACKENDS.items() if importlib.util.find_spec(v[1]) is not None}
+_PEERS = ('natten', 'flex')
 
 na_dispatcher = Dispatcher(
     'neighborhood', [Backend(n, f'{m}:{fwd}', c) for n, (c, m, fwd, _) in _BACKENDS.items()])
@@ -133,7 +135,7 @@ def _impl(name: str, which: int):
         raise BackendError(f'neighborhood: unknown backend {name!r}; choose one of {list(_BACKENDS)}.')
     entry = _BACKENDS[name]
     if entry[which] is None:
-        raise BackendError(f'neighborhood: backend {name!r} has no backward; run it under torch.no_grad().')
+        raise BackendError(f'neighborhood: backend {name!r} runs outside the custom op (NATTEN\'s own autograd).')
     return getattr(importlib.import_module(entry[1]), entry[which])
 
 
@@ -233,6 +235,9 @@ def neighborhood_attention(
         dim=q.shape[-1], v_dim=v.shape[-1], kernel=kernel, dilation=dil, has_rpb=rpb is not None,
         needs_grad=torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
     name, _ = na_dispatcher.select(problem, backend)
+    if name in _PEERS:
+        # NATTEN's autograd records its own graph, which cannot happen inside a custom op: call it directly.
+        return _impl(name, 2)(q, k, v, None, list(kernel), list(dil), float(scale))[0]
     out, _ = neighborhood_attention_fwd(q, k, v, rpb, list(kernel), list(dil), float(scale), name)
     return out
 

@@ -1,12 +1,12 @@
 """NATTEN as a backend (`natten`: NATTEN picks its kernel; `flex`: NATTEN's FlexAttention kernel `flex-fna`).
 
-Forward only: NATTEN >= 0.20 has no relative position bias, and its autograd cannot run inside our custom op (the
-op's backend implementation runs below the autograd dispatch key). They are peers for inference and for checking
-semantics; the dispatcher refuses calls that need gradients or rpb before they get here.
+NATTEN >= 0.20 has no relative position bias, and on CPU it only runs FlexAttention uncompiled, which has no backward
+in this torch; the dispatcher refuses those calls before they get here. `neighborhood_attention` calls these
+functions directly rather than through the hiervit custom op, so NATTEN's own autograd provides the backward (an
+autograd graph cannot be recorded inside a custom op's implementation).
 """
 from typing import List, Optional, Tuple
 
-import torch
 from torch import Tensor
 
 __all__ = ['natten_forward', 'flex_forward']
@@ -22,11 +22,9 @@ def _na(q: Tensor, k: Tensor, v: Tensor, kernel: List[int], dilation: List[int],
 
 def natten_forward(q: Tensor, k: Tensor, v: Tensor, rpb: None, kernel: List[int], dilation: List[int],
                    scale: float) -> Tuple[Tensor, Tensor]:
-    with torch.no_grad():
-        return _na(q, k, v, kernel, dilation, scale, None)
+    return _na(q, k, v, kernel, dilation, scale, None)
 
 
 def flex_forward(q: Tensor, k: Tensor, v: Tensor, rpb: None, kernel: List[int], dilation: List[int],
                  scale: float) -> Tuple[Tensor, Tensor]:
-    with torch.no_grad():
-        return _na(q, k, v, kernel, dilation, scale, 'flex-fna')
+    return _na(q, k, v, kernel, dilation, scale, 'flex-fna')
