@@ -158,8 +158,8 @@ class TimmBackbone(BaseModule):
             prefix: The adapter's prefix in `param_name` (e.g. 'backbone.').
 
         Returns:
-            (layer_depth, num_layers): the stem is depth 0, the last block group `num_layers - 2`, and anything not in
-            the backbone (final norms, neck, heads) `num_layers - 1`.
+            (layer_depth, num_layers): depths follow the matcher's groups in order (stem 0, then blocks, output norms
+            last); anything outside this backbone (neck, heads) is `num_layers - 1`, i.e. gets no decay.
         """
         if not hasattr(self, '_layer_ids'):
             self._layer_ids = group_parameters(self.model, self.model.group_matcher(coarse=False), reverse=True)
@@ -167,8 +167,7 @@ class TimmBackbone(BaseModule):
         inner = prefix + 'model.'
         if not param_name.startswith(inner):
             return self._num_layers - 1, self._num_layers
-        return min(self._layer_ids.get(param_name[len(inner):], self._num_layers - 1), self._num_layers - 1), \
-            self._num_layers
+        return self._layer_ids.get(param_name[len(inner):], self._num_layers - 1), self._num_layers
 
     def no_weight_decay(self) -> Set[str]:
         """The model's own no-weight-decay names (timm's protocol), relative to this adapter."""
