@@ -183,3 +183,15 @@ def test_loss_backward_and_predict(path):
         else:
             assert res.pred_sem_seg.data.shape[1:] == sample.ori_shape
             assert int(res.pred_sem_seg.data.max()) < 150
+
+
+def test_bench_config_times_config_and_swin():
+    from hiervit.mm import bench_config
+    path = os.path.join(ROOT, 'detection', 'biformer', 'mask-rcnn_biformer-s_fpn_amp-1x_coco.py')
+    # biformer_tiny has biformer_small's widths, so only the depth needs overriding
+    rows = bench_config(path, img_size=96, repeats=1, compare_swin=True,
+                        cfg_options={'model.backbone.model_name': 'biformer_tiny', 'model.backbone.depths': (1, 1, 1, 1)})
+    assert [r['backbone'] for r in rows] == ['biformer_tiny', 'swin_tiny (mmdet/mmseg)']
+    for r in rows:
+        assert r['img_size'] == 96 and 0 < r['backbone_neck_ms'] < r['fwd_ms'] and r['params_m'] > 1
+    assert rows[1]['params_m'] > rows[0]['params_m']  # Swin-T is much larger than the one-block-per-stage BiFormer
