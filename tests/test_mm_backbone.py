@@ -228,7 +228,7 @@ def test_layer_decay_constructor(family):
         assert (wd[full] == 0.) == exempt, full
     assert groups['neck.0.weight']['lr'] == pytest.approx(2e-3)  # custom_keys still honoured
     assert groups['neck.1.weight']['lr'] == pytest.approx(1e-3)
-    first = min(lr[n] for n in lr if n.startswith('backbone.model.stages.0.') or n.startswith('backbone.model.levels.0.'))
+    first = min(lr[n] for n in lr if n.startswith(('backbone.model.stages.0.', 'backbone.model.levels.0.')))
     last = max(lr[n] for n in lr if n.startswith(('backbone.model.stages.3.', 'backbone.model.levels.3.')))
     assert first < last < 1e-3
     if family == 'nat':

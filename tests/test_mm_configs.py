@@ -190,7 +190,8 @@ def test_bench_config_times_config_and_swin():
     path = os.path.join(ROOT, 'detection', 'biformer', 'mask-rcnn_biformer-s_fpn_amp-1x_coco.py')
     # biformer_tiny has biformer_small's widths, so only the depth needs overriding
     rows = bench_config(path, img_size=96, repeats=1, compare_swin=True,
-                        cfg_options={'model.backbone.model_name': 'biformer_tiny', 'model.backbone.depths': (1, 1, 1, 1)})
+                        cfg_options={'model.backbone.model_name': 'biformer_tiny',
+                                     'model.backbone.depths': (1, 1, 1, 1)})
     assert [r['backbone'] for r in rows] == ['biformer_tiny', 'swin_tiny (mmdet/mmseg)']
     for r in rows:
         assert r['img_size'] == 96 and 0 < r['backbone_neck_ms'] < r['fwd_ms'] and r['params_m'] > 1

@@ -1,4 +1,4 @@
-"""hiervit.mm.tv_ops: mmcv's op wrappers running on the torchvision stand-in agree with torchvision (and a reference)."""
+"""hiervit.mm.tv_ops: mmcv's op wrappers on the torchvision stand-in agree with torchvision (and a reference)."""
 import pytest
 import torch
 
@@ -8,7 +8,8 @@ pytest.importorskip('mmdet', reason='needs the OpenMMLab extras: pip install "hi
 from hiervit.mm.tv_ops import install_tv_ops, tv_ops_installed  # noqa: E402
 
 if not install_tv_ops():
-    pytest.skip('a compiled mmcv extension is installed; the torchvision stand-in is not in use', allow_module_level=True)
+    pytest.skip('a compiled mmcv extension is installed; the torchvision stand-in is not in use',
+                allow_module_level=True)
 
 import torchvision.ops as tvo  # noqa: E402
 from mmcv.ops import RoIAlign, RoIPool, batched_nms, nms  # noqa: E402

@@ -228,4 +228,4 @@ def _family(name: str, default_model: str, defaults: Dict[str, Any], doc: str) -
 NAT = _family('NAT', 'nat_tiny', dict(output_norms=True), 'NAT (nat_*) with the papers\' per-output LayerNorms.')
 DiNAT = _family('DiNAT', 'dinat_tiny', dict(output_norms=True), 'DiNAT (dinat_*); dense configs set `dilations`.')
 DiNATs = _family('DiNATs', 'dinat_s_tiny', dict(output_norms=True), 'DiNAT_s (dinat_s_*), Swin-layout DiNAT.')
-BiFormer = _family('BiFormer', 'biformer_small', dict(out_norms=True), 'BiFormer (biformer_*) with LayerNorm2d outputs.')
+BiFormer = _family('BiFormer', 'biformer_small', dict(out_norms=True), 'BiFormer (biformer_*), LayerNorm2d outputs.')

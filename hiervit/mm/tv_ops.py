@@ -3,7 +3,8 @@
 `mmcv-lite` ships mmcv's Python code without the compiled `mmcv._ext`, so `import mmcv.ops` (and therefore mmdet and
 mmseg, which import it at module level) fails. `install_tv_ops()` registers a module under the name `mmcv._ext` whose
 kernels come from torchvision: `nms`, `roi_align_forward/backward` (avg mode) and `roi_pool_forward/backward`. These are
-the compiled ops the Mask R-CNN / Cascade Mask R-CNN / RetinaNet / UperNet / Semantic FPN configs of this repository run.
+the compiled ops the Mask R-CNN / Cascade Mask R-CNN / RetinaNet / UperNet / Semantic FPN configs of this repository
+run.
 mmcv's own Python wrappers (`mmcv.ops.nms`, `batched_nms`, `RoIAlign`, `roi_align`, ...) stay in charge of argument
 handling, so behaviour matches a full mmcv build. Every other compiled op resolves to a function that raises
 `NotImplementedError` naming the op when called (never at import), so a config needing, e.g., deformable convolution
