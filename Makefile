@@ -16,7 +16,9 @@ $(VENV)/.torch:
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.torch pyproject.toml setup.py
-	$(PY) -m pip install -q -e '.[test,train]'
+	# mmengine/mmdet import pkg_resources, which setuptools 81 removed.
+	$(PY) -m pip install -q 'setuptools<81'
+	$(PY) -m pip install -q -e '.[test,train,det,seg,mm-cpu]'
 	# NATTEN is the external oracle for the neighborhood op; on CPU it installs as pure Python (flex backend only).
 	$(PY) -m pip install -q --no-build-isolation natten==0.21.7
 	touch $@

@@ -120,9 +120,15 @@ def neighborhood_cases(spec: Dict) -> Dict[str, Callable[[], Case]]:
         return Case(lambda: fn(q, k, v, rpb, kernel, dilation, scale), [t for t in (q, k, v, rpb) if t is not None],
                     flops, note='torch.compile' if compiled else 'eager')
 
+    def forward_only(tensors):
+        # FlexAttention refuses CPU inputs that require grad, even under no_grad.
+        return [t.detach() if t is not None else None for t in tensors]
+
     def flex_case(compiled: bool) -> Case:
         (q, k, v), rpb = inputs(spec['rpb'])
         backward = device.type == 'cuda'
+        if not backward:
+            q, k, v, rpb = forward_only((q, k, v, rpb))
         note = ('compiled' if compiled else 'eager') + ('' if backward else '; no backward on CPU in this torch')
         fwd = _flex_na2d(q, k, v, rpb, kernel, dilation, scale, compiled)
         return Case(fwd, [t for t in (q, k, v, rpb) if t is not None], flops, backward=backward, note=note)
@@ -131,6 +137,8 @@ def neighborhood_cases(spec: Dict) -> Dict[str, Callable[[], Case]]:
         import natten
         (q, k, v), _ = inputs(False)
         backend = None if device.type == 'cuda' else 'flex-fna'
+        if device.type != 'cuda':
+            q, k, v = forward_only((q, k, v))
         fwd = lambda: natten.na2d(q, k, v, kernel_size=kernel, dilation=dilation, scale=scale, backend=backend)
         note = f'natten {natten.__version__}, no rpb' + ('' if device.type == 'cuda' else ', flex-fna eager')
         return Case(fwd, [q, k, v], flops, backward=device.type == 'cuda', note=note)
@@ -204,7 +212,8 @@ def measure(spec: Dict, label: str) -> Dict:
     row['gemm_gflops'] = gemm
     try:
         t0 = time.perf_counter()
-        case.fwd()
+        with torch.no_grad():
+            case.fwd()
         synchronize(device)
         row['first_call_s'] = time.perf_counter() - t0
         with torch.no_grad(), PeakMemory(device) as mem:
@@ -226,6 +235,8 @@ def measure(spec: Dict, label: str) -> Dict:
             row.update(fwdbwd_ms=t * 1e3, fwdbwd_gflops=total / t / 1e9,
                        fwdbwd_pct_gemm=100 * total / t / 1e9 / gemm,
                        fwdbwd_peak_mib=mem.mib)
+    except BackendError as e:
+        row['note'] = f'refused: {e}'.replace('\n', ' ').split(' Backends that can')[0][:160]
     except (RuntimeError, NotImplementedError) as e:
         row['note'] = (row['note'] + '; ' if row['note'] else '') + f'failed: {e}'.replace('\n', ' ')[:200]
     return row
