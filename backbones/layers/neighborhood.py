@@ -82,7 +82,11 @@ class NeighborhoodAttention2d(nn.Module):
             scale=self.scale,
             backend=self.backend,
         )
-        x = x.reshape(B, Hp, Wp, C)[:, :H, :W]
+        x = x.reshape(B, Hp, Wp, C)
+        if pad_b or pad_r:
+            # Only slice when padded: a no-op slice is still a view, and a view saved for the backward of `proj`
+            # trips Inductor's stride ordering under dynamic shapes.
+            x = x[:, :H, :W]
         x = self.proj(x)
         x = self.proj_drop(x)
         return x

@@ -23,30 +23,38 @@ autograd works on CUDA). Auto order: triton on CUDA, cpu on CPU, then reference.
 
 The op is registered as the torch custom ops `hiervit::neighborhood_attention_fwd` / `_bwd` with fake (meta)
 kernels, autograd and FLOP formulas, so it works under `torch.compile`, on meta tensors and in `FlopCounterMode`.
-The backend is resolved in Python before the op is called and passed to it as a string.
+The backend is resolved in Python before the op is called and passed to it as a string; that resolution is traced by
+dynamo, so it must not import anything (an import is a graph break, and graph breaks inside every block of a model
+turn into recompiles with dynamic shapes): package availability is probed once at import time, and the backend
+modules are imported inside the op, which dynamo does not trace.
 
 FLOP convention (as torch's SDPA counter: matmuls only, softmax and bias ignored; exact for NA because every query
 sees prod(kernel) keys):
     forward  = 2 * B * heads * prod(spatial) * prod(kernel) * (d + dv)   (= 4 * ... * d when dv == d)
     backward = 2 * forward (dP, dV, dQ, dK; a recomputation of the scores some backends do is not counted).
 """
+import functools
 import importlib
 import math
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from .._dispatch import Backend, BackendError, Dispatcher, module_available
+from . import peers
 
 __all__ = [
     'neighborhood_attention', 'na_dispatcher', 'NAProblem', 'check_na_args', 'neighborhood_attention_flops',
 ]
 
 _FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# Probed once: `importlib.util.find_spec` inside a compiled region is a graph break.
+_HAS_TRITON = module_available('triton')
+_HAS_NATTEN = module_available('natten')
 IntOrTuple = Union[int, Sequence[int]]
 
 
@@ -77,7 +85,7 @@ def _check_cpu(p: NAProblem) -> Optional[str]:
 
 
 def _check_triton(p: NAProblem) -> Optional[str]:
-    if not module_available('triton'):
+    if not _HAS_TRITON:
         return 'triton is not installed'
     if p.device.type == 'cpu':
         if os.environ.get('TRITON_INTERPRET', '0') != '1':
@@ -94,7 +102,7 @@ def _check_triton(p: NAProblem) -> Optional[str]:
 
 
 def _check_natten(p: NAProblem, flex: bool) -> Optional[str]:
-    if not module_available('natten'):
+    if not _HAS_NATTEN:
         return 'natten is not installed'
     if p.has_rpb:
         return 'NATTEN >= 0.20 has no relative position bias (rpb); use cpu, triton or reference'
@@ -124,10 +132,19 @@ _BACKENDS = {
     'flex': (lambda p: _check_natten(p, flex=True), f'{_PKG}.peers', 'flex_forward', None),
 }
 _BACKENDS = {n: v for n, v in _BACKENDS.items() if importlib.util.find_spec(v[1]) is not None}
-_PEERS = ('natten', 'flex')
+_PEERS = {'natten': peers.natten_forward, 'flex': peers.flex_forward}
+
+
+class _OpBackend(Backend):
+    """A backend of the custom op. Selection only needs its name (the op resolves the implementation itself, outside
+    dynamo's view), so `load` returns the op's entry point for it instead of importing the backend module."""
+
+    def load(self) -> Callable:
+        return functools.partial(_run, self.name)
+
 
 na_dispatcher = Dispatcher(
-    'neighborhood', [Backend(n, f'{m}:{fwd}', c) for n, (c, m, fwd, _) in _BACKENDS.items()])
+    'neighborhood', [_OpBackend(n, f'{m}:{fwd}', c) for n, (c, m, fwd, _) in _BACKENDS.items()])
 
 
 def _impl(name: str, which: int):
@@ -234,12 +251,17 @@ def neighborhood_attention(
         device=q.device, dtype=q.dtype, batch=q.shape[0], spatial=tuple(q.shape[1:-2]), heads=q.shape[-2],
         dim=q.shape[-1], v_dim=v.shape[-1], kernel=kernel, dilation=dil, has_rpb=rpb is not None,
         needs_grad=torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-    name, _ = na_dispatcher.select(problem, backend)
+    _, run = na_dispatcher.select(problem, backend)
+    return run(q, k, v, rpb, list(kernel), list(dil), float(scale))
+
+
+def _run(name: str, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], kernel: List[int], dilation: List[int],
+         scale: float) -> Tensor:
+    """Run backend `name`: the peers directly, everything else through the custom op."""
     if name in _PEERS:
         # NATTEN's autograd records its own graph, which cannot happen inside a custom op: call it directly.
-        return _impl(name, 2)(q, k, v, None, list(kernel), list(dil), float(scale))[0]
-    out, _ = neighborhood_attention_fwd(q, k, v, rpb, list(kernel), list(dil), float(scale), name)
-    return out
+        return _PEERS[name](q, k, v, None, kernel, dilation, scale)[0]
+    return neighborhood_attention_fwd(q, k, v, rpb, kernel, dilation, scale, name)[0]
 
 
 def neighborhood_attention_flops(
@@ -262,13 +284,15 @@ def neighborhood_attention_fwd(
 ) -> Tuple[Tensor, Tensor]:
     """Output (shape of v) and fp32 log-sum-exp of the logits `[B, *spatial, heads]` (saved for the backward)."""
     out, lse = _impl(backend, 2)(q, k, v, rpb, kernel_size, dilation, scale)
-    return out, lse
+    # Contiguous whatever the backend returns: the fake kernel below promises these strides to the compiler.
+    return out.contiguous(), lse.contiguous()
 
 
 @neighborhood_attention_fwd.register_fake
 def _(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], kernel_size: List[int], dilation: List[int],
       scale: float, backend: str) -> Tuple[Tensor, Tensor]:
-    return torch.empty_like(v), q.new_empty(q.shape[:-1], dtype=torch.float32)
+    # new_empty (contiguous), not empty_like: v is usually a strided view of the qkv projection.
+    return v.new_empty(v.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 
 @torch.library.custom_op('hiervit::neighborhood_attention_bwd', mutates_args=())
@@ -280,14 +304,14 @@ def neighborhood_attention_bwd(
     dq, dk, dv, drpb = _impl(backend, 3)(dout, q, k, v, rpb, out, lse, kernel_size, dilation, scale)
     if drpb is None:
         drpb = q.new_empty(0)
-    return dq, dk, dv, drpb
+    return dq.contiguous(), dk.contiguous(), dv.contiguous(), drpb.contiguous()
 
 
 @neighborhood_attention_bwd.register_fake
 def _(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], out: Tensor, lse: Tensor,
       kernel_size: List[int], dilation: List[int], scale: float, backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    drpb = torch.empty_like(rpb) if rpb is not None else q.new_empty(0)
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), drpb
+    drpb = rpb.new_empty(rpb.shape) if rpb is not None else q.new_empty(0)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), drpb
 
 
 def _setup_context(ctx, inputs, output) -> None:
