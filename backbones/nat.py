@@ -232,6 +232,7 @@ class NAT(nn.Module):
         dilations = _check_dilations(dilations, depths)
         self.num_classes = num_classes
         self.in_chans = in_chans
+        self.num_levels = num_levels  # before any pruning: the last level's output norm is `norm`
         self.kernel_size = kernel_size
         self.dilations = dilations
         self.output_fmt = 'NHWC'
@@ -311,7 +312,7 @@ class NAT(nn.Module):
         self.head.reset(num_classes, pool_type=global_pool)
 
     def _output_norm(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        if index == len(self.levels) - 1:
+        if index == self.num_levels - 1:
             return self.norm(x)
         if self.out_norms is not None and index < len(self.out_norms):
             return self.out_norms[index](x)

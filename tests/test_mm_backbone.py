@@ -36,14 +36,7 @@ def _build(family: str, **kwargs) -> TimmBackbone:
     return MODELS.build(_cfg(family, **kwargs))
 
 
-_NAT_PRUNED_NORM = pytest.mark.xfail(
-    strict=True, reason='backbones/nat.py: after prune_intermediate_layers drops the last level, _output_norm still '
-                        'sends the new last level to the (pruned) final norm instead of out_norms[i]')
-
-
-@pytest.mark.parametrize('family,out_indices', [
-    pytest.param(f, o, marks=_NAT_PRUNED_NORM if f != 'biformer' and o[-1] < 3 else ())
-    for f in TINY for o in [(0, 1, 2, 3), (1, 3), (0, 2)]])
+@pytest.mark.parametrize('family,out_indices', [(f, o) for f in TINY for o in [(0, 1, 2, 3), (1, 3), (0, 2)]])
 def test_outputs_and_every_param_used(family, out_indices):
     m = _build(family, out_indices=out_indices)
     x = torch.randn(2, 3, 72, 104)  # not a multiple of 32 (nor of the region grid)
