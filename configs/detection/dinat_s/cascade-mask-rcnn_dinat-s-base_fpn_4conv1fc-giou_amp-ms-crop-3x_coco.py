@@ -1,0 +1,12 @@
+# DiNAT_s-Base (Swin-layout DiNAT) + Cascade Mask R-CNN (FPN), COCO 3x multi-scale + crop, fp16; detection dilations
+# as in the paper's config. Drop path 0.4 is an assumption (one step above Small; the value is not published).
+_base_ = ['../_base_/models/cascade-mask-rcnn_hiervit_fpn_4conv1fc-giou.py',
+          '../_base_/datasets/coco_instance_ms-crop.py',
+          '../_base_/schedules/schedule_3x_adamw.py', 'mmdet::_base_/default_runtime.py']
+pretrained = None  # path or URL of the ImageNet-1k classification checkpoint
+model = dict(
+    backbone=dict(
+        type='hiervit.DiNATs', model_name='dinat_s_base', drop_path_rate=0.4,
+        dilations=[[1, 28], [1, 14], [1, 3, 1, 5, 1, 7] * 3, [1, 3]],
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained) if pretrained else None),
+    neck=dict(in_channels=[128, 256, 512, 1024]))
