@@ -32,25 +32,19 @@ def module_available(name: str) -> bool:
         return False
 
 
-@dataclass
+@dataclass(frozen=True)
 class Backend:
-    """One implementation of an op.
+    """One implementation of an op, as the dispatcher sees it.
+
+    The dispatcher only chooses a name; each op runs the chosen name through its own entry point (a custom op that
+    imports the backend module inside itself), so selection imports nothing and stays traceable by torch.compile.
 
     Args:
         name: Short public name (`reference`, `cpu`, `triton`, ...).
-        fn: Dotted path `module:attr` of the callable, imported lazily on first use.
         check: Called with the op's problem description; returns None when the backend can run it, else the reason.
     """
     name: str
-    fn: str
     check: Callable[[Any], Optional[str]]
-    _loaded: Optional[Callable] = None
-
-    def load(self) -> Callable:
-        if self._loaded is None:
-            mod_name, attr = self.fn.split(':')
-            self._loaded = getattr(importlib.import_module(mod_name), attr)
-        return self._loaded
 
 
 class Dispatcher:
@@ -79,7 +73,8 @@ class Dispatcher:
         """Map every backend name to None (accepts the call) or the reason it refuses."""
         return {name: b.check(problem) for name, b in self.backends.items()}
 
-    def select(self, problem: Any, backend: Optional[str] = None) -> Tuple[str, Callable]:
+    def select(self, problem: Any, backend: Optional[str] = None) -> str:
+        """Name of the backend that runs this call (see the module docstring for the order)."""
         name, source = self.requested(backend)
         if name is not None:
             if name not in self.backends:
@@ -91,11 +86,11 @@ class Dispatcher:
                 raise BackendError(
                     f'{self.op}: backend {name!r} (from {source}) cannot run this call: {reason}. '
                     f'Backends that can: {ok}.')
-            return name, self.backends[name].load()
+            return name
         reasons = []
         for b in self.backends.values():
             reason = b.check(problem)
             if reason is None:
-                return b.name, b.load()
+                return b.name
             reasons.append(f'{b.name}: {reason}')
         raise BackendError(f'{self.op}: no backend can run this call ({"; ".join(reasons)}).')

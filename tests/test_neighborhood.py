@@ -277,7 +277,7 @@ def test_dispatcher_explains_and_env_override(monkeypatch):
 def test_auto_picks_cpu_on_cpu():
     from hiervit.kernels.neighborhood import NAProblem
     p = NAProblem(torch.device('cpu'), torch.float32, 1, (8, 8), 2, 8, 8, (3, 3), (1, 1), True, True)
-    name, _ = na_dispatcher.select(p)
+    name = na_dispatcher.select(p)
     assert name == ('cpu' if 'cpu' in na_dispatcher.names else 'reference')
     if 'triton' in na_dispatcher.names:
         reason = na_dispatcher.explain(p)['triton']

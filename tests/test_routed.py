@@ -139,9 +139,9 @@ def test_dispatch_auto_and_env(monkeypatch):
     problem = routed_problem(q, k, v, idx)
     monkeypatch.delenv('HIERVIT_ROUTED_BACKEND', raising=False)
     monkeypatch.delenv('HIERVIT_BACKEND', raising=False)
-    assert routed_dispatcher.select(problem)[0] == 'cpu'
+    assert routed_dispatcher.select(problem) == 'cpu'
     monkeypatch.setenv('HIERVIT_ROUTED_BACKEND', 'reference')
-    assert routed_dispatcher.select(problem)[0] == 'reference'
+    assert routed_dispatcher.select(problem) == 'reference'
     monkeypatch.setenv('HIERVIT_ROUTED_BACKEND', 'nope')
     with pytest.raises(BackendError, match='unknown backend'):
         routed_attention(q, k, v, idx)

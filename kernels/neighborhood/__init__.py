@@ -33,12 +33,11 @@ sees prod(kernel) keys):
     forward  = 2 * B * heads * prod(spatial) * prod(kernel) * (d + dv)   (= 4 * ... * d when dv == d)
     backward = 2 * forward (dP, dV, dQ, dK; a recomputation of the scores some backends do is not counted).
 """
-import functools
 import importlib
 import math
 import os
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -134,17 +133,7 @@ _BACKENDS = {
 _BACKENDS = {n: v for n, v in _BACKENDS.items() if importlib.util.find_spec(v[1]) is not None}
 _PEERS = {'natten': peers.natten_forward, 'flex': peers.flex_forward}
 
-
-class _OpBackend(Backend):
-    """A backend of the custom op. Selection only needs its name (the op resolves the implementation itself, outside
-    dynamo's view), so `load` returns the op's entry point for it instead of importing the backend module."""
-
-    def load(self) -> Callable:
-        return functools.partial(_run, self.name)
-
-
-na_dispatcher = Dispatcher(
-    'neighborhood', [_OpBackend(n, f'{m}:{fwd}', c) for n, (c, m, fwd, _) in _BACKENDS.items()])
+na_dispatcher = Dispatcher('neighborhood', [Backend(n, c) for n, (c, *_) in _BACKENDS.items()])
 
 
 def _impl(name: str, which: int):
@@ -251,8 +240,8 @@ def neighborhood_attention(
         device=q.device, dtype=q.dtype, batch=q.shape[0], spatial=tuple(q.shape[1:-2]), heads=q.shape[-2],
         dim=q.shape[-1], v_dim=v.shape[-1], kernel=kernel, dilation=dil, has_rpb=rpb is not None,
         needs_grad=torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-    _, run = na_dispatcher.select(problem, backend)
-    return run(q, k, v, rpb, list(kernel), list(dil), float(scale))
+    name = na_dispatcher.select(problem, backend)
+    return _run(name, q, k, v, rpb, list(kernel), list(dil), float(scale))
 
 
 def _run(name: str, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], kernel: List[int], dilation: List[int],

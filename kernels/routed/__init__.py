@@ -88,9 +88,8 @@ _BACKENDS = {
 _BACKENDS = {n: v for n, v in _BACKENDS.items() if importlib.util.find_spec(v[1]) is not None}
 
 # Every backend runs through the one custom op (the backend name is its last argument); backend modules are
-# imported lazily inside the op, so only the op itself is what the dispatcher hands back.
-routed_dispatcher = Dispatcher(
-    'routed', [Backend(n, 'hiervit.kernels.routed:routed_attention_fwd', c) for n, (c, _) in _BACKENDS.items()])
+# imported lazily inside the op.
+routed_dispatcher = Dispatcher('routed', [Backend(n, c) for n, (c, _) in _BACKENDS.items()])
 
 
 def _backend_module(name: str):
@@ -189,8 +188,8 @@ def routed_attention(
         scale = q.shape[-1] ** -0.5
     elif not isinstance(scale, (int, float)):
         raise TypeError(f'routed_attention: scale must be a Python number or None, got {type(scale).__name__}.')
-    name, op = routed_dispatcher.select(routed_problem(q, k, v, idx), backend)
-    out, _ = op(q, k, v, idx, float(scale), name)
+    name = routed_dispatcher.select(routed_problem(q, k, v, idx), backend)
+    out, _ = routed_attention_fwd(q, k, v, idx, float(scale), name)
     return out
 
 
@@ -247,8 +246,6 @@ def _backward(ctx, dout: Tensor, dlse: Optional[Tensor]):
 
 
 routed_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
-for _b in routed_dispatcher.backends.values():
-    _b.load()  # resolve now (the package is importing) so that selection under torch.compile imports nothing
 
 
 @register_flop_formula(torch.ops.hiervit.routed_attention_fwd)
