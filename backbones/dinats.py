@@ -143,12 +143,7 @@ _VARIANT_ARGS: Dict[str, Dict[str, Any]] = {
 
 
 def _create_variant(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -> DiNATs:
-    args = dict(_VARIANT_ARGS[variant])
-    if 'depths' in kwargs and 'dilations' not in kwargs:
-        raise ValueError(
-            f'{variant} has per-block dilations for depths={args["depths"]}; when overriding depths, pass '
-            f'dilations= too (one list per level, one value per block).')
-    return build_nat(DiNATs, variant, pretrained, checkpoint_filter_fn, **dict(args, **kwargs))
+    return build_nat(DiNATs, variant, pretrained, checkpoint_filter_fn, _VARIANT_ARGS[variant], **kwargs)
 
 
 @register_model

@@ -488,9 +488,16 @@ def build_nat(
         variant: str,
         pretrained: bool,
         filter_fn: Callable[[Dict[str, Any], NAT], Dict[str, torch.Tensor]],
+        variant_args: Dict[str, Any],
         **kwargs,
 ) -> NAT:
-    """`build_model_with_cfg` with the NAT-family feature defaults (shared with DiNAT_s)."""
+    """`build_model_with_cfg` of a registered variant (its `variant_args` overridden by the caller's kwargs) with the
+    NAT-family feature defaults (shared with DiNAT_s)."""
+    if 'depths' in kwargs and 'dilations' not in kwargs and 'dilations' in variant_args:
+        raise ValueError(
+            f'{variant} has per-block dilations for depths={variant_args["depths"]}; when overriding depths, pass '
+            f'dilations= too (one list per level, one value per block).')
+    kwargs = dict(variant_args, **kwargs)
     out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs['depths']))))
     feature_cfg = dict(out_indices=out_indices, feature_cls=kwargs.pop('feature_cls', 'getter'))
     if kwargs.get('features_only', False) and feature_cfg['feature_cls'] == 'getter':
@@ -591,12 +598,7 @@ _VARIANT_ARGS: Dict[str, Dict[str, Any]] = {
 
 
 def _create_variant(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -> NAT:
-    args = dict(_VARIANT_ARGS[variant])
-    if 'depths' in kwargs and 'dilations' not in kwargs and 'dilations' in args:
-        raise ValueError(
-            f'{variant} has per-block dilations for depths={args["depths"]}; when overriding depths, pass '
-            f'dilations= too (one list per level, one value per block).')
-    return build_nat(NAT, variant, pretrained, checkpoint_filter_fn, **dict(args, **kwargs))
+    return build_nat(NAT, variant, pretrained, checkpoint_filter_fn, _VARIANT_ARGS[variant], **kwargs)
 
 
 @register_model
