@@ -26,31 +26,20 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     ClassifierHead, ConvNormAct, DropPath, LayerNorm2d, Mlp, calculate_drop_path_rates, trunc_normal_,
 )
-from timm.models import (
-    build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model, register_notrace_function,
-    register_notrace_module,
-)
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
 from hiervit.backbones._compat import feature_take_indices
+from hiervit.backbones.layers.shape import check_image_input, crop_nhwc, pad_nhwc
 from hiervit.kernels.routed import routed_attention_op
 
 __all__ = ['BiFormer']
 
-
-@register_notrace_function  # reason: validates concrete shapes (public name: FX only auto-wraps non-underscore names)
-def check_image_input(x: torch.Tensor, in_chans: int) -> None:
-    """Raise a ValueError/TypeError naming the fix when `x` is not an NCHW batch with `in_chans` channels."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f'BiFormer expects a torch.Tensor image batch, got {type(x).__name__}.')
-    if x.ndim != 4:
-        raise ValueError(f'BiFormer expects an NCHW image batch (4 dims), got shape {tuple(x.shape)}.')
-    if x.shape[1] != in_chans:
-        raise ValueError(
-            f'Input has {x.shape[1]} channels but the model was built with in_chans={in_chans}; '
-            f'create it with in_chans={x.shape[1]} (pretrained stems are adapted) or convert the input.')
+# FX leaves for plain torch.fx.symbolic_trace (they decide on sizes); timm's tracer knows them already.
+torch.fx.wrap('check_image_input')
+torch.fx.wrap('crop_nhwc')
+torch.fx.wrap('pad_nhwc')
 
 
-@register_notrace_module  # reason: padding and region geometry depend on the concrete input size
 class BiLevelRoutingAttention(nn.Module):
     """Bi-level routing attention over an `n_win x n_win` grid of regions (released legacy semantics).
 
@@ -103,26 +92,22 @@ class BiLevelRoutingAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, H, W, C] (NHWC) -> [B, H, W, C]."""
-        B, H, W, C = x.shape
+        B, H, W, C = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
         n = self.n_win
-        pad_b, pad_r = (n - H % n) % n, (n - W % n) % n
-        if pad_b or pad_r:
-            # Zero-pad before the projection (released `auto_pad`): padded tokens carry the qkv bias.
-            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
-        Hp, Wp = H + pad_b, W + pad_r
-        rh, rw = Hp // n, Wp // n
+        # Zero-pad before the projection (released `auto_pad`): padded tokens carry the qkv bias.
+        x = pad_nhwc(x, multiple=n)
+        rh, rw = x.shape[1] // n, x.shape[2] // n
 
-        q, k, v = self.qkv(x).split([C, C, C], dim=-1)  # each [B, Hp, Wp, C]
+        qkv = self.qkv(x).split([C, C, C], dim=-1)  # each [B, Hp, Wp, C]
+        q, k, v = qkv[0], qkv[1], qkv[2]
         idx = self.route(q, k, rh, rw)
         out = routed_attention_op(
             self._to_regions(q, rh, rw), self._to_regions(k, rh, rw), self._to_regions(v, rh, rw), idx, self.scale,
         )  # [B, heads, n*n, rh*rw, C // heads]
         out = out.reshape(B, self.num_heads, n, n, rh, rw, C // self.num_heads)
-        out = out.permute(0, 2, 4, 3, 5, 1, 6).reshape(B, Hp, Wp, C)
+        out = out.permute(0, 2, 4, 3, 5, 1, 6).reshape(B, n * rh, n * rw, C)
         out = out + self.lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        if pad_b or pad_r:
-            out = out[:, :H, :W]
-        return self.proj(out)
+        return self.proj(crop_nhwc(out, H, W))
 
 
 class AttentionLePE(nn.Module):
@@ -140,10 +125,10 @@ class AttentionLePE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, H, W, C] (NHWC) -> [B, H, W, C]."""
-        B, H, W, C = x.shape
+        B, H, W, C = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
         # [B, H*W, 3, heads, hd] -> 3 x [B, heads, H*W, hd]
-        q, k, v = self.qkv(x).reshape(B, H * W, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)  # scale head_dim ** -0.5, as released
+        qkv = self.qkv(x).reshape(B, H * W, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # scale head_dim ** -0.5, as released
         out = out.transpose(1, 2).reshape(B, H, W, C)
         out = out + self.lepe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return self.proj(out)
@@ -391,7 +376,7 @@ class BiFormer(nn.Module):
         """
         if output_fmt not in ('NCHW', 'NHWC'):
             raise ValueError(f"output_fmt={output_fmt!r} is not supported; use 'NCHW' or 'NHWC'.")
-        check_image_input(x, self.in_chans)
+        x = check_image_input(x, self.in_chans, 'BiFormer')
         intermediates = []
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         last_idx = len(self.stages) - 1
@@ -428,17 +413,20 @@ class BiFormer(nn.Module):
     ) -> List[int]:
         """Drop the stages (and output norms) after the last index in `indices`; optionally the norm and head."""
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last = len(self.stages) - 1
         self.stages = self.stages[:max_index + 1]
         if self.out_norms is not None:
-            self.out_norms = self.out_norms[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
+            # Norms of stages that are not returned would get no gradient (DDP refuses such a model).
+            self.out_norms = nn.ModuleList([
+                n if i in take_indices else nn.Identity() for i, n in enumerate(self.out_norms[:max_index + 1])])
+        if prune_norm or max_index < last:
+            self.norm = nn.Identity()  # the final norm fits the last stage only
         if prune_head:
             self.reset_classifier(0, '')
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_input(x, self.in_chans)
+        x = check_image_input(x, self.in_chans, 'BiFormer')
         x = self.stem(x)
         x = self.stages(x)
         return self.norm(x)

@@ -18,9 +18,12 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
 from timm.models.swin_transformer import PatchMerging
 
+from hiervit.backbones.layers.shape import check_image_input
 from hiervit.backbones.nat import NAT, build_nat, convert_official_checkpoint
 
 __all__ = ['DiNATs']
+
+torch.fx.wrap('check_image_input')  # an FX leaf for plain torch.fx.symbolic_trace (timm's tracer knows it already)
 
 
 class PatchEmbed(nn.Module):
@@ -43,12 +46,8 @@ class PatchEmbed(nn.Module):
         self.norm = norm_layer(embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
-                f'Expected an NCHW image batch with {self.in_chans} channels (the model\'s in_chans), got shape '
-                f'{tuple(x.shape)}. Create the model with in_chans={x.shape[1] if x.ndim == 4 else "<C>"} '
-                f'or convert the input.')
-        H, W = x.shape[-2:]
+        x = check_image_input(x, self.in_chans, 'DiNATs')
+        H, W = x.shape[2], x.shape[3]
         x = F.pad(x, (0, -W % self.patch_size, 0, -H % self.patch_size))
         x = self.proj(x).permute(0, 2, 3, 1)  # [B, C, H/4, W/4] -> [B, H/4, W/4, C]
         return self.norm(x)

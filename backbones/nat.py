@@ -25,8 +25,11 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 
 from hiervit.backbones._compat import feature_take_indices
 from hiervit.backbones.layers.neighborhood import NeighborhoodAttention2d
+from hiervit.backbones.layers.shape import check_image_input
 
 __all__ = ['NAT']
+
+torch.fx.wrap('check_image_input')  # an FX leaf for plain torch.fx.symbolic_trace (timm's tracer knows it already)
 
 
 class ConvTokenizer(nn.Module):
@@ -42,11 +45,7 @@ class ConvTokenizer(nn.Module):
         self.norm = norm_layer(embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
-                f'Expected an NCHW image batch with {self.in_chans} channels (the model\'s in_chans), got shape '
-                f'{tuple(x.shape)}. Create the model with in_chans={x.shape[1] if x.ndim == 4 else "<C>"} '
-                f'or convert the input.')
+        x = check_image_input(x, self.in_chans, 'NAT')
         x = self.proj(x).permute(0, 2, 3, 1)  # [B, C, H, W] -> [B, H, W, C]
         return self.norm(x)
 
@@ -342,8 +341,8 @@ class NAT(nn.Module):
         intermediates = []
         take_indices, max_index = feature_take_indices(len(self.levels), indices)
         x = self.pos_drop(self.patch_embed(x))
-        last = len(self.levels) - 1
         levels = self.levels if torch.jit.is_scripting() or not stop_early else self.levels[:max_index + 1]
+        last = len(levels) - 1
         for i, level in enumerate(levels):
             x = level.forward_blocks(x)
             if i in take_indices:
@@ -353,7 +352,8 @@ class NAT(nn.Module):
                 x = level.downsample(x)
         if intermediates_only:
             return intermediates
-        return self.norm(x), intermediates
+        # Stopped early: x is the last requested level's output, which the final norm (of the last level) does not fit.
+        return (self.norm(x) if len(levels) == len(self.levels) else x), intermediates
 
     def prune_intermediate_layers(
             self,
@@ -370,7 +370,9 @@ class NAT(nn.Module):
         if prune_norm or max_index < last:
             self.norm = nn.Identity()
         if self.out_norms is not None:
-            self.out_norms = None if prune_norm else self.out_norms[:max_index + 1]
+            # Norms of levels that are not returned would get no gradient (DDP refuses such a model).
+            self.out_norms = None if prune_norm else nn.ModuleList([
+                n if i in take_indices else nn.Identity() for i, n in enumerate(self.out_norms[:max_index + 1])])
         if prune_head:
             self.reset_classifier(0, '')
         return take_indices
@@ -500,6 +502,8 @@ def build_nat(
     kwargs = dict(variant_args, **kwargs)
     out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs['depths']))))
     feature_cfg = dict(out_indices=out_indices, feature_cls=kwargs.pop('feature_cls', 'getter'))
+    if feature_cfg['feature_cls'] == 'fx':
+        feature_cfg['output_fmt'] = 'NHWC'  # the graph returns the levels' own (channels-last) maps
     if kwargs.get('features_only', False) and feature_cfg['feature_cls'] == 'getter':
         # dense-task backbones: NCHW maps with one LayerNorm per output, as the official mmdet/mmseg backbones
         kwargs.setdefault('output_norms', True)

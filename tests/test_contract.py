@@ -254,3 +254,38 @@ def test_prune_intermediate_layers(name):
     for a, b in zip(pruned, full[:2]):
         torch.testing.assert_close(a, b)
     assert model.num_classes == 0
+
+
+
+@pytest.mark.parametrize('name', SMALL_MODELS)
+def test_empty_batch_stop_early_and_pruning_without_prune_norm(name):
+    """Calls that crashed: an empty batch; stop_early with the final map; a pruned model whose final norm is kept."""
+    model = timm.create_model(name).eval()
+    x = torch.randn(1, 3, IMG, IMG)
+    with torch.no_grad():
+        assert model(x[:0]).shape == (0, model.num_classes)
+        _, inter = model.forward_intermediates(x)
+        final, some = model.forward_intermediates(x, indices=[1], stop_early=True, intermediates_only=False)
+        assert len(some) == 1
+        torch.testing.assert_close(some[0], inter[1])
+        assert _channels(final, model) == model.feature_info[1]['num_chs']
+        model.prune_intermediate_layers([0, 1], prune_norm=False)
+        feat = model(x)
+        _, pruned = model.forward_intermediates(x)
+    assert _channels(feat, model) == model.feature_info[1]['num_chs']
+    assert len(pruned) == 2
+    for a, b in zip(pruned, inter[:2]):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize('name', SMALL_MODELS)
+def test_features_only_subset_trains_every_parameter(name):
+    """Plain DDP (without find_unused_parameters) needs a gradient for every parameter of a feature extractor."""
+    model = timm.create_model(name, features_only=True, out_indices=(1, 2)).eval()
+    with torch.no_grad():
+        empty = model(torch.randn(0, 3, IMG, IMG))
+    assert [tuple(o.shape[:2]) for o in empty] == [(0, c) for c in model.feature_info.channels()]
+    outs = model.train()(torch.randn(2, 3, IMG, IMG))
+    sum(o.square().mean() for o in outs).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not no_grad, f'parameters without a gradient: {no_grad[:5]}'

@@ -7,12 +7,16 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import trunc_normal_
 
 from hiervit.kernels.neighborhood import neighborhood_attention_op
+from .shape import crop_nhwc, pad_nhwc
 
 __all__ = ['NeighborhoodAttention2d']
+
+# FX leaves for plain torch.fx.symbolic_trace (they decide on sizes); timm's tracer knows them already.
+torch.fx.wrap('crop_nhwc')
+torch.fx.wrap('pad_nhwc')
 
 
 class NeighborhoodAttention2d(nn.Module):
@@ -67,22 +71,14 @@ class NeighborhoodAttention2d(nn.Module):
         trunc_normal_(self.rpb, std=.02, a=-2., b=2.)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, H, W, C = x.shape
-        window = self.kernel_size * self.dilation
-        pad_b, pad_r = max(0, window - H), max(0, window - W)
-        if pad_b or pad_r:
-            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
-        Hp, Wp = H + pad_b, W + pad_r
+        H, W = x.shape[1], x.shape[2]
+        x = pad_nhwc(x, minimum=self.kernel_size * self.dilation)
         # [B, Hp, Wp, 3C] -> 3 x [B, Hp, Wp, heads, head_dim] (heads-last, the op's layout: no permute needed)
-        q, k, v = self.qkv(x).reshape(B, Hp, Wp, 3, self.num_heads, self.head_dim).unbind(3)
+        qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(3)
         x = neighborhood_attention_op(
-            q, k, v, [self.kernel_size, self.kernel_size], [self.dilation, self.dilation], self.rpb, self.scale,
-            self.backend)
-        x = x.reshape(B, Hp, Wp, C)
-        if pad_b or pad_r:
-            # Only slice when padded: a no-op slice is still a view, and a view saved for the backward of `proj`
-            # trips Inductor's stride ordering under dynamic shapes.
-            x = x[:, :H, :W]
+            qkv[0], qkv[1], qkv[2], [self.kernel_size, self.kernel_size], [self.dilation, self.dilation], self.rpb,
+            self.scale, self.backend)
+        x = crop_nhwc(x.flatten(3), H, W)  # [B, Hp, Wp, heads, head_dim] -> [B, H, W, C]
         x = self.proj(x)
         x = self.proj_drop(x)
         return x
