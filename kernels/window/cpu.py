@@ -1,17 +1,21 @@
-"""Fast CPU window attention: one gather into window order, PyTorch's fused CPU attention kernel with the bias and the
-masks as one additive term, one gather back; the backward runs chunked batched GEMMs.
+"""Fast CPU window attention: PyTorch's fused CPU attention kernel on window-ordered q, k, v with the bias and the
+masks as one additive term; chunked batched GEMMs for the backward where the bias needs a gradient.
 
-* Partition, cyclic shift and padding are one precomputed index per call shape: a single advanced-indexing gather
-  reads q, k, v (any strides, e.g. views of a qkv projection) straight into `[B, windows * heads, N, d]`, and the
-  output comes back to heads-last `[B, H, W, heads, dv]` through the inverse index (every token lies in exactly one
-  window). No roll, pad, permute-copy or reverse of the peers' path is materialised.
+* No partition copy where the windows are one strided sequence each (CSWin's horizontal stripes, width-1 vertical
+  stripes, full attention; no shift or padding, d == dv): the fused kernel reads them through strides, and only the
+  output is written back heads-last.
+* Otherwise partition, cyclic shift and padding are one precomputed index per call shape: one `index_select` per
+  tensor reads q, k, v into `[B, windows * heads, N, d]`, and the output comes back to heads-last
+  `[B, H, W, heads, dv]` through the inverse index (every token lies in exactly one window). No roll, pad or reverse
+  of the peers' path is materialised.
 * Relative position bias, Swin's region mask and the padded-key mask are summed once into a `[windows * heads, N, N]`
   additive term (a few MB at most) that broadcasts over the batch; without shift, padding or bias there is none.
   In `mask` padding mode padded slots are filled by a clamped index (a copy of a real token): their keys are masked
   for real queries and their query rows are never read back. `zeros` mode pads q, k, v with zeros instead.
 * Forward: `aten._scaled_dot_product_flash_attention_for_cpu` (tiled, scores never leave cache; returns the LSE);
   when the value head dim differs from the query's (which that kernel refuses), chunked batched GEMMs.
-* Backward: per chunk of images, recompute P = softmax(S) with S = bias + scale * Q K^T (baddbmm onto the bias),
+* Backward without a bias (and without padding slots): that kernel's backward. With a bias, whose gradient needs dS,
+  per chunk of images: recompute P = softmax(S) with S = bias + scale * Q K^T (baddbmm onto the bias),
   dS = P o (dP - rowsum(dP o P)), dQ = dS K, dK = dS^T Q, dV = P^T dO; d_rpb sums dS over the batch and windows.
 """
 import functools
@@ -99,6 +103,46 @@ def _scatter(t: Tensor, plan: _Plan, shape: Tuple[int, ...], dtype: torch.dtype)
     return rows.index_select(1, plan.inverse).to(dtype).view(shape)
 
 
+def _scatter_into(dst: Tensor, t: Tensor, plan: _Plan) -> None:
+    """`_scatter` writing into the contiguous heads-last slice `dst` (no intermediate when the dtypes agree)."""
+    rows = t.reshape(dst.shape[0], -1, t.shape[-1])
+    out = dst.view(dst.shape[0], -1, dst.shape[-1])
+    if rows.dtype == dst.dtype:
+        torch.index_select(rows, 1, plan.inverse, out=out)
+    else:
+        out.copy_(rows.index_select(1, plan.inverse))
+
+
+def _window_view(x: Tensor, window: List[int]) -> Optional[Tensor]:
+    """`[B, H, W, heads, c]` as a `[B * windows, heads, N, c]` view (no copy), or None where the window tokens do not
+    form one strided sequence: whole-width row bands (CSWin's horizontal stripes, full attention), single columns
+    (vertical stripes of width 1) and single rows, on any input whose B, H, W strides nest (e.g. qkv views)."""
+    B, H, W, heads, c = x.shape
+    wh, ww = window
+    t = x.view(B, H // wh, wh, W // ww, ww, heads, c).permute(0, 1, 3, 5, 2, 4, 6)
+    try:
+        return t.view(B * (H // wh) * (W // ww), heads, wh * ww, c)
+    except RuntimeError:
+        return None
+
+
+def _window_unview(t: Tensor, shape: Tuple[int, ...], window: List[int], dtype: torch.dtype) -> Tensor:
+    """Inverse of `_window_view` for `[B * windows, heads, N(, c)]`, into a contiguous heads-last tensor."""
+    B, H, W, heads = shape[:4]
+    wh, ww = window
+    t = t.reshape(B, H // wh, W // ww, heads, wh, ww, -1).permute(0, 1, 4, 2, 5, 3, 6)
+    return t.to(dtype).reshape(shape)
+
+
+def _fast(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], window: List[int], shift: List[int],
+          pad: List[int]) -> Optional[List[Tensor]]:
+    """Window views of q, k, v when the call needs no gather (no shift, no padding, d == dv), else None."""
+    if any(shift) or any(pad) or q.shape[-1] != v.shape[-1]:
+        return None
+    views = [_window_view(t, window) for t in (q, k, v)]
+    return None if any(t is None for t in views) else views
+
+
 def _zero_pad(tensors, pad: List[int]):
     return [F.pad(t, (0, 0, 0, 0, pad[2], pad[3], pad[0], pad[1])) for t in tensors]
 
@@ -120,8 +164,20 @@ def forward(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], window: List
         # zeros mode: the padded tokens are real zero tokens (keys with logit = bias, values 0); crop afterwards
         out, lse = forward(*_zero_pad((q, k, v), pad), rpb, window, shift, [0, 0, 0, 0], True, scale)
         return _crop(out, pad, H, W).contiguous(), _crop(lse, pad, H, W).contiguous()
-    plan = _setup(q, window, shift, pad, mask_pad)
     acc = torch.promote_types(q.dtype, torch.float32)
+    views = _fast(q, k, v, rpb, window, shift, pad)
+    if views is not None:
+        # no partition copy: the fused kernel reads the windows through strides; the bias broadcasts over windows
+        n = window[0] * window[1]
+        bias = None
+        if rpb is not None:
+            rel = relative_position_index(window[0], window[1], q.device)
+            bias = rpb.to(acc)[rel.view(-1)].view(n, n, heads).permute(2, 0, 1)[None]
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            *(t.to(acc) for t in views), 0.0, False, attn_mask=bias, scale=scale)
+        return (_window_unview(out, tuple(v.shape), window, v.dtype),
+                _window_unview(lse[..., None], (B, H, W, heads), window, torch.float32))
+    plan = _setup(q, window, shift, pad, mask_pad)
     add = _additive(plan, rpb, heads, acc, q.device)
     qt, kt, vt = (_gather(t, plan, acc) for t in (q, k, v))
     if q.shape[-1] == v.shape[-1]:
@@ -171,12 +227,28 @@ def backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor
     B, H, W, heads, d = q.shape
     dv_dim = v.shape[-1]
     if not mask_pad and any(pad):
-        grads = backward(*_zero_pad((dout, q, k, v), pad), rpb, out, lse, window, shift, [0, 0, 0, 0], True, scale)
+        # padding queries (q = 0, no output gradient) get a zero out and lse: finite, and they add nothing
+        dout, q, k, v, out = _zero_pad((dout, q, k, v, out), pad)
+        lse = _zero_pad((lse[..., None],), pad)[0][..., 0]
+        grads = backward(dout, q, k, v, rpb, out, lse, window, shift, [0, 0, 0, 0], True, scale)
         return tuple(_crop(g, pad, H, W).contiguous() for g in grads[:3]) + (grads[3],)
-    plan = _setup(q, window, shift, pad, mask_pad)
     acc = torch.promote_types(q.dtype, torch.float32)
+    views = _fast(q, k, v, rpb, window, shift, pad) if rpb is None else None
+    if views is not None:
+        # no bias gradient wanted: the fused kernel's backward, on the same strided window views
+        dov, outv, lsev = (_window_view(t.contiguous(), window) for t in (dout, out, lse[..., None]))
+        grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            dov.to(acc), *(t.to(acc) for t in views), outv.to(acc), lsev[..., 0], 0.0, False, scale=scale)
+        return tuple(_window_unview(g, tuple(t.shape), window, t.dtype) for g, t in zip(grads, (q, k, v))) + (None,)
+    plan = _setup(q, window, shift, pad, mask_pad)
     n = plan.n
     add = _additive(plan, rpb, heads, acc, q.device)
+    if rpb is None and d == dv_dim and plan.real is None:
+        tiles = [_gather(t, plan, acc) for t in (dout, q, k, v, out)]
+        lse_t = _gather(lse[..., None], plan, torch.float32)[..., 0]
+        grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            *tiles, lse_t, 0.0, False, attn_mask=None if add is None else add[None], scale=scale)
+        return tuple(_scatter(g, plan, tuple(t.shape), t.dtype) for g, t in zip(grads, (q, k, v))) + (None,)
     rows = plan.windows * heads
     dq = torch.empty(B, H, W, heads, d, dtype=q.dtype, device=q.device)
     dk = torch.empty(B, H, W, heads, d, dtype=k.dtype, device=q.device)
@@ -194,11 +266,9 @@ def backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor
         s = _scores(add, c, qt, kt, scale)
         p = torch.softmax(s, -1)  # [c * rows, N, N]
         ds = torch.ops.aten._softmax_backward_data(torch.bmm(dot, vt.transpose(1, 2)), p, -1, acc)
-        shape = (c, H, W, heads)
-        dv[sl] = _scatter(torch.bmm(p.transpose(1, 2), dot).view(c, rows, n, -1), plan, shape + (dv_dim,), v.dtype)
-        dk[sl] = _scatter(torch.bmm(ds.transpose(1, 2), qt).mul_(scale).view(c, rows, n, -1), plan, shape + (d,),
-                          k.dtype)
-        dq[sl] = _scatter(torch.bmm(ds, kt).mul_(scale).view(c, rows, n, -1), plan, shape + (d,), q.dtype)
+        _scatter_into(dv[sl], torch.bmm(p.transpose(1, 2), dot), plan)
+        _scatter_into(dk[sl], torch.bmm(ds.transpose(1, 2), qt).mul_(scale), plan)
+        _scatter_into(dq[sl], torch.bmm(ds, kt).mul_(scale), plan)
         if dadd is not None:
             dadd += ds.view(c, rows, n, n).sum(0)
     drpb = None
