@@ -6,7 +6,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hiervit.kernels import BackendError
 from hiervit.kernels.linear import (
-    NORMALIZERS, linear_attention, linear_attention_flops, linear_dispatcher, linear_problem)
+    LINEAR, NORMALIZERS, linear_attention, linear_attention_flops, linear_dispatcher, linear_problem)
 from hiervit.kernels.linear.reference import resolve
 
 
@@ -237,6 +237,28 @@ def test_torch_compile_fullgraph():
     got = fn(q, k, v, t)
     got = [got] + list(torch.autograd.grad(got, (q, k, v, t), dout))
     assert_all_close(got, run(None, q, k, v, 'clamp', t, dout, clamp_min=5.), atol=1e-6, rtol=1e-5)
+
+
+def test_export_decomposes_to_the_reference_and_fakes_are_contiguous():
+    q, k, v, _ = make_inputs(d=5, dv=5)
+    t = make_temperature(3).detach()
+
+    class M(torch.nn.Module):
+        def forward(self, q, k, v, t):
+            return linear_attention(q, k, v, 'clamp', t, clamp_min=3.)
+
+    args = tuple(x.detach() for x in (q, k, v)) + (t,)
+    ep = torch.export.export(M(), args)
+    assert torch.ops.hiervit.linear_attention_fwd.default in [n.target for n in ep.graph.nodes]
+    decomposed = ep.run_decompositions({torch.ops.hiervit.linear_attention_fwd.default: LINEAR._decompose})
+    assert all('hiervit' not in str(n.target) for n in decomposed.graph.nodes)
+    torch.testing.assert_close(decomposed.module()(*args), M()(*args))
+    # strided (fused qkv) inputs: the fakes promise contiguous outputs and gradients, as the backends return
+    qm, km, vm, _ = make_inputs(d=5, dv=5, fused=True)
+    qm, km, vm = (x.detach().to('meta') for x in (qm, km, vm))
+    outs = LINEAR.fwd(qm, km, vm, t.to('meta').reshape(-1), 'clamp', 1e-6, 3., 1., 'auto')
+    grads = LINEAR.bwd(outs[0], qm, km, vm, t.to('meta').reshape(-1), *outs, 'clamp', 1e-6, 3., 1., 'auto')
+    assert not qm.is_contiguous() and all(x.is_contiguous() for x in outs + grads)
 
 
 # --- bad calls --------------------------------------------------------------------------------------------------------

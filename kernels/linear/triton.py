@@ -14,7 +14,6 @@ Inputs may have any strides (e.g. views of a fused qkv projection). Head dims ar
 tiled by 16-64. Accumulation is fp32; fp16/bf16 inputs. Under `TRITON_INTERPRET=1` (CPU tests) every dot runs in
 fp32, because the interpreter's low-precision `tl.dot` is not exact.
 """
-import os
 from typing import Optional, Tuple
 
 import torch
@@ -22,6 +21,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._op import triton_precision
 from .reference import resolve
 
 __all__ = ['forward', 'backward']
@@ -178,11 +178,9 @@ def _pow2(n: int) -> int:
 
 
 def _meta(q: Tensor, v: Tensor) -> dict:
-    interpret = os.environ.get('TRITON_INTERPRET', '0') == '1'
-    return dict(
-        BLOCK_N=_BLOCK_N, BLOCK_D=_pow2(q.shape[-1]), BLOCK_DV=_pow2(v.shape[-1]),
-        # fp32 inputs get exact fp32 dots (no tf32); the interpreter computes every dot in fp32
-        DOT_F32=interpret or q.dtype == torch.float32, PRECISION='ieee' if q.dtype == torch.float32 else 'tf32')
+    dot_f32, precision = triton_precision(q.dtype)
+    return dict(BLOCK_N=_BLOCK_N, BLOCK_D=_pow2(q.shape[-1]), BLOCK_DV=_pow2(v.shape[-1]), DOT_F32=dot_f32,
+                PRECISION=precision)
 
 
 def _splits(N: int) -> int:
