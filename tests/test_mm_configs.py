@@ -41,6 +41,8 @@ def _tiny_backbone(bb: Dict) -> Dict:
     name = bb['model_name']
     if name.startswith('biformer'):
         return dict(model_name='biformer_tiny', depths=(1, 1, 1, 1), embed_dims=(32, 64, 128, 256))
+    if name.startswith('s2aformer'):
+        return dict(model_name='s2aformer_mini', depths=(1, 1, 1, 1), embed_dims=(32, 64, 96, 128), stem_dims=(8, 8, 16))
     depths = (1, 1, 2, 1)
     small = 'dinat_s_tiny' if name.startswith('dinat_s') else name.split('_')[0] + '_mini'
     tiny = dict(model_name=small, embed_dim=32, depths=depths, num_heads=(1, 2, 4, 8))
@@ -78,7 +80,7 @@ def load_tiny(path: str) -> Config:
 def test_every_config_is_found():
     assert all(os.path.exists(p) for p in TRAIN_STEP)
     families = {os.path.basename(os.path.dirname(p)) for p in CONFIGS}
-    assert families == {'nat', 'dinat', 'dinat_s', 'biformer'}
+    assert families == {'nat', 'dinat', 'dinat_s', 'biformer', 's2aformer'}
     assert len(DET) >= 12 and len(SEG) >= 8
 
 

@@ -24,7 +24,7 @@ from timm.models import group_parameters
 import hiervit  # noqa: F401  (registers hiervit's models with timm)
 from hiervit.registry import MODELS
 
-__all__ = ['TimmBackbone', 'NAT', 'DiNAT', 'DiNATs', 'BiFormer']
+__all__ = ['TimmBackbone', 'NAT', 'DiNAT', 'DiNATs', 'BiFormer', 'S2AFormer']
 
 
 def _unwrap_state_dict(checkpoint: Any) -> Dict[str, torch.Tensor]:
@@ -229,3 +229,5 @@ NAT = _family('NAT', 'nat_tiny', dict(output_norms=True), 'NAT (nat_*) with the 
 DiNAT = _family('DiNAT', 'dinat_tiny', dict(output_norms=True), 'DiNAT (dinat_*); dense configs set `dilations`.')
 DiNATs = _family('DiNATs', 'dinat_s_tiny', dict(output_norms=True), 'DiNAT_s (dinat_s_*), Swin-layout DiNAT.')
 BiFormer = _family('BiFormer', 'biformer_small', dict(out_norms=True), 'BiFormer (biformer_*), LayerNorm2d outputs.')
+S2AFormer = _family(
+    'S2AFormer', 's2aformer_t', dict(out_norms=True), 'S2AFormer (s2aformer_*, a reconstruction), LayerNorm2d outputs.')
