@@ -6,10 +6,11 @@ with the `hiervit.` scope (`type='hiervit.NAT'`), which mmengine resolves throug
 """
 from .backbone import BiFormer, DiNAT, DiNATs, NAT, S2AFormer, TimmBackbone
 from .bench import bench_config
+from .davit import DaViT
 from .optim import LayerDecayOptimWrapperConstructor
 from .tv_ops import install_tv_ops, tv_ops_installed
 
 __all__ = [
-    'TimmBackbone', 'NAT', 'DiNAT', 'DiNATs', 'BiFormer', 'S2AFormer', 'LayerDecayOptimWrapperConstructor',
+    'TimmBackbone', 'NAT', 'DiNAT', 'DiNATs', 'BiFormer', 'S2AFormer', 'DaViT', 'LayerDecayOptimWrapperConstructor',
     'install_tv_ops', 'tv_ops_installed', 'bench_config',
 ]
