@@ -184,12 +184,119 @@ def routed_cases(spec: Dict) -> Dict[str, Callable[[], Case]]:
     return {f'hiervit:{n}': (lambda n=n: backend_case(n)) for n in routed_dispatcher.names}
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# linear (non-causal linear attention: L2ViT's global attention, FLatten's focused linear attention)
+
+# L2ViT-T at 224: (map side, channels, heads) of the linear global attention blocks in each stage.
+L2VIT_T_STAGES = {1: (56, 96, 3), 2: (28, 192, 6), 3: (14, 384, 12), 4: (7, 768, 24)}
+
+
+def l2vit_official(q, k, v, temperature):
+    """L2ViT's `LinearAttention.forward` chain (re-expressed): clamp(q . sum(k), 100), (k^T v) * t, q @ that / denom."""
+    denom = torch.clamp(q @ k.transpose(-2, -1).sum(dim=-1, keepdim=True), 1e2)
+    attn = (k.transpose(-2, -1) @ v) * temperature
+    return (q @ attn) / denom
+
+
+def flatten_official(q, k, v):
+    """FLatten's `FocusedLinearAttention` chain after its 2024 fix (re-expressed): 1 / (q . mean(k) + 1e-6),
+    (k^T N^-0.5) @ (v N^-0.5), q @ kv * z."""
+    n = k.shape[-2]
+    z = 1 / (q @ k.mean(dim=-2, keepdim=True).transpose(-2, -1) + 1e-6)
+    kv = (k.transpose(-2, -1) * (n ** -0.5)) @ (v * (n ** -0.5))
+    return q @ kv * z
+
+
+def _linear_inputs(B: int, heads: int, n: int, d: int, device, dtype, temperature: bool):
+    g = torch.Generator().manual_seed(0)
+    # phi(q), phi(k) >= 0 as the models feed them (ReLU of a projection), v signed
+    q = torch.randn(B, heads, n, d, generator=g).relu_().to(device, dtype).requires_grad_()
+    k = torch.randn(B, heads, n, d, generator=g).relu_().to(device, dtype).requires_grad_()
+    v = torch.randn(B, heads, n, d, generator=g).to(device, dtype).requires_grad_()
+    t = torch.full((heads, 1, 1), d ** -0.5, device=device, dtype=dtype, requires_grad=True) if temperature else None
+    return q, k, v, t
+
+
+def linear_cases(spec: Dict) -> Dict[str, Callable[[], Case]]:
+    from hiervit.kernels.linear import linear_attention, linear_attention_flops, linear_dispatcher
+
+    device, dtype = torch.device(spec['device']), _dtype(spec['dtype'])
+    side, dim, heads = L2VIT_T_STAGES[spec['stage']]
+    B, d, n, norm = spec['batch'], dim // heads, side * side, spec['normalizer']
+    flops = float(linear_attention_flops((B, heads, n, d), (B, heads, n, d), norm))
+    note = f'stage {spec["stage"]}: N={n}, {heads}x{d}'
+    with_t = norm == 'clamp'
+
+    def backend_case(name: str) -> Case:
+        q, k, v, t = _linear_inputs(B, heads, n, d, device, dtype, with_t)
+        fwd = lambda: linear_attention(q, k, v, norm, t, backend=name)
+        return Case(fwd, [x for x in (q, k, v, t) if x is not None], flops, note=f'{note}, {norm}')
+
+    def official_case() -> Case:
+        q, k, v, t = _linear_inputs(B, heads, n, d, device, dtype, with_t)
+        if with_t:
+            return Case(lambda: l2vit_official(q, k, v, t), [q, k, v, t], flops, note=f'{note}, L2ViT chain')
+        return Case(lambda: flatten_official(q, k, v), [q, k, v], flops, note=f'{note}, FLatten chain')
+
+    def sdpa_case() -> Case:
+        q, k, v, _ = _linear_inputs(B, heads, n, d, device, dtype, False)
+        return Case(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), [q, k, v],
+                    4.0 * B * heads * n * n * d, note=f'{note}, softmax attention (FLOPs: 4*B*heads*N^2*d)')
+
+    cases: Dict[str, Callable[[], Case]] = {f'hiervit:{nm}': (lambda nm=nm: backend_case(nm))
+                                            for nm in linear_dispatcher.names}
+    if norm in ('clamp', 'mean'):
+        cases['official:' + ('l2vit' if with_t else 'flatten')] = official_case
+    if spec.get('peers', True):
+        cases['peer:sdpa'] = sdpa_case
+    return cases
+
+
+def linear_sweep(device: str, dtype: str, batch: int, heads: int, head_dim: int, sides: List[int], repeats: int,
+                 png: str) -> List[Dict]:
+    """fwd+bwd time of linear attention (auto backend, `clamp`) and softmax SDPA over square maps of `sides`; writes a
+    plot to `png` and returns the rows (the first side where linear attention is faster is marked)."""
+    from hiervit.kernels.linear import linear_attention
+
+    from ._timing import best_time
+    dev, dt = torch.device(device), _dtype(dtype)
+    rows = []
+    for side in sides:
+        n = side * side
+        q, k, v, t = _linear_inputs(batch, heads, n, head_dim, dev, dt, True)
+        grad = torch.randn_like(v)
+        row = {'side': side, 'tokens': n}
+        for label, fn, inputs in (
+                ('linear_ms', lambda: linear_attention(q, k, v, 'clamp', t), [q, k, v, t]),
+                ('sdpa_ms', lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), [q, k, v])):
+            row[label] = 1e3 * best_time(lambda: torch.autograd.grad(fn(), inputs, grad), dev, repeats=repeats)
+        row['speedup'] = row['sdpa_ms'] / row['linear_ms']
+        rows.append(row)
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    tokens = [r['tokens'] for r in rows]
+    ax.loglog(tokens, [r['linear_ms'] for r in rows], 'o-', label='linear attention (hiervit, clamp)')
+    ax.loglog(tokens, [r['sdpa_ms'] for r in rows], 's-', label='softmax attention (SDPA)')
+    cross = next((r['tokens'] for r in rows if r['speedup'] > 1), None)
+    if cross is not None:
+        ax.axvline(cross, color='gray', ls=':', label=f'linear faster from N={cross}')
+    ax.set_xlabel('tokens N (square map)')
+    ax.set_ylabel('fwd+bwd ms')
+    ax.set_title(f'B={batch}, {heads} heads x {head_dim}, {dtype}, {device}, {torch.get_num_threads()} threads')
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    return rows
+
+
 def _importable(name: str) -> bool:
     import importlib.util
     return importlib.util.find_spec(name) is not None
 
 
-OPS = {'neighborhood': neighborhood_cases, 'routed': routed_cases}
+OPS = {'neighborhood': neighborhood_cases, 'routed': routed_cases, 'linear': linear_cases}
 
 
 def measure(spec: Dict, label: str) -> Dict:
