@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import register_notrace_function
 from timm.models import generate_default_cfgs, register_model
 
 from hiervit.backbones.layers.skeleton import CSWinLayout, MixerFactory, build_layout_model
@@ -45,6 +46,47 @@ def _stripe_pad(length: int, window: int, center: bool) -> Tuple[int, int]:
     p = (window - length % window) % window
     before = p // 2 if center else 0
     return before, p - before
+
+
+# The size-dependent steps of CSWinAttention are FX leaves (plain torch.fx.symbolic_trace: torch.fx.wrap below;
+# timm's tracer: register_notrace_function), so the module traces with its window op and convs visible.
+@register_notrace_function
+def stripe_geometry(
+        H: int, W: int, branch: int, full: bool, split_size: int, center: bool,
+) -> Tuple[List[int], List[int]]:
+    """Window `[wh, ww]` of a branch (vertical stripes, horizontal stripes, or the whole map) and the map's padding
+    `[top, bottom, left, right]` to a multiple of it."""
+    window = [H, W] if full else ([H, split_size] if branch == 0 else [split_size, W])
+    top, bottom = _stripe_pad(H, window[0], center)
+    left, right = _stripe_pad(W, window[1], center)
+    return window, [top, bottom, left, right]
+
+
+@register_notrace_function
+def map_to_windows(v: torch.Tensor, window: List[int], pad: List[int]) -> torch.Tensor:
+    """`[B, H, W, C]` -> `[B * windows, C, wh, ww]` after zero-padding by `pad` (top, bottom, left, right)."""
+    if pad[0] + pad[1] + pad[2] + pad[3] > 0:
+        v = F.pad(v, (0, 0, pad[2], pad[3], pad[0], pad[1]))
+    B, Hp, Wp, C = v.shape[0], v.shape[1], v.shape[2], v.shape[3]
+    wh, ww = window[0], window[1]
+    return v.reshape(B, Hp // wh, wh, Wp // ww, ww, C).permute(0, 1, 3, 5, 2, 4).reshape(-1, C, wh, ww)
+
+
+@register_notrace_function
+def windows_to_map(t: torch.Tensor, window: List[int], pad: List[int], H: int, W: int) -> torch.Tensor:
+    """Inverse of `map_to_windows`: `[B * windows, C, wh, ww]` -> `[B, H, W, C]` with the padding cropped."""
+    wh, ww, C = window[0], window[1], t.shape[1]
+    Hp, Wp = H + pad[0] + pad[1], W + pad[2] + pad[3]
+    B = t.shape[0] // ((Hp // wh) * (Wp // ww))
+    t = t.reshape(B, Hp // wh, Wp // ww, C, wh, ww).permute(0, 1, 4, 2, 5, 3).reshape(B, Hp, Wp, C)
+    if Hp != H or Wp != W:
+        t = t[:, pad[0]:pad[0] + H, pad[2]:pad[2] + W]
+    return t
+
+
+torch.fx.wrap('stripe_geometry')
+torch.fx.wrap('map_to_windows')
+torch.fx.wrap('windows_to_map')
 
 
 class CSWinAttention(nn.Module):
@@ -103,47 +145,22 @@ class CSWinAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def _window(self, branch: int, H: int, W: int) -> List[int]:
-        if self.full:
-            return [H, W]
-        return [H, self.split_size] if branch == 0 else [self.split_size, W]
-
-    @staticmethod
-    def _lepe(v: torch.Tensor, conv: nn.Module, window: List[int], pad: List[int]) -> torch.Tensor:
-        """3x3 depthwise conv of `v [B, H, W, heads, d]` inside each window (zeros beyond its borders and in the
-        padding), as `[B, H, W, heads * d]`."""
-        B, H, W = v.shape[0], v.shape[1], v.shape[2]
-        v = v.flatten(3)
-        C = v.shape[-1]
-        if pad[0] + pad[1] + pad[2] + pad[3] > 0:
-            v = F.pad(v, (0, 0, pad[2], pad[3], pad[0], pad[1]))
-        Hp, Wp = v.shape[1], v.shape[2]
-        wh, ww = window[0], window[1]
-        # [B, Hp, Wp, C] -> [B * windows, C, wh, ww]
-        t = v.reshape(B, Hp // wh, wh, Wp // ww, ww, C).permute(0, 1, 3, 5, 2, 4).reshape(-1, C, wh, ww)
-        t = conv(t)
-        t = t.reshape(B, Hp // wh, Wp // ww, C, wh, ww).permute(0, 1, 4, 2, 5, 3).reshape(B, Hp, Wp, C)
-        if Hp != H or Wp != W:
-            t = t[:, pad[0]:pad[0] + H, pad[2]:pad[2] + W]
-        return t
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, H, W, C = x.shape
+        H, W = x.shape[1], x.shape[2]
         # [B, H, W, 3C] -> 3 x [B, H, W, heads, head_dim]: heads-last views, the op's layout (no permute)
         qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(3)
         heads = self.num_heads // len(self.get_v)
         outs: List[torch.Tensor] = []
         for i, conv in enumerate(self.get_v):
-            window = self._window(i, H, W)
-            top, bottom = _stripe_pad(H, window[0], self.seg_padding)
-            left, right = _stripe_pad(W, window[1], self.seg_padding)
-            pad = [top, bottom, left, right]
+            window, pad = stripe_geometry(H, W, i, self.full, self.split_size, self.seg_padding)
             q = qkv[0][:, :, :, i * heads:(i + 1) * heads]
             k = qkv[1][:, :, :, i * heads:(i + 1) * heads]
             v = qkv[2][:, :, :, i * heads:(i + 1) * heads]
             out = window_attention_op(q, k, v, window, [0, 0], pad, not self.seg_padding, None, self.scale,
                                       self.backend)
-            outs.append(out.flatten(3) + self._lepe(v, conv, window, pad))
+            # LePE: 3x3 depthwise conv of V inside each window (zeros beyond its borders and in the padding)
+            lepe = windows_to_map(conv(map_to_windows(v.flatten(3), window, pad)), window, pad, H, W)
+            outs.append(out.flatten(3) + lepe)
         x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
         x = self.proj(x)
         return self.proj_drop(x)

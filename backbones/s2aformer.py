@@ -27,30 +27,19 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, ConvNormAct, DropPath, LayerNorm2d, calculate_drop_path_rates, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
-from timm.models import register_notrace_function
 
 import hiervit.kernels  # noqa: F401  (FLOP formulas for torch's CPU SDPA kernels)
 from hiervit.backbones._compat import feature_take_indices
+from hiervit.backbones.layers.shape import check_image_input
 
 __all__ = ['S2AFormer', 'StripSelfAttention', 'strip_attention_flops']
+
+torch.fx.wrap('check_image_input')  # an FX leaf for plain torch.fx.symbolic_trace (timm's tracer knows it already)
 
 
 def strip_attention_flops(batch: int, heads: int, queries: int, keys: int, qk_dim: int, v_dim: int) -> int:
     """Forward FLOPs of the attention core (matmuls only, as torch's SDPA counter): 2*B*h*Nq*Nk*(d_qk + d_v)."""
     return 2 * batch * heads * queries * keys * (qk_dim + v_dim)
-
-
-@register_notrace_function  # reason: validates concrete shapes
-def check_image_input(x: torch.Tensor, in_chans: int) -> None:
-    """Raise a ValueError/TypeError naming the fix when `x` is not an NCHW batch with `in_chans` channels."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f'S2AFormer expects a torch.Tensor image batch, got {type(x).__name__}.')
-    if x.ndim != 4:
-        raise ValueError(f'S2AFormer expects an NCHW image batch (4 dims), got shape {tuple(x.shape)}.')
-    if x.shape[1] != in_chans:
-        raise ValueError(
-            f'Input has {x.shape[1]} channels but the model was built with in_chans={in_chans}; '
-            f'create it with in_chans={x.shape[1]} or convert the input.')
 
 
 class StripSelfAttention(nn.Module):
@@ -400,7 +389,7 @@ class S2AFormer(nn.Module):
         """
         if output_fmt not in ('NCHW', 'NHWC'):
             raise ValueError(f"output_fmt={output_fmt!r} is not supported; use 'NCHW' or 'NHWC'.")
-        check_image_input(x, self.in_chans)
+        x = check_image_input(x, self.in_chans, 'S2AFormer')
         intermediates = []
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         last_idx = len(self.stages) - 1
@@ -447,7 +436,7 @@ class S2AFormer(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_input(x, self.in_chans)
+        x = check_image_input(x, self.in_chans, 'S2AFormer')
         x = self.stem(x)
         x = self.stages(x)
         return self.norm(x)

@@ -36,6 +36,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq
 from timm.models.swin_transformer import PatchMerging
 
 from hiervit.backbones._compat import feature_take_indices
+from hiervit.backbones.layers.shape import check_image_input, pad_min_nchw
 
 __all__ = [
     'MixerFactory', 'MixerBlock', 'LayoutLevel', 'HierarchicalTransformer', 'SwinLayout', 'CSWinLayout',
@@ -45,12 +46,8 @@ __all__ = [
 MixerFactory = Callable[[int, int, int], nn.Module]
 
 
-def _check_image(x: torch.Tensor, in_chans: int, model: str) -> None:
-    if x.ndim != 4 or x.shape[1] != in_chans:
-        raise ValueError(
-            f'{model} expects an NCHW image batch with {in_chans} channels (the model\'s in_chans), got shape '
-            f'{tuple(x.shape)}. Create the model with in_chans={x.shape[1] if x.ndim == 4 else "<C>"} or convert the '
-            f'input.')
+torch.fx.wrap('check_image_input')  # FX leaves for plain torch.fx.symbolic_trace (timm's tracer knows them already)
+torch.fx.wrap('pad_min_nchw')
 
 
 class SwinPatchEmbed(nn.Module):
@@ -68,8 +65,7 @@ class SwinPatchEmbed(nn.Module):
         self.norm = norm_layer(embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting():
-            _check_image(x, self.in_chans, 'This Swin-layout model')
+        x = check_image_input(x, self.in_chans, 'This Swin-layout model')
         H, W = x.shape[2], x.shape[3]
         x = F.pad(x, (0, -W % self.patch_size, 0, -H % self.patch_size))
         x = self.proj(x).permute(0, 2, 3, 1)  # [B, C, H/4, W/4] -> [B, H/4, W/4, C]
@@ -90,11 +86,8 @@ class ConvStem(nn.Module):
         self.norm = norm_layer(embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting():
-            _check_image(x, self.in_chans, 'This CSWin-layout model')
-        H, W = x.shape[2], x.shape[3]
-        if H < 3 or W < 3:
-            x = F.pad(x, (0, max(0, 3 - W), 0, max(0, 3 - H)))
+        x = check_image_input(x, self.in_chans, 'This CSWin-layout model')
+        x = pad_min_nchw(x, 3)
         x = self.proj(x).permute(0, 2, 3, 1)  # [B, C, H/4, W/4] -> [B, H/4, W/4, C]
         return self.norm(x)
 
@@ -430,6 +423,8 @@ def build_layout_model(
     kwargs = dict(variant_args, **kwargs)
     out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs['depths']))))
     feature_cfg = dict(out_indices=out_indices, feature_cls=kwargs.pop('feature_cls', 'getter'))
+    if feature_cfg['feature_cls'] == 'fx':
+        feature_cfg['output_fmt'] = 'NHWC'  # the graph returns the levels' own (channels-last) maps
     if kwargs.get('features_only', False) and feature_cfg['feature_cls'] == 'getter':
         kwargs.setdefault('output_norms', True)
         feature_cfg['norm'] = True
