@@ -31,6 +31,11 @@ TINY_NAT = ['--model', 'nat_mini', '--model-kwargs', 'embed_dim=8', 'depths=(1,1
 NUM_CLASSES = 3
 
 
+def _load(path):
+    """Our own checkpoints load with the safe (weights-only) unpickler."""
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
 def _write_split(root, split, per_class, rng):
     for c in range(NUM_CLASSES):
         folder = root / split / f'class_{c}'
@@ -94,7 +99,7 @@ def test_pipeline_outputs(trained_run):
     for name in ('last.pth.tar', 'model_best.pth.tar', 'summary.csv', 'args.yaml', 'checkpoint-0.pth.tar'):
         assert os.path.isfile(os.path.join(out, name)), name
     assert not [f for f in os.listdir(out) if f.endswith('.tmp')]
-    state = ckpt.load_file(os.path.join(out, 'last.pth.tar'))
+    state = _load(os.path.join(out, 'last.pth.tar'))
     assert state['resume_epoch'] == 2 and state['resume_batch'] == 0
     assert state['num_updates'] == 2 * 3  # 24 images / batch 4 = 6 batches, 2 per update
     assert 'state_dict_ema' in state and 'scheduler' in state and len(state['rng']) == 1
@@ -124,7 +129,7 @@ def test_validate_matches_training_eval(trained_run, image_folder, capsys):
 
 
 def _weights(path):
-    state = ckpt.load_file(path)
+    state = _load(path)
     return state['state_dict'], state['state_dict_ema'], state['optimizer']['state']
 
 
@@ -139,7 +144,7 @@ def test_resume_mid_epoch_is_bit_identical(image_folder, tmp_path, accum, sched)
     stopped = train(_base_args(image_folder, tmp_path, 'split', *args, '--no-eval', '--stop-after-steps', str(stop_at)))
     assert stopped['stopped'] and stopped['num_updates'] == stop_at
     last = os.path.join(stopped['output_dir'], 'last.pth.tar')
-    assert ckpt.load_file(last)['resume_batch'] == 2 * accum
+    assert _load(last)['resume_batch'] == 2 * accum
     resumed = train(_base_args(image_folder, tmp_path, 'split', *args, '--no-eval', '--resume', last,
                                '--workers', '1'))
     assert resumed['num_updates'] == full['num_updates'] == 2 * updates_per_epoch
@@ -164,7 +169,7 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, 'save', broken_save)
     with pytest.raises(OSError, match='disk full'):
         ckpt.atomic_save({'x': torch.zeros(3)}, str(path))
-    assert torch.equal(ckpt.load_file(str(path))['x'], torch.ones(3))
+    assert torch.equal(_load(str(path))['x'], torch.ones(3))
     assert os.listdir(tmp_path) == ['last.pth.tar']
 
 
@@ -208,7 +213,7 @@ def test_ddp_gloo_two_processes(image_folder, tmp_path):
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
     assert 'all 2 ranks hold identical weights' in log
-    state = ckpt.load_file(str(tmp_path / 'ddp' / 'last.pth.tar'))
+    state = _load(str(tmp_path / 'ddp' / 'last.pth.tar'))
     assert len(state['rng']) == 2 and state['num_updates'] == 3  # 24 images / (2 ranks x 4) per update
     assert not torch.equal(state['rng'][0]['torch'], state['rng'][1]['torch'])  # per-rank seeding
 
@@ -221,14 +226,14 @@ def test_sigterm_saves_resumable_checkpoint(image_folder, tmp_path):
     lines = []
     for line in proc.stdout:  # wait until training is under way
         lines.append(line)
-        if 'epoch 0 [2/6]' in line:
+        if 'Train: 0 [   1/6' in line:
             proc.send_signal(signal.SIGTERM)
             break
     lines += proc.stdout.readlines()
     assert proc.wait(timeout=120) == 0, ''.join(lines)[-3000:]
     log = ''.join(lines)
     assert 'continue with --resume' in log, log[-3000:]
-    state = ckpt.load_file(str(tmp_path / 'term' / 'last.pth.tar'))
+    state = _load(str(tmp_path / 'term' / 'last.pth.tar'))
     assert 0 < state['num_updates'] == 6 * state['resume_epoch'] + state['resume_batch'] < 600
 
 
@@ -247,7 +252,7 @@ def test_missing_folder_and_class_mismatch(image_folder, trained_run, tmp_path):
     with pytest.raises(ValueError, match='--num-classes'):
         train(_base_args(image_folder, tmp_path, 'mismatch', '--epochs', '1', '--num-classes', '5'))
     last = os.path.join(trained_run['output_dir'], 'last.pth.tar')
-    five = ckpt.load_file(last)
+    five = _load(last)
     five['state_dict']['head.fc.weight'] = torch.zeros(5, five['state_dict']['head.fc.weight'].shape[1])
     torch.save(five, tmp_path / 'five.pth.tar')
     with pytest.raises(ValueError, match=r'--resume .*five.pth.tar has 5 classes but the model has 3'):
@@ -263,12 +268,12 @@ def test_missing_folder_and_class_mismatch(image_folder, trained_run, tmp_path):
 
 
 def test_initial_checkpoint_without_classifier(trained_run, image_folder, tmp_path):
-    state = ckpt.load_file(os.path.join(trained_run['output_dir'], 'last.pth.tar'))['state_dict']
+    state = _load(os.path.join(trained_run['output_dir'], 'last.pth.tar'))['state_dict']
     headless = {k: v for k, v in state.items() if not k.startswith('head.fc.')}
     torch.save(headless, tmp_path / 'headless.pth')
     run = train(_base_args(image_folder, tmp_path, 'ft', '--epochs', '1', '--no-eval', '--lr', '0', '--warmup-lr', '0',
                            '--initial-checkpoint', str(tmp_path / 'headless.pth')))
-    tuned = ckpt.load_file(os.path.join(run['output_dir'], 'last.pth.tar'))['state_dict']
+    tuned = _load(os.path.join(run['output_dir'], 'last.pth.tar'))['state_dict']
     assert torch.equal(tuned['patch_embed.proj.0.weight'], state['patch_embed.proj.0.weight'])  # lr 0: unchanged
     headless['extra.weight'] = torch.zeros(1)
     torch.save(headless, tmp_path / 'foreign.pth')
