@@ -200,22 +200,53 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_ddp_gloo_two_processes(image_folder, tmp_path):
-    # a tiny BiFormer: its BatchNorm buffers must stay in sync too (DDP broadcasts rank 0's)
+_DDP_RUNS = """
+import json, sys
+import torch.distributed as dist
+from timm.utils import setup_default_logging
+from hiervit.train.train import train
+setup_default_logging()
+dist.init_process_group('gloo')  # one group for all runs: train() leaves a caller's group in place
+for argv in json.loads(sys.argv[1]):
+    train(argv)
+"""
+
+
+def test_ddp_gloo_mid_epoch_resume_is_bit_identical(image_folder, tmp_path):
+    """2 gloo processes: a run stopped mid-epoch and resumed ends bit-identical to an uninterrupted one.
+
+    A tiny BiFormer has BatchNorm: DDP broadcasts rank 0's buffers at every forward, each rank's EMA tracks its own
+    copy mid-epoch (saved per rank) and both are averaged across ranks at the end of an epoch.
+    """
     model = ['--model', 'biformer_tiny', '--model-kwargs', 'depths=(1,1,1,1)', 'embed_dims=(8,16,32,64)', 'head_dim=8',
              'topks=(1,1,1,-2)', 'n_win=2', 'global_attn_heads=2']
+    common = ['--epochs', '2', '--device', 'cpu', '--mixup', '0.8', '--drop-path', '0.1', '--model-ema',
+              '--model-ema-decay', '0.9', '--aug-repeats', '2', *model]
+    split_last = str(tmp_path / 'split' / 'last.pth.tar')
+    runs = [_base_args(image_folder, tmp_path, 'full', *common),
+            _base_args(image_folder, tmp_path, 'split', *common, '--stop-after-steps', '4'),
+            _base_args(image_folder, tmp_path, 'split', *common, '--resume', split_last)]
+    script = tmp_path / 'ddp_runs.py'
+    script.write_text(_DDP_RUNS)
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nnodes', '1', '--nproc_per_node', '2',
-           '--master_addr', '127.0.0.1', '--master_port', str(_free_port()), '-m', 'hiervit.train',
-           *_base_args(image_folder, tmp_path, 'ddp', '--epochs', '1', '--device', 'cpu', '--mixup', '0.8',
-                       '--drop-path', '0.1'), *model]
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+           '--master_addr', '127.0.0.1', '--master_port', str(_free_port()), str(script), json.dumps(runs)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
-    assert 'all 2 ranks hold identical weights' in log
-    state = _load(str(tmp_path / 'ddp' / 'last.pth.tar'))
-    assert len(state['rng']) == 2 and state['num_updates'] == 3  # 24 images / (2 ranks x 4) per update
-    assert not torch.equal(state['rng'][0]['torch'], state['rng'][1]['torch'])  # per-rank seeding
+    assert log.count('all 2 ranks hold identical weights') == 3, log[-3000:]  # full, stopped (parameters), resumed
+    assert 'stopped (--stop-after-steps) at epoch 1 batch 1, update 4' in log
+    full, resumed = _load(str(tmp_path / 'full' / 'last.pth.tar')), _load(split_last)
+    # 24 images x 2 repeats / 2 ranks = 12 per rank, batch 4: 3 updates per epoch
+    assert full['num_updates'] == resumed['num_updates'] == 6 and len(full['rng']) == 2
+    assert not torch.equal(full['rng'][0]['torch'], full['rng'][1]['torch'])  # per-rank seeding
+    for key in ('state_dict', 'state_dict_ema'):
+        assert full[key].keys() == resumed[key].keys()
+        for k in full[key]:
+            assert torch.equal(full[key][k], resumed[key][k]), (key, k)
+    for pa, pb in zip(full['optimizer']['state'].values(), resumed['optimizer']['state'].values()):
+        assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    with open(tmp_path / 'full' / 'summary.csv') as f_full, open(tmp_path / 'split' / 'summary.csv') as f_split:
+        assert f_full.read() == f_split.read()  # the same losses and metrics, one row per epoch
 
 
 def test_sigterm_saves_resumable_checkpoint(image_folder, tmp_path):

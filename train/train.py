@@ -74,9 +74,11 @@ def _init_distributed(args) -> Dict[str, Any]:
         device = torch.device('cuda', local_rank)
     if device.type == 'cuda':
         torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
+    owns_group = world_size > 1 and not dist.is_initialized()  # a caller's group is left to the caller
+    if owns_group:
         dist.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo')
-    return dict(world_size=world_size, rank=rank, local_rank=local_rank, device=device, distributed=world_size > 1)
+    return dict(world_size=world_size, rank=rank, local_rank=local_rank, device=device, distributed=world_size > 1,
+                owns_group=owns_group)
 
 
 def check_num_classes(source: torch.utils.data.Dataset, num_classes: int, flag: str, split: str) -> None:
@@ -647,7 +649,8 @@ def _train(args, args_text: str) -> Dict[str, Any]:
         _logger.info(f'best {args.eval_metric} {manager.best[0]:.3f} (epoch {manager.best[1]})')
     if distributed:
         dist.barrier()
-        dist.destroy_process_group()
+        if env['owns_group']:
+            dist.destroy_process_group()
     return {'output_dir': output_dir, 'epoch': epoch, 'num_updates': num_updates, 'stopped': stopped,
             'metrics': metrics, 'best': manager.best, 'weights_sha256': digest}
 
