@@ -18,6 +18,7 @@ import logging
 import os
 import pickle
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -66,16 +67,22 @@ def _check_exists(path: str, flag: str) -> None:
         raise ValueError(f'{flag} {path}: no such file')
 
 
+def _refused(e: Exception) -> bool:
+    """The weights-only unpickler refused a class (timm >= 1.0.31 re-raises this as a RuntimeError)."""
+    return isinstance(e, pickle.UnpicklingError) or 'weights_only' in str(e) or 'Weights only' in str(e)
+
+
 def _with_fallback(load: Callable[[bool], Any], path: str, flag: str) -> Any:
     """Run `load(weights_only)` safely first (argparse.Namespace allowed), in full only if that is refused."""
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return load(True)
-    except pickle.UnpicklingError as e:
-        _logger.warning(f'{flag} {path} holds objects the weights-only unpickler refuses ({str(e).splitlines()[0]}); '
-                        f'unpickling it in full: load only checkpoints you trust')
     except Exception as e:  # torch raises several types for truncated or foreign files
-        raise ValueError(f'{flag} {path}: cannot load this checkpoint ({e})') from e
+        if not _refused(e):
+            raise ValueError(f'{flag} {path}: cannot load this checkpoint ({e})') from e
+        classes = sorted(set(re.findall(r'GLOBAL ([\w.]+)', str(e)))) or ['unknown']
+        _logger.warning(f'{flag} {path} pickles {", ".join(classes)}, which the weights-only unpickler refuses; '
+                        f'unpickling it in full: load only checkpoints you trust')
     try:
         return load(False)
     except Exception as e:
