@@ -57,7 +57,6 @@ FIRST_RELEASE = {
     'timm.utils.dispatch_clip_grad': '0.9.16',
     'timm.utils.distribute_bn': '0.9.16',
     'timm.utils.random_seed': '0.9.16',
-    'timm.utils.reduce_tensor': '0.9.16',
     'timm.utils.setup_default_logging': '0.9.16',
     'timm.utils.update_summary': '0.9.16',
     # keywords hiervit passes
@@ -122,7 +121,8 @@ for split in ('train', 'validation'):
     for c in range(2):
         os.makedirs(os.path.join(root, split, str(c)))
         for i in range(4):
-            Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(os.path.join(root, split, str(c), f'{i}.png'))
+            pixels = rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(os.path.join(root, split, str(c), f'{i}.png'))
 run = train(['--model', 'nat_mini', '--model-kwargs', 'embed_dim=8', 'depths=(1,1,1,1)', 'num_heads=(1,1,1,1)',
              'kernel_size=3', '--data-dir', root, '--output', os.path.join(root, 'out'), '--img-size', '32', '-b', '4',
              '--workers', '0', '--epochs', '1', '--opt', 'adamw', '--lr', '1e-3', '--model-ema', '--no-log-tb',

@@ -28,13 +28,14 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2, optimizer_kwargs, param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.utils import (
-    AverageMeter, ModelEmaV3, accuracy, dispatch_clip_grad, distribute_bn, random_seed, reduce_tensor,
+    AverageMeter, ModelEmaV3, accuracy, dispatch_clip_grad, distribute_bn, random_seed,
     setup_default_logging, update_summary)
 
 import hiervit
 from .args import build_train_parser, parse_with_config
 from .checkpoint import (
-    RESUME_KEYS, CheckpointManager, adapt_to_model, load_resume_state, load_weights, rng_state, set_rng_state, trim_summary)
+    RESUME_KEYS, CheckpointManager, adapt_to_model, load_resume_state, load_weights, rng_state, set_rng_state,
+    trim_summary)
 from .data import create_eval_loader, create_source, create_train_loader, source_num_classes
 
 try:
@@ -291,7 +292,8 @@ def _train(args, args_text: str) -> Dict[str, Any]:
     # trainer's checkpoint, only its weights are taken and a new run (and folder) starts, as in timm
     resume = load_resume_state(args.resume) if args.resume else None
     if args.resume and resume is None and not args.no_resume_opt:
-        raise ValueError(f'--resume {args.resume} is not a hiervit-train checkpoint (it lacks {", ".join(RESUME_KEYS)}), '
+        raise ValueError(f'--resume {args.resume} is not a hiervit-train checkpoint (it lacks one of '
+                         f'{", ".join(RESUME_KEYS)}), '
                          f'so the optimizer, schedule and data position cannot continue; start from its weights with '
                          f'--initial-checkpoint {args.resume} (or add --no-resume-opt)')
     continuing = resume is not None and not args.no_resume_opt
