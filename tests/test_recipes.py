@@ -120,6 +120,15 @@ BIFORMER = ('biformer_tiny', 'biformer_small', 'biformer_base')
 BF_ARGS = 'rayleizhu/BiFormer configs/train_args.yaml (defaults exported from main.py)'
 BF_MAIN = 'rayleizhu/BiFormer main.py'
 
+# --- DaViT (dingmyu/davit; the models are timm's own davit_*) -------------------------------------------------------
+DAVIT = ('davit_tiny', 'davit_small', 'davit_base')
+DAVIT_README = 'dingmyu/davit README.md training command (8 GPUs x 128, --lr 1e-3, --clip-grad 1.0, --native-amp)'
+DAVIT_TRAIN = 'dingmyu/davit train.py argparse default'
+
+# --- S2AFormer (arXiv 2505.22195): the training recipe is unpublished ---------------------------------------------
+S2AFORMER = ('s2aformer_mini', 's2aformer_t', 's2aformer_xs', 's2aformer_s', 's2aformer_m')
+S2A_PAPER = 'S2AFormer paper (arXiv 2505.22195), ImageNet-1k section: 300 epochs at 224'
+
 PUBLISHED = [
     # NAT family, ImageNet-1k from scratch
     Published(NAT_1K, 'epochs', 300, NAT_CFG),
@@ -215,6 +224,33 @@ PUBLISHED = [
     Published(BIFORMER, 'amp', True, 'rayleizhu/BiFormer engine.py: torch.cuda.amp.autocast() around every forward'),
     Published(('biformer_small',), 'drop_path', 0.15, 'rayleizhu/BiFormer README.md and scripts/train.sh'),
     Published(('biformer_tiny',), 'drop_path', 0.1, 'rayleizhu/BiFormer issue #32 (the authors\' reply)'),
+    # DaViT, ImageNet-1k from scratch
+    Published(DAVIT, 'batch_size', 128, DAVIT_README),
+    Published(DAVIT, 'lr_at_global_batch_1024', 1e-3, DAVIT_README),
+    Published(DAVIT, 'clip_grad', 1.0, DAVIT_README),
+    Published(DAVIT, 'amp', True, DAVIT_README),
+    Published(DAVIT, 'img_size', 224, 'dingmyu/davit README.md (ImageNet-1k models at 224)'),
+    Published(DAVIT, 'epochs', 300, DAVIT_TRAIN),
+    Published(DAVIT, 'cooldown_epochs', 10, DAVIT_TRAIN),
+    Published(DAVIT, 'opt', 'adamw', DAVIT_TRAIN),
+    Published(DAVIT, 'weight_decay', 0.05, DAVIT_TRAIN),
+    Published(DAVIT, 'lr_schedule', 'CosineLRScheduler', DAVIT_TRAIN + ' --sched cosine'),
+    Published(DAVIT, 'warmup_epochs', 5, DAVIT_TRAIN),
+    Published(DAVIT, 'warmup_lr', 1e-6, DAVIT_TRAIN),
+    Published(DAVIT, 'min_lr', 1e-5, DAVIT_TRAIN),
+    Published(DAVIT, 'aa', 'rand-m9-mstd0.5-inc1', DAVIT_TRAIN),
+    Published(DAVIT, 'color_jitter', 0.4, DAVIT_TRAIN),
+    Published(DAVIT, 'mixup', 0.8, DAVIT_TRAIN),
+    Published(DAVIT, 'cutmix', 1.0, DAVIT_TRAIN),
+    Published(DAVIT, 'smoothing', 0.1, DAVIT_TRAIN),
+    Published(DAVIT, 'reprob', 0.25, DAVIT_TRAIN),
+    Published(DAVIT, 'remode', 'pixel', DAVIT_TRAIN),
+    Published(DAVIT, 'model_ema', False, DAVIT_TRAIN),
+    Published(DAVIT, 'train_interpolation', 'bicubic', DAVIT_TRAIN),
+    Published(('davit_tiny',), 'drop_path', 0.1, DAVIT_TRAIN + ' --drop-path 0.1 (used for Tiny)'),
+    # S2AFormer: only the length and resolution are published
+    Published(S2AFORMER, 'epochs', 300, S2A_PAPER),
+    Published(S2AFORMER, 'img_size', 224, S2A_PAPER),
 ]
 
 ASSUMED = [
@@ -229,6 +265,13 @@ ASSUMED = [
             'the ImageNet-22k pretraining recipe was never released (DiNAT.md: "details will be released soon"); '
             'these follow the family\'s ImageNet-1k recipe'),
     Assumed(('biformer_base',), ('drop_path',), 'the repository gives no drop path for BiFormer-B'),
+    Assumed(DAVIT, ('lr_base_size', 'lr_base_scale'),
+            'the README gives lr 1e-3 at global batch 1024; linear scaling to other batches is hiervit\'s'),
+    Assumed(('davit_small', 'davit_base'), ('drop_path',), 'the repository gives no per-variant drop path'),
+    Assumed(S2AFORMER, ('crop_pct', 'train_interpolation', 'batch_size', 'cooldown_epochs', 'opt', 'lr_base',
+                        'lr_base_size', 'lr_base_scale', 'weight_decay', 'sched', 'warmup_epochs', 'warmup_lr',
+                        'min_lr', 'drop_path', 'aa', 'mixup', 'cutmix', 'smoothing', 'reprob', 'remode', 'amp'),
+            'the paper does not publish its recipe: the DeiT/PVT standard recipe is assumed'),
 ]
 
 
@@ -277,7 +320,8 @@ def test_table_names_only_bundled_recipes_and_known_keys():
 @pytest.mark.parametrize('path', CLASSIFICATION + DEMO, ids=os.path.basename)
 def test_recipe_loads_and_builds_its_model(path):
     cfg = load_recipe(path, build_train_parser())  # raises on a key that is not a flag dest
-    assert cfg['model'] in hiervit.list_hiervit_models(), f'{path} names an unregistered model {cfg["model"]!r}'
+    # hiervit's models, or timm's own families that hiervit ships recipes for (DaViT)
+    assert cfg['model'] in timm.list_models(), f'{path} names an unregistered model {cfg["model"]!r}'
     args = recipe_args(path)
     model = recipe_model(path)  # kwargs, drop path and classes accepted, on the meta device
     assert sum(p.numel() for p in model.parameters()) > 0
