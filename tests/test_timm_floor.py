@@ -45,6 +45,11 @@ FIRST_RELEASE = {
     'timm.models.register_notrace_function': '0.9.16',
     'timm.models.register_notrace_module': '0.9.16',
     'timm.models.swin_transformer.PatchMerging': '0.9.16',
+    'timm.models.swin_transformer.SwinTransformerBlock': '0.9.16',
+    'timm.models.swin_transformer.get_relative_position_index': '0.9.16',
+    'timm.models.swin_transformer.window_partition': '0.9.16',
+    'timm.models.swin_transformer.window_reverse': '0.9.16',
+    'timm.models.davit.checkpoint_filter_fn': '0.9.16',
     'timm.optim.create_optimizer_v2': '0.9.16',
     'timm.optim.optimizer_kwargs': '0.9.16',
     'timm.optim.param_groups_weight_decay': '1.0.12',
@@ -112,7 +117,13 @@ _PROBE = r'''
 import os, sys, numpy as np, timm
 from PIL import Image
 assert timm.__version__ == sys.argv[1], (timm.__version__, timm.__file__)
-import hiervit
+import hiervit, torch
+families = {}
+for name in sorted(hiervit.list_hiervit_models()):
+    families.setdefault(name.split('_')[0], name)
+with torch.device('meta'):  # one model of every family builds against this timm
+    for name in families.values():
+        timm.create_model(name)
 from hiervit.train.train import train
 from hiervit.train.validate import validate
 root = sys.argv[2]
@@ -133,7 +144,8 @@ print('FLOOR OK', timm.__version__)
 
 
 def test_floor_installs_and_trains(tmp_path):
-    """Install the declared floor beside the environment's timm and train + validate a tiny model on it."""
+    """Install the declared floor beside the environment's timm, build a model of every family on it (meta device)
+    and train + validate a tiny one."""
     floor = declared_floor()
     target = tmp_path / 'site'
     pip = subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps', '--target', str(target),
