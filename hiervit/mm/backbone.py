@@ -196,21 +196,26 @@ class TimmBackbone(BaseModule):
         if ours:
             state_dict = {k[len('model.'):]: v for k, v in state_dict.items()}
         with torch.device('meta'):
-            # the unpruned twin (no memory, no init cost): what the filters and the "pruned part" test compare against
-            template = timm.create_model(self.model_name, **self._create_kwargs)
+            # The unpruned, headless twin (no memory, no init cost): what the filters and the "pruned part" test compare
+            # against. Headless, as dense-task checkpoints are; the filters drop a classification checkpoint's head.
+            template = timm.create_model(self.model_name, **dict(self._create_kwargs, num_classes=0))
         filter_fn = None if ours else self._filter_fn()
         if filter_fn is not None:
             # The filters convert and check a checkpoint against the *whole* model. Tensors they take from the twin
-            # mean "keep the initial value" (e.g. fresh output norms from a classification checkpoint) and are dropped.
+            # (meta, and not one of the checkpoint's own) mean "keep the initial value", e.g. fresh output norms from
+            # a classification checkpoint, and are dropped.
+            given = {id(v) for v in state_dict.values()}
             converted = filter_fn(state_dict, template)
-            keep = sorted(k for k, v in converted.items() if v.is_meta)
-            state_dict = {k: v for k, v in converted.items() if not v.is_meta}
+            keep = sorted(k for k, v in converted.items() if v.is_meta and id(v) not in given)
+            state_dict = {k: v for k, v in converted.items() if k not in keep}
         else:
             keep = []
         target = self.model.state_dict()
         full = template.state_dict()
-        ignored = sorted(k for k in state_dict if k not in target and k in full)
-        unexpected = sorted(k for k in state_dict if k not in full)
+        classifier = (getattr(self.model, 'pretrained_cfg', None) or {}).get('classifier') or 'head'
+        pruned = [k for k in state_dict if k not in target and (k in full or k.startswith(classifier + '.'))]
+        ignored = sorted(pruned)
+        unexpected = sorted(k for k in state_dict if k not in target and k not in pruned)
         missing = [k for k in target if k not in state_dict and k not in keep and not k.endswith('num_batches_tracked')]
         mis_shaped = [
             f'{k}: {tuple(v.shape)} vs {tuple(target[k].shape)}' for k, v in state_dict.items()
