@@ -218,7 +218,7 @@ def test_config_url_offline_names_the_file_and_the_override(offline):
 
 def test_config_url_reads_timm_cache_under_the_registered_file_name(offline):
     """BiFormer's released URLs end in `/content`: the adapter uses the cache name timm's pretrained cfg registers."""
-    args = dict(depths=(1, 1, 1, 1), embed_dims=(16, 32, 64, 128), n_win=4)
+    args = dict(depths=(1, 1, 1, 1), embed_dims=(32, 64, 128, 256), n_win=4)
     sd = timm.create_model('biformer_tiny', **args).state_dict()
     torch.save({'model': sd}, offline / 'biformer_tiny_in1k.pth')
     url = timm.models.get_pretrained_cfg('biformer_tiny').url[0]
