@@ -29,7 +29,7 @@ import hiervit  # noqa: F401  (registers hiervit's models with timm)
 from hiervit.backbones._pretrained import cache_file_name, fetch_pretrained, registered_file_name
 from hiervit.registry import MODELS
 
-__all__ = ['TimmBackbone', 'NAT', 'DiNAT', 'DiNATs', 'BiFormer']
+__all__ = ['TimmBackbone', 'NAT', 'DiNAT', 'DiNATs', 'BiFormer', 'S2AFormer']
 
 
 def _unwrap_state_dict(checkpoint: Any) -> Dict[str, torch.Tensor]:
@@ -80,7 +80,8 @@ class TimmBackbone(BaseModule):
             if bad in model_kwargs:
                 raise TypeError(f'{bad}= is not supported; load weights with init_cfg=dict(type=\'Pretrained\', ...).')
         self._create_kwargs = dict(pretrained=False, in_chans=in_channels, **model_kwargs)
-        model = timm.create_model(model_name, **self._create_kwargs)
+        self.model_name = model_name
+        model = self._create_model()
         if not hasattr(model, 'forward_intermediates'):
             raise TypeError(f'{model_name} has no forward_intermediates(); TimmBackbone needs it.')
         num_stages = len(model.feature_info)
@@ -105,7 +106,6 @@ class TimmBackbone(BaseModule):
             if len(out_norms) > out_indices[-1] and hasattr(model, 'norm'):
                 model.norm = nn.Identity()
         self.model = model
-        self.model_name = model_name
         self.out_indices = out_indices
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
@@ -117,6 +117,14 @@ class TimmBackbone(BaseModule):
             model.set_grad_checkpointing(True)
         self._freeze_stages()
         self.register_load_state_dict_pre_hook(self._convert_loaded_state_dict)
+
+    def _create_model(self) -> nn.Module:
+        """The whole timm model; adapters of timm's own families add the dense-task modules timm lacks here."""
+        return timm.create_model(self.model_name, **self._create_kwargs)
+
+    def _filter_fn(self) -> Optional[Callable[[Dict[str, Any], nn.Module], Dict[str, torch.Tensor]]]:
+        """The model family's `checkpoint_filter_fn` (official key layouts -> the model's), None for plain timm models."""
+        return getattr(sys.modules[type(self.model).__module__], 'checkpoint_filter_fn', None)
 
     def _group_params(self, num_stages: int) -> Dict[str, int]:
         """Map each parameter name of the model to -1 (stem), its stage index, or `num_stages` (anything after)."""
@@ -180,10 +188,6 @@ class TimmBackbone(BaseModule):
         fn = getattr(self.model, 'no_weight_decay', None)
         return {f'model.{n}' for n in fn()} if fn is not None else set()
 
-    def _filter_fn(self) -> Optional[Callable[[Dict[str, Any], nn.Module], Dict[str, torch.Tensor]]]:
-        """The model family's `checkpoint_filter_fn` (official key layouts -> the model's), None for plain timm models."""
-        return getattr(sys.modules[type(self.model).__module__], 'checkpoint_filter_fn', None)
-
     def _to_model_state_dict(
             self, state_dict: Dict[str, torch.Tensor], source: str,
     ) -> Tuple[Dict[str, torch.Tensor], List[str], List[str]]:
@@ -198,7 +202,8 @@ class TimmBackbone(BaseModule):
         with torch.device('meta'):
             # The unpruned, headless twin (no memory, no init cost): what the filters and the "pruned part" test compare
             # against. Headless, as dense-task checkpoints are; the filters drop a classification checkpoint's head.
-            template = timm.create_model(self.model_name, **dict(self._create_kwargs, num_classes=0))
+            template = self._create_model()
+            template.reset_classifier(0)
         filter_fn = None if ours else self._filter_fn()
         if filter_fn is not None:
             # The filters convert and check a checkpoint against the *whole* model. Tensors they take from the twin
@@ -293,3 +298,5 @@ NAT = _family('NAT', 'nat_tiny', dict(output_norms=True), 'NAT (nat_*) with the 
 DiNAT = _family('DiNAT', 'dinat_tiny', dict(output_norms=True), 'DiNAT (dinat_*); dense configs set `dilations`.')
 DiNATs = _family('DiNATs', 'dinat_s_tiny', dict(output_norms=True), 'DiNAT_s (dinat_s_*), Swin-layout DiNAT.')
 BiFormer = _family('BiFormer', 'biformer_small', dict(out_norms=True), 'BiFormer (biformer_*), LayerNorm2d outputs.')
+S2AFormer = _family(
+    'S2AFormer', 's2aformer_t', dict(out_norms=True), 'S2AFormer (s2aformer_*, a reconstruction), LayerNorm2d outputs.')
