@@ -25,6 +25,7 @@
 
 #include <algorithm>
 #include <array>
+#include <type_traits>
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -42,6 +43,7 @@ using i64 = int64_t;
 // SIMD vectors. Each type offers the same small set of operations; the kernels are templates over the type.
 //   gather2(p, idx): lane l <- p[idx[l]] for 0 <= idx[l] < 2N (two loads and a permute)
 //   gather(p, idx):  the same for any non-negative idx (a hardware gather)
+//   permute2(lo, idx, hi): lane l <- (lo ++ hi)[idx[l]], idx < 2N
 
 template <class T, int NL>
 struct VecG {  // portable fallback (double, or float without AVX2): plain loops the compiler may vectorise
@@ -63,6 +65,9 @@ struct VecG {  // portable fallback (double, or float without AVX2): plain loops
   }
   static VecG gather2(const T* p, const I& idx) { VecG r; for (int l = 0; l < N; ++l) r.v[l] = p[idx[l]]; return r; }
   static VecG gather(const T* p, const I& idx) { return gather2(p, idx); }
+  static VecG permute2(const VecG& lo, const I& idx, const VecG& hi) {
+    VecG r; for (int l = 0; l < N; ++l) r.v[l] = idx[l] < N ? lo.v[idx[l]] : hi.v[idx[l] - N]; return r;
+  }
   static VecG fma(const VecG& a, const VecG& b, const VecG& c) {
     VecG r; for (int l = 0; l < N; ++l) r.v[l] = a.v[l] * b.v[l] + c.v[l]; return r;
   }
@@ -96,6 +101,7 @@ struct Vec16f {
     return {_mm512_permutex2var_ps(_mm512_loadu_ps(p), idx, _mm512_loadu_ps(p + 16))};
   }
   static Vec16f gather(const float* p, I idx) { return {_mm512_i32gather_ps(idx, p, 4)}; }
+  static Vec16f permute2(Vec16f lo, I idx, Vec16f hi) { return {_mm512_permutex2var_ps(lo.v, idx, hi.v)}; }
   static Vec16f fma(Vec16f a, Vec16f b, Vec16f c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
   static Vec16f max(Vec16f a, Vec16f b) { return {_mm512_max_ps(a.v, b.v)}; }
   static Vec16f exp(Vec16f x) {
@@ -142,6 +148,10 @@ struct Vec8f {
     return {_mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(7))))};
   }
   static Vec8f gather(const float* p, I idx) { return {_mm256_i32gather_ps(p, idx, 4)}; }
+  static Vec8f permute2(Vec8f lo, I idx, Vec8f hi) {
+    __m256 a = _mm256_permutevar8x32_ps(lo.v, idx), b = _mm256_permutevar8x32_ps(hi.v, idx);
+    return {_mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(7))))};
+  }
   static Vec8f fma(Vec8f a, Vec8f b, Vec8f c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
   static Vec8f max(Vec8f a, Vec8f b) { return {_mm256_max_ps(a.v, b.v)}; }
   static Vec8f exp(Vec8f x) {
@@ -172,12 +182,44 @@ using VecF = VecG<float, 8>;
 #endif
 using VecD = VecG<double, 8>;
 
+#if defined(__AVX512F__)
+// r[i][j] -> r[j][i] for a 16 x 16 fp32 tile in registers.
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  // u[4g + m], 128-bit lane L: column 4L + m of rows 4g .. 4g + 3
+  for (int g = 0; g < 4; ++g) {
+    u[4 * g] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
+    u[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
+    u[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+    u[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+  }
+  for (int m = 0; m < 4; ++m) {
+    __m512 v0 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x88), w0 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x88);
+    __m512 v1 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xDD), w1 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xDD);
+    r[m] = _mm512_shuffle_f32x4(v0, w0, 0x88);
+    r[8 + m] = _mm512_shuffle_f32x4(v0, w0, 0xDD);
+    r[4 + m] = _mm512_shuffle_f32x4(v1, w1, 0x88);
+    r[12 + m] = _mm512_shuffle_f32x4(v1, w1, 0xDD);
+  }
+}
+constexpr bool kTiles = true;
+#else
+constexpr bool kTiles = false;
+#endif
+
 template <class T> struct VecFor;
 template <> struct VecFor<float> { using type = VecF; };
 template <> struct VecFor<double> { using type = VecD; };
 
-// How a block loads the window of each lane: 0 = one unaligned load (lane l's window starts l after lane 0's),
-// 1 = two loads and a permute (offsets below 2N), 2 = a gather.
+// How a block reads the window of each lane (lane l's window starts idx[l] after lane 0's):
+//   0: idx[l] == l, windows at offset j are one unaligned load;
+//   1: the block's windows at offsets 0 .. G - 1 all lie in the 2N values from the window base, loaded once into two
+//      vectors and permuted per offset (idx[l] + G - 1 < 2N);
+//   2: a hardware gather per window (very large kernels, or a block spanning far-apart group borders).
 template <int MODE, class V>
 inline V win(const typename V::scalar* p, const typename V::I& idx) {
   if constexpr (MODE == 0) {
@@ -291,6 +333,29 @@ at::Tensor pack(const at::Tensor& src, const Geo<V>& g, double mult) {
       for (i64 h = 0; h < H; ++h) {
         T* out = d + ((b * H + h) * R + row) * C * Wp;
         const T* in = s + b * sb + z * sz + y * sy + h * sh;
+#if defined(__AVX512F__)
+        if constexpr (std::is_same_v<T, float>) {
+          // 16 reordered positions at a time: 16 channel rows loaded, transposed, stored as 16 lane vectors.
+          const __m512 mv = _mm512_set1_ps(m);
+          const i64 wt = (W + 15) / 16 * 16;
+          for (i64 c = 0; c < C; ++c) std::fill(out + c * Wp + wt, out + (c + 1) * Wp, 0.f);
+          for (i64 px0 = 0; px0 < wt; px0 += 16) {
+            for (i64 c0 = 0; c0 < C; c0 += 16) {
+              const int nc = (int)std::min<i64>(16, C - c0);
+              const __mmask16 cm = (__mmask16)((1u << nc) - 1);
+              __m512 r[16];
+              for (int l = 0; l < 16; ++l) {
+                const i64 px = px0 + l;
+                r[l] = px < W ? _mm512_mul_ps(_mm512_maskz_loadu_ps(cm, in + g.ax[2].iof[px] * sx + c0), mv)
+                              : _mm512_setzero_ps();
+              }
+              transpose16(r);
+              for (int c = 0; c < nc; ++c) _mm512_storeu_ps(out + (c0 + c) * Wp + px0, r[c]);
+            }
+          }
+          continue;
+        }
+#endif
         for (int x = 0; x < W; ++x) {
           const T* e = in + x * sx;
           T* o = out + g.ax[2].pof[x];
@@ -349,16 +414,29 @@ at::Tensor pack_rows(const at::Tensor& lse, const at::Tensor& a, const at::Tenso
 // ------------------------------------------------------------------------------------------------------------------
 // building blocks
 
-// out[jj] = sum_c load(A + c * ws) * win(B + c * ws + jj), jj < J: J windows at consecutive offsets share one load of A.
+// out[jj] = sum_c load(A + c * ws) * window(B + c * ws + jj), jj < J: J windows at consecutive offsets share one
+// load of A (and, in mode 1, the two loads of the window values).
 template <class V, int MODE, int J>
 inline void dots_j(const typename V::scalar* A, const typename V::scalar* B, i64 ws, i64 C,
                    const typename V::I& idx, V* out) {
+  using I = typename V::I;
   V acc[J];
-  for (int jj = 0; jj < J; ++jj) acc[jj] = V::zero();
+  I ix[J];
+  for (int jj = 0; jj < J; ++jj) {
+    acc[jj] = V::zero();
+    ix[jj] = V::iadd(idx, jj);
+  }
   for (i64 c = 0; c < C; ++c) {
     V a = V::load(A + c * ws);
     const typename V::scalar* b = B + c * ws;
-    for (int jj = 0; jj < J; ++jj) acc[jj] = V::fma(a, win<MODE, V>(b + jj, idx), acc[jj]);
+    if constexpr (MODE == 0) {
+      for (int jj = 0; jj < J; ++jj) acc[jj] = V::fma(a, V::load(b + jj), acc[jj]);
+    } else if constexpr (MODE == 1) {
+      V lo = V::load(b), hi = V::load(b + V::N);
+      for (int jj = 0; jj < J; ++jj) acc[jj] = V::fma(a, V::permute2(lo, ix[jj], hi), acc[jj]);
+    } else {
+      for (int jj = 0; jj < J; ++jj) acc[jj] = V::fma(a, V::gather(b, ix[jj]), acc[jj]);
+    }
   }
   for (int jj = 0; jj < J; ++jj) out[jj] = acc[jj];
 }
@@ -380,54 +458,108 @@ inline void dots(const typename V::scalar* A, const typename V::scalar* B, i64 w
   }
 }
 
-// For channels [c0, c0 + CH): acc[ch] = sum_n w[n] * win(base[n] + (c0 + ch) * ws); then store(c0, acc).
+// For channels [c0, c0 + CH): acc[ch] = sum over groups g and offsets j < G of w[g * G + j] * window(base[g] +
+// (c0 + ch) * ws + j); then store(c0, CH, acc). (A group is one key row of a query block, or one query row of a key
+// block; its G terms are windows at consecutive offsets.)
 template <class V, int MODE, int CH, class Store>
-inline void wsum_ch(const typename V::scalar* w, const typename V::scalar* const* base, i64 nterms, i64 ws, i64 c0,
-                    const typename V::I& idx, Store& store) {
+inline void wsum_ch(const typename V::scalar* w, const typename V::scalar* const* base, i64 ngroups, int G, i64 ws,
+                    i64 c0, const typename V::I& idx, Store& store) {
   constexpr int N = V::N;
+  using T = typename V::scalar;
   V acc[CH];
   for (int ch = 0; ch < CH; ++ch) acc[ch] = V::zero();
-  for (i64 n = 0; n < nterms; ++n) {
-    V p = V::load(w + n * N);
-    const typename V::scalar* b = base[n] + c0 * ws;
-    for (int ch = 0; ch < CH; ++ch) acc[ch] = V::fma(p, win<MODE, V>(b + ch * ws, idx), acc[ch]);
+  for (i64 grp = 0; grp < ngroups; ++grp) {
+    const T* b = base[grp] + c0 * ws;
+    const T* wg = w + grp * G * N;
+    if constexpr (MODE == 1) {
+      V lo[CH], hi[CH];
+      for (int ch = 0; ch < CH; ++ch) {
+        lo[ch] = V::load(b + ch * ws);
+        hi[ch] = V::load(b + ch * ws + N);
+      }
+      for (int j = 0; j < G; ++j) {
+        V p = V::load(wg + j * N);
+        typename V::I ixj = V::iadd(idx, j);
+        for (int ch = 0; ch < CH; ++ch) acc[ch] = V::fma(p, V::permute2(lo[ch], ixj, hi[ch]), acc[ch]);
+      }
+    } else if constexpr (MODE == 0) {
+      for (int j = 0; j < G; ++j) {
+        V p = V::load(wg + j * N);
+        for (int ch = 0; ch < CH; ++ch) acc[ch] = V::fma(p, V::load(b + ch * ws + j), acc[ch]);
+      }
+    } else {
+      for (int j = 0; j < G; ++j) {
+        V p = V::load(wg + j * N);
+        typename V::I ixj = V::iadd(idx, j);
+        for (int ch = 0; ch < CH; ++ch) acc[ch] = V::fma(p, V::gather(b + ch * ws, ixj), acc[ch]);
+      }
+    }
   }
   store(c0, CH, acc);
 }
 
 template <class V, int MODE, class Store>
-inline void wsum(const typename V::scalar* w, const typename V::scalar* const* base, i64 nterms, i64 ws, i64 C,
-                 const typename V::I& idx, Store store) {
+inline void wsum(const typename V::scalar* w, const typename V::scalar* const* base, i64 ngroups, int G, i64 ws,
+                 i64 C, const typename V::I& idx, Store& store) {
   i64 c = 0;
-  for (; c + 8 <= C; c += 8) wsum_ch<V, MODE, 8>(w, base, nterms, ws, c, idx, store);
+  for (; c + 8 <= C; c += 8) wsum_ch<V, MODE, 8>(w, base, ngroups, G, ws, c, idx, store);
   switch (C - c) {
-    case 7: wsum_ch<V, MODE, 7>(w, base, nterms, ws, c, idx, store); break;
-    case 6: wsum_ch<V, MODE, 6>(w, base, nterms, ws, c, idx, store); break;
-    case 5: wsum_ch<V, MODE, 5>(w, base, nterms, ws, c, idx, store); break;
-    case 4: wsum_ch<V, MODE, 4>(w, base, nterms, ws, c, idx, store); break;
-    case 3: wsum_ch<V, MODE, 3>(w, base, nterms, ws, c, idx, store); break;
-    case 2: wsum_ch<V, MODE, 2>(w, base, nterms, ws, c, idx, store); break;
-    case 1: wsum_ch<V, MODE, 1>(w, base, nterms, ws, c, idx, store); break;
+    case 7: wsum_ch<V, MODE, 7>(w, base, ngroups, G, ws, c, idx, store); break;
+    case 6: wsum_ch<V, MODE, 6>(w, base, ngroups, G, ws, c, idx, store); break;
+    case 5: wsum_ch<V, MODE, 5>(w, base, ngroups, G, ws, c, idx, store); break;
+    case 4: wsum_ch<V, MODE, 4>(w, base, ngroups, G, ws, c, idx, store); break;
+    case 3: wsum_ch<V, MODE, 3>(w, base, ngroups, G, ws, c, idx, store); break;
+    case 2: wsum_ch<V, MODE, 2>(w, base, ngroups, G, ws, c, idx, store); break;
+    case 1: wsum_ch<V, MODE, 1>(w, base, ngroups, G, ws, c, idx, store); break;
     default: break;
   }
+  store.flush();
 }
 
-// Stores CH channel vectors (times `mul`) into a heads-last tensor at the valid lanes' positions.
+// Stores CH channel vectors (times `mul`) into a heads-last tensor at the valid lanes' positions. With AVX-512 the
+// channels are buffered into a 16-row tile that is transposed and written as one 16-channel row per lane; call
+// flush() after the last channel.
 template <class V>
 struct LaneStore {
   using T = typename V::scalar;
+  static constexpr int N = V::N;
   T* dst;
   const i64* pos;  // per lane: flat (b, z, y, x, h) index
   int nvalid;
   i64 C;
   V mul;
-  void operator()(i64 c0, int CH, const V* acc) const {
-    alignas(64) T tmp[8 * V::N];
-    for (int ch = 0; ch < CH; ++ch) (acc[ch] * mul).store(tmp + ch * V::N);
-    for (int l = 0; l < nvalid; ++l) {
-      T* o = dst + pos[l] * C + c0;
-      for (int ch = 0; ch < CH; ++ch) o[ch] = tmp[ch * V::N + l];
+  static constexpr bool tiled = kTiles && std::is_same_v<T, float> && N == 16;
+  alignas(64) T tile[16 * N];
+  i64 tile_c0 = 0;
+  int filled = 0;
+
+  void operator()(i64 c0, int CH, const V* acc) {
+    if constexpr (tiled) {
+      if (filled + CH > 16) flush();
+      if (filled == 0) tile_c0 = c0;
+      for (int ch = 0; ch < CH; ++ch) (acc[ch] * mul).store(tile + (filled + ch) * N);
+      filled += CH;
+    } else {
+      alignas(64) T tmp[8 * N];
+      for (int ch = 0; ch < CH; ++ch) (acc[ch] * mul).store(tmp + ch * N);
+      for (int l = 0; l < nvalid; ++l) {
+        T* o = dst + pos[l] * C + c0;
+        for (int ch = 0; ch < CH; ++ch) o[ch] = tmp[ch * N + l];
+      }
     }
+  }
+  void flush() {
+#if defined(__AVX512F__)
+    if constexpr (tiled) {
+      if (filled == 0) return;
+      __m512 r[16];
+      for (int i = 0; i < 16; ++i) r[i] = i < filled ? _mm512_load_ps(tile + i * 16) : _mm512_setzero_ps();
+      transpose16(r);
+      const __mmask16 cm = (__mmask16)((1u << filled) - 1);
+      for (int l = 0; l < nvalid; ++l) _mm512_mask_storeu_ps(dst + pos[l] * C + tile_c0, cm, r[l]);
+      filled = 0;
+    }
+#endif
   }
 };
 
@@ -461,7 +593,7 @@ struct QueryBlock {
       ident = ident && idx[l] == l;
       top = std::max(top, idx[l]);
     }
-    mode = ident ? 0 : (top < 2 * N ? 1 : 2);
+    mode = ident ? 0 : (top + a.K - 1 < 2 * N ? 1 : 2);
   }
 };
 
@@ -491,7 +623,7 @@ void fwd_block(const FwdArgs<V>& A, i64 b, i64 h, int row, const QueryBlock<V>& 
   const int pz = row / ay.L, py = row % ay.L;
   V m = V::set1(-INFINITY);
   V s[8];
-  i64 n = 0;
+  i64 n = 0, ngroups = 0;
   for (int iz = 0; iz < az.K; ++iz) {
     const int kz = az.start[pz] + iz, rz = kz - pz + az.K - 1;
     for (int iy = 0; iy < ay.K; ++iy) {
@@ -499,6 +631,7 @@ void fwd_block(const FwdArgs<V>& A, i64 b, i64 h, int row, const QueryBlock<V>& 
       const i64 krow = (i64)kz * ay.L + ky;
       const T* kb = A.k + (bh * g.R + krow) * C * Wp + qb.sx0;
       const T* trow = A.rpb ? A.rpb + ((h * g.TZ + rz) * g.TY + ry) * g.TXp : nullptr;
+      vbase[ngroups++] = A.v + (bh * g.R + krow) * CV * Wp + qb.sx0;
       for (int j0 = 0; j0 < ax.K; j0 += 8) {
         const int nj = std::min(8, ax.K - j0);
         dots<V, MODE>(qrow, kb + j0, Wp, C, idx, nj, s);
@@ -506,7 +639,6 @@ void fwd_block(const FwdArgs<V>& A, i64 b, i64 h, int row, const QueryBlock<V>& 
           V sc = trow ? s[jj] + bias<V>(trow, V::iadd(rel0, j0 + jj), g.small_table) : s[jj];
           sc.store(sbuf + (n + jj) * N);
           m = V::max(m, sc);
-          vbase[n + jj] = A.v + (bh * g.R + krow) * CV * Wp + qb.sx0 + j0 + jj;
         }
         n += nj;
       }
@@ -523,7 +655,7 @@ void fwd_block(const FwdArgs<V>& A, i64 b, i64 h, int row, const QueryBlock<V>& 
   sum.store(sv);
   for (int l = 0; l < qb.nvalid; ++l) A.lse[qb.pos[l]] = (float)(mv[l] + std::log(sv[l]));
   LaneStore<V> st{A.out, qb.pos, qb.nvalid, CV, V::set1(T(1)) / sum};
-  wsum<V, MODE>(sbuf, vbase, n, Wp, CV, idx, st);
+  wsum<V, MODE>(sbuf, vbase, ngroups, ax.K, Wp, CV, idx, st);
 }
 
 template <class T>
@@ -546,7 +678,7 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& q, const at::Tensor& k, c
                out.data_ptr<T>(), lse.data_ptr<float>()};
   at::parallel_for(0, g.B * g.H * g.R, 1, [&](i64 begin, i64 end) {
     std::vector<T> sbuf(g.kn * N + N);
-    std::vector<const T*> vbase(g.kn);
+    std::vector<const T*> vbase(g.kn / g.ax[2].K);
     QueryBlock<V> qb;
     for (i64 it = begin; it < end; ++it) {
       const i64 b = it / (g.H * g.R), h = (it / g.R) % g.H;
@@ -595,7 +727,7 @@ void bwd_q_block(const BwdArgs<V>& A, i64 b, i64 h, int row, const QueryBlock<V>
   const int pz = row / ay.L, py = row % ay.L;
   T* part = A.part ? A.part + (bh * g.R + row) * g.TZ * g.TY * g.TX : nullptr;
   V s[8], dp[8];
-  i64 n = 0;
+  i64 n = 0, ngroups = 0;
   for (int iz = 0; iz < az.K; ++iz) {
     const int kz = az.start[pz] + iz, rz = kz - pz + az.K - 1;
     for (int iy = 0; iy < ay.K; ++iy) {
@@ -604,6 +736,7 @@ void bwd_q_block(const BwdArgs<V>& A, i64 b, i64 h, int row, const QueryBlock<V>
       const T* kb = A.k + (bh * g.R + krow) * C * Wp + qb.sx0;
       const T* vb = A.v + (bh * g.R + krow) * CV * Wp + qb.sx0;
       const T* trow = A.rpb ? A.rpb + ((h * g.TZ + rz) * g.TY + ry) * g.TXp : nullptr;
+      kbase[ngroups++] = kb;
       for (int j0 = 0; j0 < ax.K; j0 += 8) {
         const int nj = std::min(8, ax.K - j0);
         dots<V, MODE>(qrow, kb + j0, Wp, C, idx, nj, s);
@@ -613,7 +746,6 @@ void bwd_q_block(const BwdArgs<V>& A, i64 b, i64 h, int row, const QueryBlock<V>
           V p = V::exp(sc - lsev);
           V ds = p * (dp[jj] - delv);
           ds.store(dsbuf + (n + jj) * N);
-          kbase[n + jj] = kb + j0 + jj;
         }
         if (part) {
           T* prow = part + (rz * g.TY + ry) * g.TX + j0;
@@ -627,7 +759,7 @@ void bwd_q_block(const BwdArgs<V>& A, i64 b, i64 h, int row, const QueryBlock<V>
     }
   }
   LaneStore<V> st{A.dq, qb.pos, qb.nvalid, C, V::set1(A.scale)};  // dQ = scale * dS K (Q was packed scaled)
-  wsum<V, MODE>(dsbuf, kbase, n, Wp, C, idx, st);
+  wsum<V, MODE>(dsbuf, kbase, ngroups, ax.K, Wp, C, idx, st);
 }
 
 // Lane set-up of a key block: lane l holds reordered key x0 + l, seen by queries lo[l] .. lo[l] + cnt[l] - 1.
@@ -665,7 +797,7 @@ struct KeyBlock {
       ident = ident && idx[l] == l;
       top = std::max(top, idx[l]);
     }
-    mode = ident ? 0 : (top < 2 * N ? 1 : 2);
+    mode = ident ? 0 : (top + tmax - 1 < 2 * N ? 1 : 2);
   }
 };
 
@@ -684,7 +816,7 @@ void bwd_kv_block(const BwdArgs<V>& A, i64 b, i64 h, int row, const KeyBlock<V>&
   const typename V::I idx = V::iload(kb.idx), cntv = V::iload(kb.cnt), rel0 = V::iload(kb.rel);
   const int kz = row / ay.L, ky = row % ay.L;
   V s[8], dp[8];
-  i64 n = 0;
+  i64 n = 0, ngroups = 0;
   for (int qz = az.lo[kz]; qz < az.lo[kz] + az.cnt[kz]; ++qz) {
     const int rz = kz - qz + az.K - 1;
     for (int qy = ay.lo[ky]; qy < ay.lo[ky] + ay.cnt[ky]; ++qy) {
@@ -695,6 +827,8 @@ void bwd_kv_block(const BwdArgs<V>& A, i64 b, i64 h, int row, const KeyBlock<V>&
       const T* lb = A.lse + (bh * g.R + qrow) * Wp + kb.lo0;
       const T* db = A.delta + (bh * g.R + qrow) * Wp + kb.lo0;
       const T* trow = A.rpb ? A.rpb + ((h * g.TZ + rz) * g.TY + ry) * g.TXp : nullptr;
+      qbase[ngroups] = qb;
+      dobase[ngroups++] = dob;
       for (int t0 = 0; t0 < kb.tmax; t0 += 8) {
         const int nt = std::min(8, kb.tmax - t0);
         dots<V, MODE>(kblk, qb + t0, Wp, C, idx, nt, s);
@@ -707,17 +841,15 @@ void bwd_kv_block(const BwdArgs<V>& A, i64 b, i64 h, int row, const KeyBlock<V>&
           V ds = p * (dp[tt] - win<MODE, V>(db + t, idx));
           p.store(pbuf + n * N);
           ds.store(dsbuf + n * N);
-          qbase[n] = qb + t;
-          dobase[n] = dob + t;
           ++n;
         }
       }
     }
   }
   LaneStore<V> sv{A.dv, kb.pos, kb.nvalid, CV, V::set1(T(1))};
-  wsum<V, MODE>(pbuf, dobase, n, Wp, CV, idx, sv);
+  wsum<V, MODE>(pbuf, dobase, ngroups, kb.tmax, Wp, CV, idx, sv);
   LaneStore<V> sk{A.dk, kb.pos, kb.nvalid, C, V::set1(T(1))};
-  wsum<V, MODE>(dsbuf, qbase, n, Wp, C, idx, sk);
+  wsum<V, MODE>(dsbuf, qbase, ngroups, kb.tmax, Wp, C, idx, sk);
 }
 
 template <class T>
@@ -747,7 +879,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dout, const at::Tensor& 
                dv.data_ptr<T>(), part.defined() ? part.data_ptr<T>() : nullptr, (T)scale};
   at::parallel_for(0, g.B * g.H * g.R, 1, [&](i64 begin, i64 end) {
     std::vector<T> dsbuf(g.kn * N + N);
-    std::vector<const T*> kbase(g.kn);
+    std::vector<const T*> kbase(g.kn / g.ax[2].K);
     QueryBlock<V> qb;
     for (i64 it = begin; it < end; ++it) {
       const i64 b = it / (g.H * g.R), h = (it / g.R) % g.H;
