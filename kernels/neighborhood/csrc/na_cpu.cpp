@@ -4,7 +4,7 @@
 // reordered so that every dilation sub-grid is contiguous ("group-major": all tokens of group 0, then group 1, ...);
 // a window never leaves its group, so in reordered coordinates a query's window is a plain range of k tokens.
 //
-// Q, K, V (and dO for the backward) are packed per (batch, head, row) channel-major, `[C][Wp]` with the x axis in
+// Q, K, V (and dO for the backward) are packed per (batch, head, row) channel-major, `[C][W]` with the x axis in
 // the lanes, so SIMD vectors run across neighbouring queries of one row: the score of neighbour j for the N queries
 // of a block is a sum over channels of one query vector times one key vector loaded at that lane's window start. For
 // blocks where every lane's window starts one token after its left neighbour's (the interior of a group) that is an
@@ -278,7 +278,8 @@ struct Geo {
   static constexpr int N = V::N;
   i64 B = 0, H = 0, C = 0, CV = 0;
   Axis ax[3];
-  int R = 0, W = 0, Wp = 0;        // rows (z * y), row length (x), padded row length
+  int R = 0, W = 0, Wp = 0;        // rows (z * y), row length (x), packed row stride (= W)
+  i64 tail = 0;                    // finite values after each packed buffer (window loads of padding lanes)
   int TZ = 1, TY = 1, TX = 1, TXp = 0;  // rpb table extents, padded x extent
   bool small_table = true;        // the rpb x extent fits two vectors (gather2), else gather
   i64 kn = 0;                      // neighbours per query
@@ -291,8 +292,11 @@ struct Geo {
     for (int a = 0; a < 3; ++a) ax[a].init(q.size(1 + a), kernel[a], dilation[a]);
     R = ax[0].L * ax[1].L;
     W = ax[2].L;
-    // Window loads read up to 2N + K past a block's first window start: pad every packed row with zeros.
-    Wp = (W + 2 * N + 2 * ax[2].K + N - 1) / N * N;
+    // Window loads of a block read up to 2N + K values past its first window start. Lanes past the end of a row
+    // read the next row's (or channel's) values, which are finite and never used; only the end of a whole buffer
+    // needs a tail of zeros.
+    Wp = W;
+    tail = 3 * N + 2 * ax[2].K;
     TZ = 2 * ax[0].K - 1;
     TY = 2 * ax[1].K - 1;
     TX = 2 * ax[2].K - 1;
@@ -313,15 +317,33 @@ inline V bias(const typename V::scalar* row, const typename V::I& idx, bool smal
 }
 
 // ------------------------------------------------------------------------------------------------------------------
-// packing: [B, L0, L1, L2, H, C] (any strides, unit channel stride) -> [B, H, R, C, Wp] reordered, padded with zeros
+// Packed buffers are reused across calls of one thread (fresh allocations of this size cost a page fault per 4 KiB
+// on every call); buffers above kKeepBytes are not kept.
+constexpr i64 kKeepBytes = i64(256) << 20;
 
+template <class T>
+T* workspace(int slot, i64 numel, at::Tensor& hold) {
+  thread_local std::array<at::Tensor, 6>* kept = new std::array<at::Tensor, 6>();  // never freed: no exit order issues
+  at::Tensor& t = (*kept)[slot];
+  const auto dt = c10::CppTypeToScalarType<T>::value;
+  if (t.defined() && t.numel() >= numel && t.scalar_type() == dt) {
+    hold = t;
+  } else {
+    hold = at::empty({numel}, at::TensorOptions().dtype(dt));
+    t = numel * (i64)sizeof(T) <= kKeepBytes ? hold : at::Tensor();
+  }
+  return hold.data_ptr<T>();
+}
+
+// packing: [B, L0, L1, L2, H, C] (any strides, unit channel stride) -> [B, H, R, C, W] reordered, plus a zero tail
 template <class V>
-at::Tensor pack(const at::Tensor& src, const Geo<V>& g, double mult) {
+typename V::scalar* pack(const at::Tensor& src, const Geo<V>& g, double mult, int slot, at::Tensor& hold) {
   using T = typename V::scalar;
   const i64 C = src.size(5), Wp = g.Wp, W = g.W, H = g.H, R = g.R;
-  at::Tensor dst = at::empty({g.B * H * R * C * Wp}, src.options());
+  const i64 total = g.B * H * R * C * Wp;
+  T* d = workspace<T>(slot, total + g.tail, hold);
+  std::fill(d + total, d + total + g.tail, T(0));
   const T* s = src.data_ptr<T>();
-  T* d = dst.data_ptr<T>();
   const i64 sb = src.stride(0), sz = src.stride(1), sy = src.stride(2), sx = src.stride(3), sh = src.stride(4);
   const T m = (T)mult;
   const int L0 = g.ax[0].L, L1 = g.ax[1].L;
@@ -337,20 +359,19 @@ at::Tensor pack(const at::Tensor& src, const Geo<V>& g, double mult) {
         if constexpr (std::is_same_v<T, float>) {
           // 16 reordered positions at a time: 16 channel rows loaded, transposed, stored as 16 lane vectors.
           const __m512 mv = _mm512_set1_ps(m);
-          const i64 wt = (W + 15) / 16 * 16;
-          for (i64 c = 0; c < C; ++c) std::fill(out + c * Wp + wt, out + (c + 1) * Wp, 0.f);
-          for (i64 px0 = 0; px0 < wt; px0 += 16) {
+          for (i64 px0 = 0; px0 < W; px0 += 16) {
+            const int nl = (int)std::min<i64>(16, W - px0);
+            const __mmask16 lm = (__mmask16)((1u << nl) - 1);
             for (i64 c0 = 0; c0 < C; c0 += 16) {
               const int nc = (int)std::min<i64>(16, C - c0);
               const __mmask16 cm = (__mmask16)((1u << nc) - 1);
               __m512 r[16];
               for (int l = 0; l < 16; ++l) {
-                const i64 px = px0 + l;
-                r[l] = px < W ? _mm512_mul_ps(_mm512_maskz_loadu_ps(cm, in + g.ax[2].iof[px] * sx + c0), mv)
+                r[l] = l < nl ? _mm512_mul_ps(_mm512_maskz_loadu_ps(cm, in + g.ax[2].iof[px0 + l] * sx + c0), mv)
                               : _mm512_setzero_ps();
               }
               transpose16(r);
-              for (int c = 0; c < nc; ++c) _mm512_storeu_ps(out + (c0 + c) * Wp + px0, r[c]);
+              for (int c = 0; c < nc; ++c) _mm512_mask_storeu_ps(out + (c0 + c) * Wp + px0, lm, r[c]);
             }
           }
           continue;
@@ -361,22 +382,23 @@ at::Tensor pack(const at::Tensor& src, const Geo<V>& g, double mult) {
           T* o = out + g.ax[2].pof[x];
           for (i64 c = 0; c < C; ++c) o[c * Wp] = e[c] * m;
         }
-        for (i64 c = 0; c < C; ++c) std::fill(out + c * Wp + W, out + (c + 1) * Wp, T(0));
       }
     }
   });
-  return dst;
+  return d;
 }
 
 // Per (b, h, row) lanes of a [B, L0, L1, L2, H] fp32 tensor (lse), or of rowsum(a o b) over the channel of two
 // [B, L0, L1, L2, H, CV] tensors (delta = rowsum(dO o O)), as [B, H, R, Wp] in the compute type.
 template <class V>
-at::Tensor pack_rows(const at::Tensor& lse, const at::Tensor& a, const at::Tensor& bb, const Geo<V>& g) {
+typename V::scalar* pack_rows(const at::Tensor& lse, const at::Tensor& a, const at::Tensor& bb, const Geo<V>& g,
+                              int slot, at::Tensor& hold) {
   using T = typename V::scalar;
   const i64 Wp = g.Wp, W = g.W, H = g.H, R = g.R;
   const bool dot = !lse.defined();
-  at::Tensor dst = at::zeros({g.B * H * R * Wp}, (dot ? a : lse).options().dtype(c10::CppTypeToScalarType<T>::value));
-  T* d = dst.data_ptr<T>();
+  const i64 total = g.B * H * R * Wp;
+  T* d = workspace<T>(slot, total + g.tail, hold);
+  std::fill(d + total, d + total + g.tail, T(0));
   const int L0 = g.ax[0].L, L1 = g.ax[1].L;
   const T* pa = dot ? a.data_ptr<T>() : nullptr;
   const T* pb = dot ? bb.data_ptr<T>() : nullptr;
@@ -408,7 +430,7 @@ at::Tensor pack_rows(const at::Tensor& lse, const at::Tensor& a, const at::Tenso
       }
     }
   });
-  return dst;
+  return d;
 }
 
 // ------------------------------------------------------------------------------------------------------------------
@@ -666,7 +688,10 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& q, const at::Tensor& k, c
   constexpr int N = V::N;
   Geo<V> g;
   g.init(q, v, kernel, dilation);
-  at::Tensor qp = pack<V>(q, g, scale), kp = pack<V>(k, g, 1.0), vp = pack<V>(v, g, 1.0);
+  at::Tensor hq, hk, hv;
+  const T* qp = pack<V>(q, g, scale, 0, hq);
+  const T* kp = pack<V>(k, g, 1.0, 1, hk);
+  const T* vp = pack<V>(v, g, 1.0, 2, hv);
   at::Tensor rp;
   if (rpb.has_value()) {
     rp = at::zeros({g.H, g.TZ, g.TY, g.TXp}, q.options());
@@ -674,7 +699,7 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& q, const at::Tensor& k, c
   }
   at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2), q.size(3), q.size(4), v.size(5)}, v.options());
   at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2), q.size(3), q.size(4)}, q.options().dtype(at::kFloat));
-  FwdArgs<V> A{&g, qp.data_ptr<T>(), kp.data_ptr<T>(), vp.data_ptr<T>(), rp.defined() ? rp.data_ptr<T>() : nullptr,
+  FwdArgs<V> A{&g, qp, kp, vp, rp.defined() ? rp.data_ptr<T>() : nullptr,
                out.data_ptr<T>(), lse.data_ptr<float>()};
   at::parallel_for(0, g.B * g.H * g.R, 1, [&](i64 begin, i64 end) {
     std::vector<T> sbuf(g.kn * N + N);
@@ -861,10 +886,13 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dout, const at::Tensor& 
   constexpr int N = V::N;
   Geo<V> g;
   g.init(q, v, kernel, dilation);
-  at::Tensor qp = pack<V>(q, g, scale), kp = pack<V>(k, g, 1.0), vp = pack<V>(v, g, 1.0);
-  at::Tensor dop = pack<V>(dout, g, 1.0);
-  at::Tensor lsep = pack_rows<V>(lse, at::Tensor(), at::Tensor(), g);
-  at::Tensor delp = pack_rows<V>(at::Tensor(), dout, out, g);
+  at::Tensor hq, hk, hv, hdo, hl, hd;
+  const T* qp = pack<V>(q, g, scale, 0, hq);
+  const T* kp = pack<V>(k, g, 1.0, 1, hk);
+  const T* vp = pack<V>(v, g, 1.0, 2, hv);
+  const T* dop = pack<V>(dout, g, 1.0, 3, hdo);
+  const T* lsep = pack_rows<V>(lse, at::Tensor(), at::Tensor(), g, 4, hl);
+  const T* delp = pack_rows<V>(at::Tensor(), dout, out, g, 5, hd);
   at::Tensor rp, part;
   const i64 TT = (i64)g.TZ * g.TY * g.TX;
   if (rpb.has_value()) {
@@ -874,8 +902,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dout, const at::Tensor& 
   }
   at::Tensor dq = at::empty(q.sizes(), q.options()), dk = at::empty(k.sizes(), k.options());
   at::Tensor dv = at::empty(v.sizes(), v.options());
-  BwdArgs<V> A{&g, qp.data_ptr<T>(), kp.data_ptr<T>(), vp.data_ptr<T>(), dop.data_ptr<T>(), lsep.data_ptr<T>(),
-               delp.data_ptr<T>(), rp.defined() ? rp.data_ptr<T>() : nullptr, dq.data_ptr<T>(), dk.data_ptr<T>(),
+  BwdArgs<V> A{&g, qp, kp, vp, dop, lsep, delp, rp.defined() ? rp.data_ptr<T>() : nullptr, dq.data_ptr<T>(), dk.data_ptr<T>(),
                dv.data_ptr<T>(), part.defined() ? part.data_ptr<T>() : nullptr, (T)scale};
   at::parallel_for(0, g.B * g.H * g.R, 1, [&](i64 begin, i64 end) {
     std::vector<T> dsbuf(g.kn * N + N);
