@@ -7,8 +7,9 @@ import timm
 from . import biformer  # noqa: F401
 from . import dinats  # noqa: F401
 from . import nat  # noqa: F401
+from . import s2aformer  # noqa: F401
 
-HIERVIT_MODULES = ('biformer', 'dinats', 'nat')
+HIERVIT_MODULES = ('biformer', 'dinats', 'nat', 's2aformer')
 
 
 def list_hiervit_models(pattern: str = '', pretrained: bool = False) -> List[str]:

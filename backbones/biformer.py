@@ -32,7 +32,7 @@ from timm.models import (
 )
 
 from hiervit.backbones._compat import feature_take_indices
-from hiervit.kernels.routed import routed_attention
+from hiervit.kernels.routed import routed_attention_op
 
 __all__ = ['BiFormer']
 
@@ -114,9 +114,8 @@ class BiLevelRoutingAttention(nn.Module):
 
         q, k, v = self.qkv(x).split([C, C, C], dim=-1)  # each [B, Hp, Wp, C]
         idx = self.route(q, k, rh, rw)
-        out = routed_attention(
-            self._to_regions(q, rh, rw), self._to_regions(k, rh, rw), self._to_regions(v, rh, rw), idx,
-            scale=self.scale,
+        out = routed_attention_op(
+            self._to_regions(q, rh, rw), self._to_regions(k, rh, rw), self._to_regions(v, rh, rw), idx, self.scale,
         )  # [B, heads, n*n, rh*rw, C // heads]
         out = out.reshape(B, self.num_heads, n, n, rh, rw, C // self.num_heads)
         out = out.permute(0, 2, 4, 3, 5, 1, 6).reshape(B, Hp, Wp, C)

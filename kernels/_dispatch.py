@@ -1,7 +1,7 @@
 """Backend selection shared by every op in `hiervit.kernels`.
 
-Each op owns one `Dispatcher`. A backend declares, per call, either that it can run the call or *why* it cannot
-(device, dtype, shape, missing package, autograd). Selection order:
+Each op owns one `Dispatcher` (made by its `_op.KernelOp`). A backend declares, per call, either that it can run the
+call or *why* it cannot (device, dtype, shape, missing package, autograd). Selection order (inside the op):
 
 1. the op's `backend=` argument,
 2. the environment: `HIERVIT_<OP>_BACKEND` (e.g. `HIERVIT_NEIGHBORHOOD_BACKEND=reference`), then `HIERVIT_BACKEND`,
@@ -36,15 +36,24 @@ def module_available(name: str) -> bool:
 class Backend:
     """One implementation of an op, as the dispatcher sees it.
 
-    The dispatcher only chooses a name; each op runs the chosen name through its own entry point (a custom op that
-    imports the backend module inside itself), so selection imports nothing and stays traceable by torch.compile.
+    The dispatcher only chooses a name; the op's custom op (`_op.KernelOp`) selects inside itself and imports the
+    chosen module there, so selection imports nothing and a model's graph holds one op call whatever backend runs.
 
     Args:
         name: Short public name (`reference`, `cpu`, `triton`, ...).
         check: Called with the op's problem description; returns None when the backend can run it, else the reason.
+        module: Import path of the module implementing it (imported lazily, on the first call it runs).
+        forward: Name of the module's forward function.
+        backward: Name of the module's backward function (None: forward only).
+        in_op: False for a backend that must run outside the custom op (one that records its own autograd graph);
+            the op's public function calls it directly.
     """
     name: str
     check: Callable[[Any], Optional[str]]
+    module: str = ''
+    forward: str = 'forward'
+    backward: Optional[str] = 'backward'
+    in_op: bool = True
 
 
 class Dispatcher:

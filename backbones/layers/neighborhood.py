@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
 
-from hiervit.kernels.neighborhood import neighborhood_attention
+from hiervit.kernels.neighborhood import neighborhood_attention_op
 
 __all__ = ['NeighborhoodAttention2d']
 
@@ -44,7 +44,7 @@ class NeighborhoodAttention2d(nn.Module):
             qkv_bias: Bias in the qkv projection.
             qk_scale: Logit scale; head_dim ** -0.5 when None.
             proj_drop: Dropout after the output projection.
-            backend: Force a backend of the neighborhood op (None: the op's dispatcher chooses).
+            backend: Force a backend of the neighborhood op (None/'auto': the op chooses, inside itself).
         """
         super().__init__()
         if dim % num_heads:
@@ -58,7 +58,7 @@ class NeighborhoodAttention2d(nn.Module):
         self.scale = qk_scale or self.head_dim ** -0.5
         self.kernel_size = kernel_size
         self.dilation = dilation
-        self.backend = backend
+        self.backend: str = backend or 'auto'
 
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.rpb = nn.Parameter(torch.zeros(num_heads, 2 * kernel_size - 1, 2 * kernel_size - 1))
@@ -75,13 +75,9 @@ class NeighborhoodAttention2d(nn.Module):
         Hp, Wp = H + pad_b, W + pad_r
         # [B, Hp, Wp, 3C] -> 3 x [B, Hp, Wp, heads, head_dim] (heads-last, the op's layout: no permute needed)
         q, k, v = self.qkv(x).reshape(B, Hp, Wp, 3, self.num_heads, self.head_dim).unbind(3)
-        x = neighborhood_attention(
-            q, k, v, self.kernel_size,
-            dilation=self.dilation,
-            rpb=self.rpb,
-            scale=self.scale,
-            backend=self.backend,
-        )
+        x = neighborhood_attention_op(
+            q, k, v, [self.kernel_size, self.kernel_size], [self.dilation, self.dilation], self.rpb, self.scale,
+            self.backend)
         x = x.reshape(B, Hp, Wp, C)
         if pad_b or pad_r:
             # Only slice when padded: a no-op slice is still a view, and a view saved for the backward of `proj`

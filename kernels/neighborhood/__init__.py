@@ -21,19 +21,18 @@ neighbours; accepts everything, the test oracle), and the peers `natten` / `flex
 no rpb; on CPU uncompiled FlexAttention, forward only; called directly, not through the custom op, so that NATTEN's
 autograd works on CUDA). Auto order: triton on CUDA, cpu on CPU, then reference.
 
-The op is registered as the torch custom ops `hiervit::neighborhood_attention_fwd` / `_bwd` with fake (meta)
-kernels, autograd and FLOP formulas, so it works under `torch.compile`, on meta tensors and in `FlopCounterMode`.
-The backend is resolved in Python before the op is called and passed to it as a string; that resolution is traced by
-dynamo, so it must not import anything (an import is a graph break, and graph breaks inside every block of a model
-turn into recompiles with dynamic shapes): package availability is probed once at import time, and the backend
-modules are imported inside the op, which dynamo does not trace.
+The op is declared on the shared scaffold (`hiervit.kernels._op.KernelOp`) as the torch custom ops
+`hiervit::neighborhood_attention_fwd` / `_bwd` (fake kernels, autograd, FLOP formulas, the reference as the
+export/ONNX decomposition), so it works under `torch.compile`, FX, TorchScript, `torch.export`, on meta tensors and in
+`FlopCounterMode`. The backend request (`'auto'` or a name) is the op's last argument and is resolved inside the op;
+models call `neighborhood_attention_op`, one op call whatever backend runs. Package availability is probed once at
+import time, and the backend modules are imported inside the op, which dynamo does not trace.
 
 FLOP convention (as torch's SDPA counter: matmuls only, softmax and bias ignored; exact for NA because every query
 sees prod(kernel) keys):
     forward  = 2 * B * heads * prod(spatial) * prod(kernel) * (d + dv)   (= 4 * ... * d when dv == d)
     backward = 2 * forward (dP, dV, dQ, dK; a recomputation of the scores some backends do is not counted).
 """
-import importlib
 import math
 import os
 from dataclasses import dataclass
@@ -41,16 +40,16 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
-from torch.utils.flop_counter import register_flop_formula
 
-from .._dispatch import Backend, BackendError, Dispatcher, module_available
+from .._dispatch import Backend, module_available
+from .._op import FLOAT_TYPES, KernelOp, check_tensors
 from . import peers
 
 __all__ = [
-    'neighborhood_attention', 'na_dispatcher', 'NAProblem', 'check_na_args', 'neighborhood_attention_flops',
+    'neighborhood_attention', 'neighborhood_attention_op', 'na_dispatcher', 'NAProblem', 'check_na_args',
+    'neighborhood_attention_flops', 'NEIGHBORHOOD',
 ]
 
-_FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # Probed once: `importlib.util.find_spec` inside a compiled region is a graph break.
 _HAS_TRITON = module_available('triton')
 _HAS_NATTEN = module_available('natten')
@@ -119,30 +118,7 @@ def _check_natten(p: NAProblem, flex: bool) -> Optional[str]:
     return None
 
 
-# name -> (acceptance check, module, forward attr, backward attr). cpu comes before triton so that under
-# TRITON_INTERPRET=1 (tests) CPU tensors still pick the cpu backend by default; triton refuses nothing on CUDA that
-# cpu accepts, so auto = triton on CUDA, cpu on CPU, reference for anything else (e.g. meta tensors).
-_PKG = __name__
-_BACKENDS = {
-    'cpu': (_check_cpu, f'{_PKG}.cpu', 'forward', 'backward'),
-    'triton': (_check_triton, f'{_PKG}.triton', 'forward', 'backward'),
-    'reference': (_check_reference, f'{_PKG}.reference', 'forward', 'backward'),
-    'natten': (lambda p: _check_natten(p, flex=False), f'{_PKG}.peers', 'natten_forward', None),
-    'flex': (lambda p: _check_natten(p, flex=True), f'{_PKG}.peers', 'flex_forward', None),
-}
-_BACKENDS = {n: v for n, v in _BACKENDS.items() if importlib.util.find_spec(v[1]) is not None}
 _PEERS = {'natten': peers.natten_forward, 'flex': peers.flex_forward}
-
-na_dispatcher = Dispatcher('neighborhood', [Backend(n, c) for n, (c, *_) in _BACKENDS.items()])
-
-
-def _impl(name: str, which: int):
-    if name not in _BACKENDS:
-        raise BackendError(f'neighborhood: unknown backend {name!r}; choose one of {list(_BACKENDS)}.')
-    entry = _BACKENDS[name]
-    if entry[which] is None:
-        raise BackendError(f'neighborhood: backend {name!r} runs outside the custom op (NATTEN\'s own autograd).')
-    return getattr(importlib.import_module(entry[1]), entry[which])
 
 
 def _per_axis(value: IntOrTuple, rank: int, name: str) -> Tuple[int, ...]:
@@ -162,11 +138,7 @@ def check_na_args(
         q: Tensor, k: Tensor, v: Tensor, kernel_size: IntOrTuple, dilation: IntOrTuple, rpb: Optional[Tensor],
 ) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
     """Validate a call; returns per-axis (kernel_size, dilation)."""
-    for name, t in (('q', q), ('k', k), ('v', v)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f'neighborhood_attention: {name} must be a torch.Tensor, got {type(t).__name__}.')
-        if t.dtype not in _FLOAT_TYPES:
-            raise ValueError(f'neighborhood_attention: {name} must be a floating tensor, got {t.dtype}.')
+    check_tensors('neighborhood_attention', q=q, k=k, v=v)
     if not 4 <= q.dim() <= 6:
         raise ValueError(
             f'neighborhood_attention: q must be [B, *spatial, heads, head_dim] with 1 to 3 spatial axes (4-D to 6-D), '
@@ -179,13 +151,10 @@ def check_na_args(
         raise ValueError(
             f'neighborhood_attention: v {tuple(v.shape)} must match q {tuple(q.shape)} in all but the last '
             f'(head_dim) axis.')
-    if not (q.dtype == k.dtype == v.dtype):
-        raise ValueError(f'neighborhood_attention: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}.')
-    if not (q.device == k.device == v.device):
-        raise ValueError(f'neighborhood_attention: q, k, v must be on one device, got {q.device}, {k.device}, '
-                         f'{v.device}.')
-    if q.numel() == 0 or v.numel() == 0:
-        raise ValueError(f'neighborhood_attention: empty inputs q {tuple(q.shape)}, v {tuple(v.shape)}.')
+    if min(q.shape[1:]) == 0 or v.shape[-1] == 0:
+        raise ValueError(
+            f'neighborhood_attention: empty inputs q {tuple(q.shape)}, v {tuple(v.shape)} (only the batch may be '
+            f'empty).')
     rank = q.dim() - 3
     spatial = tuple(q.shape[1:-2])
     kernel = _per_axis(kernel_size, rank, 'kernel_size')
@@ -204,7 +173,7 @@ def check_na_args(
             raise ValueError(
                 f'neighborhood_attention: rpb must have shape [heads, *(2 * kernel_size - 1)] = {list(want)}, got '
                 f'{list(rpb.shape)}.')
-        if rpb.dtype not in _FLOAT_TYPES:
+        if rpb.dtype not in FLOAT_TYPES:
             raise ValueError(f'neighborhood_attention: rpb must be a floating tensor, got {rpb.dtype}.')
         if rpb.device != q.device:
             raise ValueError(f'neighborhood_attention: rpb is on {rpb.device} but q is on {q.device}.')
@@ -235,22 +204,24 @@ def neighborhood_attention(
         scale = q.shape[-1] ** -0.5
     elif isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f'neighborhood_attention: scale must be a Python number or None, got {type(scale).__name__}.')
-    tensors = (q, k, v) if rpb is None else (q, k, v, rpb)
-    problem = NAProblem(
-        device=q.device, dtype=q.dtype, batch=q.shape[0], spatial=tuple(q.shape[1:-2]), heads=q.shape[-2],
-        dim=q.shape[-1], v_dim=v.shape[-1], kernel=kernel, dilation=dil, has_rpb=rpb is not None,
-        needs_grad=torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-    name = na_dispatcher.select(problem, backend)
-    return _run(name, q, k, v, rpb, list(kernel), list(dil), float(scale))
-
-
-def _run(name: str, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], kernel: List[int], dilation: List[int],
-         scale: float) -> Tensor:
-    """Run backend `name`: the peers directly, everything else through the custom op."""
-    if name in _PEERS:
+    requested, _ = na_dispatcher.requested(backend)
+    if requested in _PEERS:
         # NATTEN's autograd records its own graph, which cannot happen inside a custom op: call it directly.
-        return _PEERS[name](q, k, v, None, kernel, dilation, scale)[0]
-    return neighborhood_attention_fwd(q, k, v, rpb, kernel, dilation, scale, name)[0]
+        tensors = (q, k, v) if rpb is None else (q, k, v, rpb)
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+        name = na_dispatcher.select(_problem(q, k, v, rpb, kernel, dil, scale, needs_grad), backend)
+        return _PEERS[name](q, k, v, None, list(kernel), list(dil), float(scale))[0]
+    return torch.ops.hiervit.neighborhood_attention_fwd(q, k, v, rpb, list(kernel), list(dil), float(scale),
+                                                        backend or 'auto')[0]
+
+
+def neighborhood_attention_op(
+        q: Tensor, k: Tensor, v: Tensor, kernel_size: List[int], dilation: List[int], rpb: Optional[Tensor],
+        scale: float, backend: str = 'auto',
+) -> Tensor:
+    """`neighborhood_attention` as models call it: one op call, scriptable by TorchScript and a leaf for FX (all
+    checks and the backend choice run inside the op). kernel_size/dilation: one int per spatial axis."""
+    return torch.ops.hiervit.neighborhood_attention_fwd(q, k, v, rpb, kernel_size, dilation, scale, backend)[0]
 
 
 def neighborhood_attention_flops(
@@ -266,66 +237,39 @@ def neighborhood_attention_flops(
     return 2 * fwd if backward else fwd
 
 
-@torch.library.custom_op('hiervit::neighborhood_attention_fwd', mutates_args=())
-def neighborhood_attention_fwd(
-        q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], kernel_size: List[int], dilation: List[int],
-        scale: float, backend: str,
-) -> Tuple[Tensor, Tensor]:
-    """Output (shape of v) and fp32 log-sum-exp of the logits `[B, *spatial, heads]` (saved for the backward)."""
-    out, lse = _impl(backend, 2)(q, k, v, rpb, kernel_size, dilation, scale)
-    # Contiguous whatever the backend returns: the fake kernel below promises these strides to the compiler.
-    return out.contiguous(), lse.contiguous()
+def _problem(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], kernel_size: Sequence[int],
+             dilation: Sequence[int], scale: float, needs_grad: bool = False) -> NAProblem:
+    # Inside the op autograd is the op's own (needs_grad=False); only the peers outside it care.
+    kernel, dil = check_na_args(q, k, v, kernel_size, dilation, rpb)
+    return NAProblem(
+        device=q.device, dtype=q.dtype, batch=q.shape[0], spatial=tuple(q.shape[1:-2]), heads=q.shape[-2],
+        dim=q.shape[-1], v_dim=v.shape[-1], kernel=kernel, dilation=dil, has_rpb=rpb is not None,
+        needs_grad=needs_grad)
 
 
-@neighborhood_attention_fwd.register_fake
-def _(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], kernel_size: List[int], dilation: List[int],
-      scale: float, backend: str) -> Tuple[Tensor, Tensor]:
+def _fake(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], kernel_size: List[int], dilation: List[int],
+          scale: float) -> Tuple[Tensor, Tensor]:
     # new_empty (contiguous), not empty_like: v is usually a strided view of the qkv projection.
     return v.new_empty(v.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 
-@torch.library.custom_op('hiervit::neighborhood_attention_bwd', mutates_args=())
-def neighborhood_attention_bwd(
-        dout: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], out: Tensor, lse: Tensor,
-        kernel_size: List[int], dilation: List[int], scale: float, backend: str,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of q, k, v and rpb (an empty tensor when rpb is None)."""
-    dq, dk, dv, drpb = _impl(backend, 3)(dout, q, k, v, rpb, out, lse, kernel_size, dilation, scale)
-    if drpb is None:
-        drpb = q.new_empty(0)
-    return dq.contiguous(), dk.contiguous(), dv.contiguous(), drpb.contiguous()
-
-
-@neighborhood_attention_bwd.register_fake
-def _(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], out: Tensor, lse: Tensor,
-      kernel_size: List[int], dilation: List[int], scale: float, backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    drpb = rpb.new_empty(rpb.shape) if rpb is not None else q.new_empty(0)
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), drpb
-
-
-def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, rpb, kernel_size, dilation, scale, backend = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, rpb, out, lse)
-    ctx.args = (kernel_size, dilation, scale, backend)
-    ctx.mark_non_differentiable(lse)
-
-
-def _backward(ctx, dout: Tensor, dlse: Optional[Tensor]):
-    q, k, v, rpb, out, lse = ctx.saved_tensors
-    dq, dk, dv, drpb = neighborhood_attention_bwd(dout.contiguous(), q, k, v, rpb, out, lse, *ctx.args)
-    return dq, dk, dv, (drpb if rpb is not None else None), None, None, None, None
-
-
-neighborhood_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-
-@register_flop_formula(torch.ops.hiervit.neighborhood_attention_fwd)
-def _fwd_flops(q_shape, k_shape, v_shape, rpb_shape, kernel_size, *args, **kwargs) -> int:
-    return neighborhood_attention_flops(q_shape, kernel_size, v_shape[-1])
-
-
-@register_flop_formula(torch.ops.hiervit.neighborhood_attention_bwd)
-def _bwd_flops(dout_shape, q_shape, k_shape, v_shape, rpb_shape, fwd_out_shape, lse_shape, kernel_size, *args,
-               **kwargs) -> int:
-    return neighborhood_attention_flops(q_shape, kernel_size, v_shape[-1], backward=True)
+_PKG = __name__
+# cpu comes before triton so that under TRITON_INTERPRET=1 (tests) CPU tensors still pick the cpu backend by default;
+# triton refuses nothing on CUDA that cpu accepts, so auto = triton on CUDA, cpu on CPU, reference for anything else
+# (e.g. meta tensors). The NATTEN peers come last (reference accepts every call, so auto never reaches them).
+NEIGHBORHOOD = KernelOp(
+    'neighborhood_attention',
+    inputs='Tensor q, Tensor k, Tensor v, Tensor? rpb', attrs='int[] kernel_size, int[] dilation, float scale',
+    outputs=('out', 'lse'), differentiable_outputs=1, grads=('q', 'k', 'v', 'rpb'),
+    backends=[
+        Backend('cpu', _check_cpu, f'{_PKG}.cpu'),
+        Backend('triton', _check_triton, f'{_PKG}.triton'),
+        Backend('reference', _check_reference, f'{_PKG}.reference'),
+        Backend('natten', lambda p: _check_natten(p, flex=False), f'{_PKG}.peers', 'natten_forward', None, False),
+        Backend('flex', lambda p: _check_natten(p, flex=True), f'{_PKG}.peers', 'flex_forward', None, False),
+    ],
+    problem=_problem, fake=_fake,
+    flops=lambda q, k, v, rpb, kernel_size, *attrs: neighborhood_attention_flops(q, kernel_size, v[-1]),
+    reference=f'{_PKG}.reference',
+)
+na_dispatcher = NEIGHBORHOOD.dispatcher

@@ -15,7 +15,6 @@ All coordinates inside the kernels are dilation sub-grid coordinates: a program 
   interpreter's low-precision dot is unreliable). Launch configurations are fixed (no autotuning), so the kernels
   also run in the interpreter without a GPU driver.
 """
-import os
 from typing import List, Optional, Tuple
 
 import torch
@@ -23,6 +22,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._op import triton_precision
 from .reference import neighbor_index
 
 __all__ = ['forward', 'backward']
@@ -284,10 +284,9 @@ def _launch_args(q: Tensor, v: Tensor, kernel: List[int], dilation: List[int]):
     grid = (dilation[0] * dilation[1] * n_ty * n_tx, B * heads)
     shape = (H, W, heads, dilation[0], dilation[1], n_ty, n_tx)
     strides = (q.stride(0), q.stride(1), q.stride(2), v.stride(0), v.stride(1), v.stride(2))
-    # fp32 operands (exact 'ieee' products, not TF32) for fp32 inputs and in the interpreter.
-    f32 = os.environ.get('TRITON_INTERPRET', '0') == '1' or q.dtype == torch.float32
+    f32, prec = triton_precision(q.dtype)
     meta = dict(KH=kernel[0], KW=kernel[1], D=d, DV=v.shape[-1], BD=_pow2(d), BDV=_pow2(v.shape[-1]), TY=TY, TX=TX,
-                F32_DOT=f32, PREC='ieee' if f32 else 'tf32',
+                F32_DOT=f32, PREC=prec,
                 num_warps=4 if max(d, v.shape[-1]) <= 64 else 8)
     return grid, shape, strides, meta
 

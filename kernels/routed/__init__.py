@@ -6,30 +6,28 @@ blocks (regions), a routing step picks `topk` key blocks per query block, and ev
 
 Public API: `routed_attention(q, k, v, idx, scale=None, backend=None)` and `routed_dispatcher`.
 
-The op is registered as the torch custom ops `hiervit::routed_attention_fwd` / `hiervit::routed_attention_bwd`
-(fake kernels for meta/fake tensors, autograd, FLOP formulas for `FlopCounterMode`), so it can be traced by
-`torch.compile` and counted by FLOP tools. The backend is chosen in Python before the op call and passed as a string.
+The op is declared on the shared scaffold (`hiervit.kernels._op.KernelOp`) as the torch custom ops
+`hiervit::routed_attention_fwd` / `hiervit::routed_attention_bwd` (fake kernels, autograd, FLOP formulas, the
+reference as the export/ONNX decomposition). The backend request (`'auto'` or a name) is the op's last argument and
+is resolved inside the op, so a traced model holds one op call whatever backend runs.
 
 FLOP convention (as torch's SDPA counter: matmuls only, softmax ignored):
     forward  = 2 * B * heads * Nq * Tq * topk * Tk * (d + dv)
     backward = 2 * forward (dq, dk, dv and the probability gradient; the recomputation of the scores some backends
     do is not counted).
 """
-import importlib
 import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.utils.flop_counter import register_flop_formula
 
-from .._dispatch import Backend, BackendError, Dispatcher, module_available
+from .._dispatch import Backend, module_available
+from .._op import KernelOp, check_tensors
 
 __all__ = ['routed_attention', 'routed_dispatcher', 'routed_problem', 'RoutedProblem', 'check_routed_args',
-           'routed_flops']
-
-_FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+           'routed_flops', 'routed_attention_op', 'ROUTED']
 
 
 @dataclass(frozen=True)
@@ -55,8 +53,6 @@ def _check_reference(p: RoutedProblem) -> Optional[str]:
 def _check_cpu(p: RoutedProblem) -> Optional[str]:
     if p.device.type != 'cpu':
         return f'tensors are on {p.device.type}, the cpu backend runs on CPU tensors only'
-    if p.dtype not in _FLOAT_TYPES:
-        return f'dtype {p.dtype} is not supported (use float16, bfloat16, float32 or float64)'
     return None
 
 
@@ -78,41 +74,16 @@ def _check_triton(p: RoutedProblem) -> Optional[str]:
     return None
 
 
-# cpu before triton: under TRITON_INTERPRET=1 (tests) CPU tensors must still pick the cpu backend by default,
-# and the cpu backend refuses CUDA tensors, so auto = triton on CUDA, cpu on CPU, reference for anything else.
-_BACKENDS = {
-    'cpu': (_check_cpu, 'hiervit.kernels.routed.cpu'),
-    'triton': (_check_triton, 'hiervit.kernels.routed.triton'),
-    'reference': (_check_reference, 'hiervit.kernels.routed.reference'),
-}
-_BACKENDS = {n: v for n, v in _BACKENDS.items() if importlib.util.find_spec(v[1]) is not None}
-
-# Every backend runs through the one custom op (the backend name is its last argument); backend modules are
-# imported lazily inside the op.
-routed_dispatcher = Dispatcher('routed', [Backend(n, c) for n, (c, _) in _BACKENDS.items()])
-
-
-def _backend_module(name: str):
-    if name not in _BACKENDS:
-        raise BackendError(f'routed: unknown backend {name!r}; choose one of {list(_BACKENDS)}.')
-    return importlib.import_module(_BACKENDS[name][1])
-
-
 def check_routed_args(q: Tensor, k: Tensor, v: Tensor, idx: Tensor) -> Tensor:
     """Validate a call; returns idx as `[B, heads, Nq, topk]` (a broadcast view when it is shared across heads)."""
+    check_tensors('routed_attention', q=q, k=k, v=v)
     for name, t in (('q', q), ('k', k), ('v', v)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f'routed_attention: {name} must be a torch.Tensor, got {type(t).__name__}.')
         if t.dim() != 5:
             raise ValueError(
                 f'routed_attention: {name} must be 5-D [B, heads, blocks, tokens, dim], got shape {tuple(t.shape)}.')
-        if t.dtype not in _FLOAT_TYPES:
-            raise ValueError(f'routed_attention: {name} must be a floating tensor, got {t.dtype}.')
     if not isinstance(idx, Tensor):
         raise TypeError(f'routed_attention: idx must be a torch.Tensor of int64, got {type(idx).__name__}.')
-    if not (q.dtype == k.dtype == v.dtype):
-        raise ValueError(f'routed_attention: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}.')
-    if not (q.device == k.device == v.device == idx.device):
+    if q.device != idx.device:
         raise ValueError(
             f'routed_attention: q, k, v, idx must be on one device, got {q.device}, {k.device}, {v.device}, '
             f'{idx.device}.')
@@ -127,8 +98,10 @@ def check_routed_args(q: Tensor, k: Tensor, v: Tensor, idx: Tensor) -> Tensor:
         raise ValueError(
             f'routed_attention: v blocks/tokens {tuple(v.shape[2:4])} must match k blocks/tokens '
             f'{tuple(k.shape[2:4])}.')
-    if min(q.shape) == 0 or min(k.shape) == 0 or v.shape[-1] == 0:
-        raise ValueError(f'routed_attention: empty inputs q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}.')
+    if min(q.shape[1:]) == 0 or min(k.shape[1:]) == 0 or v.shape[-1] == 0:
+        raise ValueError(
+            f'routed_attention: empty inputs q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} (only the '
+            f'batch may be empty).')
     if idx.dtype != torch.int64:
         raise ValueError(f'routed_attention: idx must be int64 (as returned by torch.topk), got {idx.dtype}.')
     if idx.dim() == 3:
@@ -148,12 +121,18 @@ def check_routed_args(q: Tensor, k: Tensor, v: Tensor, idx: Tensor) -> Tensor:
     Nk, topk = k.shape[2], idx.shape[-1]
     if not 1 <= topk <= Nk:
         raise ValueError(f'routed_attention: topk (idx.shape[-1]) = {topk} must be in [1, Nk={Nk}].')
-    if not (idx.is_meta or torch.compiler.is_compiling()):
-        lo, hi = torch.aminmax(idx)
-        lo, hi = int(lo), int(hi)
-        if lo < 0 or hi >= Nk:
-            raise ValueError(f'routed_attention: idx values must be in [0, Nk={Nk}), got min {lo}, max {hi}.')
     return idx
+
+
+def _check_idx_values(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, scale: float) -> None:
+    """The data-dependent check (real tensors only, inside the op)."""
+    if idx.is_meta or idx.numel() == 0:
+        return
+    Nk = k.shape[2]
+    lo, hi = torch.aminmax(idx)
+    lo, hi = int(lo), int(hi)
+    if lo < 0 or hi >= Nk:
+        raise ValueError(f'routed_attention: idx values must be in [0, Nk={Nk}), got min {lo}, max {hi}.')
 
 
 def routed_problem(q: Tensor, k: Tensor, v: Tensor, idx: Tensor) -> RoutedProblem:
@@ -183,14 +162,18 @@ def routed_attention(
     Returns:
         `[B, heads, Nq, Tq, dv]`; query i attends jointly (one softmax) to the `topk * Tk` selected keys.
     """
-    idx = check_routed_args(q, k, v, idx)
+    check_routed_args(q, k, v, idx)
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    elif not isinstance(scale, (int, float)):
+    elif isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f'routed_attention: scale must be a Python number or None, got {type(scale).__name__}.')
-    name = routed_dispatcher.select(routed_problem(q, k, v, idx), backend)
-    out, _ = routed_attention_fwd(q, k, v, idx, float(scale), name)
-    return out
+    return torch.ops.hiervit.routed_attention_fwd(q, k, v, idx, float(scale), backend or 'auto')[0]
+
+
+def routed_attention_op(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, scale: float, backend: str = 'auto') -> Tensor:
+    """`routed_attention` as models call it: one op call, scriptable by TorchScript and a leaf for FX (all checks
+    and the backend choice run inside the op)."""
+    return torch.ops.hiervit.routed_attention_fwd(q, k, v, idx, scale, backend)[0]
 
 
 def routed_flops(q_shape, k_shape, v_shape, idx_shape) -> int:
@@ -200,59 +183,36 @@ def routed_flops(q_shape, k_shape, v_shape, idx_shape) -> int:
     return 2 * B * H * Nq * Tq * idx_shape[-1] * Tk * (d + dv)
 
 
-@torch.library.custom_op('hiervit::routed_attention_fwd', mutates_args=())
-def routed_attention_fwd(
-        q: Tensor, k: Tensor, v: Tensor, idx: Tensor, scale: float, backend: str,
-) -> Tuple[Tensor, Tensor]:
-    """Output `[B, H, Nq, Tq, dv]` and log-sum-exp `[B, H, Nq, Tq]` (fp32, fp64 for fp64 inputs; for the backward)."""
-    out, lse = _backend_module(backend).forward(q, k, v, idx, scale)
-    return out, lse
+def _problem(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, scale: float) -> RoutedProblem:
+    return routed_problem(q, k, v, check_routed_args(q, k, v, idx))
 
 
-@routed_attention_fwd.register_fake
-def _(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, scale: float, backend: str) -> Tuple[Tensor, Tensor]:
+def _fake(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, scale: float) -> Tuple[Tensor, Tensor]:
     lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     return q.new_empty(*q.shape[:4], v.shape[-1]), q.new_empty(q.shape[:4], dtype=lse_dtype)
 
 
-@torch.library.custom_op('hiervit::routed_attention_bwd', mutates_args=())
-def routed_attention_bwd(
-        dout: Tensor, q: Tensor, k: Tensor, v: Tensor, idx: Tensor, out: Tensor, lse: Tensor, scale: float,
-        backend: str,
-) -> Tuple[Tensor, Tensor, Tensor]:
-    """Gradients of q, k, v."""
-    dq, dk, dv = _backend_module(backend).backward(dout, q, k, v, idx, out, lse, scale)
-    return dq, dk, dv
+def _prepare(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, scale: float):
+    # Backends take idx per head: a [B, Nq, topk] routing is broadcast over the heads (a view).
+    if idx.dim() == 3:
+        idx = idx.unsqueeze(1).expand(q.shape[0], q.shape[1], *idx.shape[1:])
+    return (q, k, v, idx), (scale,)
 
 
-@routed_attention_bwd.register_fake
-def _(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, idx: Tensor, out: Tensor, lse: Tensor, scale: float,
-      backend: str) -> Tuple[Tensor, Tensor, Tensor]:
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-
-
-def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, idx, scale, backend = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, idx, out, lse)
-    ctx.scale, ctx.backend = scale, backend
-    ctx.mark_non_differentiable(lse)
-
-
-def _backward(ctx, dout: Tensor, dlse: Optional[Tensor]):
-    q, k, v, idx, out, lse = ctx.saved_tensors
-    dq, dk, dv = routed_attention_bwd(dout.contiguous(), q, k, v, idx, out, lse, ctx.scale, ctx.backend)
-    return dq, dk, dv, None, None, None
-
-
-routed_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-
-@register_flop_formula(torch.ops.hiervit.routed_attention_fwd)
-def _fwd_flops(q_shape, k_shape, v_shape, idx_shape, *args, **kwargs) -> int:
-    return routed_flops(q_shape, k_shape, v_shape, idx_shape)
-
-
-@register_flop_formula(torch.ops.hiervit.routed_attention_bwd)
-def _bwd_flops(dout_shape, q_shape, k_shape, v_shape, idx_shape, *args, **kwargs) -> int:
-    return 2 * routed_flops(q_shape, k_shape, v_shape, idx_shape)
+_PKG = __name__
+# cpu before triton: under TRITON_INTERPRET=1 (tests) CPU tensors must still pick the cpu backend by default,
+# and the cpu backend refuses CUDA tensors, so auto = triton on CUDA, cpu on CPU, reference for anything else.
+ROUTED = KernelOp(
+    'routed_attention',
+    inputs='Tensor q, Tensor k, Tensor v, Tensor idx', attrs='float scale', outputs=('out', 'lse'),
+    differentiable_outputs=1, grads=('q', 'k', 'v'),
+    backends=[
+        Backend('cpu', _check_cpu, f'{_PKG}.cpu'),
+        Backend('triton', _check_triton, f'{_PKG}.triton'),
+        Backend('reference', _check_reference, f'{_PKG}.reference'),
+    ],
+    problem=_problem, fake=_fake, check_values=_check_idx_values, prepare=_prepare,
+    flops=lambda q, k, v, idx, scale: routed_flops(q, k, v, idx),
+    reference=f'{_PKG}.reference',
+)
+routed_dispatcher = ROUTED.dispatcher

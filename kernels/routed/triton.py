@@ -18,13 +18,14 @@ the head dims are one tile each (<= 256). The kernels compile for sm_90 (checked
 been run under the interpreter. Accumulation is fp32. Under `TRITON_INTERPRET=1` (CPU tests) every dot runs in
 fp32, because the interpreter's low-precision `tl.dot` is not exact.
 """
-import os
 from typing import Tuple
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from .._op import triton_precision
 
 __all__ = ['forward', 'backward']
 
@@ -170,14 +171,13 @@ def _pow2_tile(n: int, cap: int) -> int:
 
 
 def _meta(q: Tensor, k: Tensor, v: Tensor) -> dict:
-    interpret = os.environ.get('TRITON_INTERPRET', '0') == '1'
+    dot_f32, precision = triton_precision(q.dtype)
     block_d, block_dv = _pow2_tile(q.shape[4], 256), _pow2_tile(v.shape[4], 256)
     token_cap = max(16, min(MAX_TOKEN_TILE, _TILE_BYTES // (max(block_d, block_dv) * q.element_size())))
     return dict(
         BLOCK_TQ=_pow2_tile(q.shape[3], token_cap), BLOCK_TK=_pow2_tile(k.shape[3], token_cap),
         BLOCK_D=block_d, BLOCK_DV=block_dv,
-        # fp32 inputs get exact fp32 dots (no tf32); the interpreter computes every dot in fp32
-        DOT_F32=interpret or q.dtype == torch.float32, PRECISION='ieee' if q.dtype == torch.float32 else 'tf32')
+        DOT_F32=dot_f32, PRECISION=precision)
 
 
 def forward(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, scale: float) -> Tuple[Tensor, Tensor]:
