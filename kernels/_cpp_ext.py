@@ -13,6 +13,7 @@ torch.compile trace; eager first calls build there and then.
 """
 import fcntl
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -24,6 +25,8 @@ from typing import List, Optional, Tuple
 import torch
 
 __all__ = ['CppExtension', 'status', 'load']
+
+_log = logging.getLogger(__name__)
 
 _FLAGS = ('-O3', '-march=native', '-fopenmp')
 _LDFLAGS = ('-fopenmp',)
@@ -114,6 +117,8 @@ def load(ext: CppExtension) -> None:
 
 def _build(ext: CppExtension, folder: Path) -> None:
     from torch.utils import cpp_extension
+    _log.warning('hiervit: building the C++ extension %s for this machine into %s (once; about a minute)', ext.name,
+                 folder)
     # torch's own lock file is left behind by a build that was killed; the flock above makes it safe to remove.
     stale = folder / 'lock'
     if stale.exists():

@@ -11,11 +11,16 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .._cpp_ext import CppExtension, load
+from .._cpp_ext import CppExtension, load, status
 
-__all__ = ['EXTENSION', 'forward', 'backward']
+__all__ = ['EXTENSION', 'availability', 'forward', 'backward']
 
 EXTENSION = CppExtension('hiervit_na_cpu', ('neighborhood/csrc/na_cpu.cpp',))
+
+
+def availability() -> Optional[str]:
+    """None if the library is loaded (building it on this first call if needed), else why it cannot be."""
+    return status(EXTENSION)
 
 
 def _ops():
