@@ -44,6 +44,8 @@ def _tiny_backbone(bb: Dict) -> Dict:
         return dict(model_name='biformer_tiny', depths=(1, 1, 1, 1), embed_dims=(32, 64, 128, 256))
     if name.startswith('davit'):
         return dict(model_name='davit_tiny', depths=(1, 1, 1, 1), embed_dims=(32, 64, 128, 256), num_heads=(1, 2, 4, 8))
+    if name.startswith('cswin'):
+        return dict(model_name='cswin_tiny', embed_dim=16, depths=(1, 1, 1, 1), num_heads=(2, 2, 4, 4))
     if name.startswith('s2aformer'):
         return dict(model_name='s2aformer_mini', depths=(1, 1, 1, 1), embed_dims=(32, 64, 96, 128), stem_dims=(8, 8, 16))
     depths = (1, 1, 2, 1)
@@ -84,7 +86,7 @@ def load_tiny(path: str) -> Config:
 def test_every_config_is_found():
     assert all(os.path.exists(p) for p in TRAIN_STEP)
     families = {os.path.basename(os.path.dirname(p)) for p in CONFIGS}
-    assert families == {'nat', 'dinat', 'dinat_s', 'biformer', 's2aformer', 'davit'}
+    assert families == {'nat', 'dinat', 'dinat_s', 'biformer', 's2aformer', 'davit', 'cswin'}
     assert len(DET) >= 12 and len(SEG) >= 8
     tabled = [_id(p) for p in CONFIGS if os.path.basename(os.path.dirname(p)) in OFFICIAL_FAMILIES]
     assert sorted(tabled) == sorted(OFFICIAL), 'every NAT-family / BiFormer config has a row of official values below'
@@ -158,6 +160,7 @@ TRAIN_STEP = [os.path.join(ROOT, p) for p in (
     'detection/davit/mask-rcnn_davit-tiny_fpn_ms-crop-1x_coco.py',
     'detection/davit/retinanet_davit-tiny_fpn_ms-crop-3x_coco.py',
     'segmentation/davit/davit-tiny_upernet_8xb2-160k_ade20k-512x512.py',
+    'segmentation/cswin/cswin-tiny_upernet_8xb2-160k_ade20k-512x512.py',
 )]
 
 

@@ -29,7 +29,7 @@ import hiervit  # noqa: F401  (registers hiervit's models with timm)
 from hiervit.backbones._pretrained import cache_file_name, fetch_pretrained, registered_file_name
 from hiervit.registry import MODELS
 
-__all__ = ['TimmBackbone', 'NAT', 'DiNAT', 'DiNATs', 'BiFormer', 'S2AFormer']
+__all__ = ['TimmBackbone', 'NAT', 'DiNAT', 'DiNATs', 'BiFormer', 'S2AFormer', 'CSWin']
 
 
 def _unwrap_state_dict(checkpoint: Any) -> Dict[str, torch.Tensor]:
@@ -300,3 +300,6 @@ DiNATs = _family('DiNATs', 'dinat_s_tiny', dict(output_norms=True), 'DiNAT_s (di
 BiFormer = _family('BiFormer', 'biformer_small', dict(out_norms=True), 'BiFormer (biformer_*), LayerNorm2d outputs.')
 S2AFormer = _family(
     'S2AFormer', 's2aformer_t', dict(out_norms=True), 'S2AFormer (s2aformer_*, a reconstruction), LayerNorm2d outputs.')
+CSWin = _family(
+    'CSWin', 'cswin_tiny', dict(output_norms=True, seg_padding=True),
+    'CSWin (cswin_*) with the segmentation backbone\'s per-output LayerNorms (norm1..norm4) and padding rule.')
