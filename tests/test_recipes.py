@@ -99,7 +99,7 @@ DERIVED: Dict[str, Tuple[Callable[[str], Any], Tuple[str, ...]]] = {
     'lr_schedule': (_lr_schedule, ('sched',)),
     'adamw_eps': (lambda n: _optimizer(n).defaults['eps'], ()),
     'eval_crop_pct': (lambda n: _eval_data(n, 'crop_pct'), ('crop_pct',)),
-    'eval_interpolation': (lambda n: _eval_data(n, 'interpolation'), ()),
+    'eval_interpolation': (lambda n: _eval_data(n, 'interpolation'), ('interpolation',)),
 }
 
 # --- NAT / DiNAT / DiNAT_s (SHI-Labs/Neighborhood-Attention-Transformer, classification/) -------------------------
@@ -128,6 +128,14 @@ DAVIT_TRAIN = 'dingmyu/davit train.py argparse default'
 # --- S2AFormer (arXiv 2505.22195): the training recipe is unpublished ---------------------------------------------
 S2AFORMER = ('s2aformer_mini', 's2aformer_t', 's2aformer_xs', 's2aformer_s', 's2aformer_m')
 S2A_PAPER = 'S2AFormer paper (arXiv 2505.22195), ImageNet-1k section: 300 epochs at 224'
+
+# --- CSWin (microsoft/CSWin-Transformer) ----------------------------------------------------------------------------
+CSWIN_1K = ('cswin_tiny', 'cswin_small', 'cswin_base')
+CSWIN_FT = ('cswin_base_384', 'cswin_large')
+CS_README = 'microsoft/CSWin-Transformer README.md training command (train.sh 8 GPUs)'
+CS_MAIN = 'microsoft/CSWin-Transformer main.py argparse default'
+CS_FT_README = 'microsoft/CSWin-Transformer README.md fine-tune command (finetune.sh 8 GPUs)'
+CS_FINETUNE = 'microsoft/CSWin-Transformer finetune.py argparse default'
 
 PUBLISHED = [
     # NAT family, ImageNet-1k from scratch
@@ -248,6 +256,64 @@ PUBLISHED = [
     Published(DAVIT, 'model_ema', False, DAVIT_TRAIN),
     Published(DAVIT, 'train_interpolation', 'bicubic', DAVIT_TRAIN),
     Published(('davit_tiny',), 'drop_path', 0.1, DAVIT_TRAIN + ' --drop-path 0.1 (used for Tiny)'),
+    # CSWin, ImageNet-1k from scratch
+    Published(('cswin_tiny', 'cswin_small'), 'batch_size', 256, CS_README + ' -b 256'),
+    Published(('cswin_base',), 'batch_size', 128, CS_README + ' -b 128'),
+    Published(('cswin_tiny', 'cswin_small'), 'lr_base', 2e-3, CS_README + ' --lr 2e-3'),
+    Published(('cswin_base',), 'lr_base', 1e-3, CS_README + ' --lr 1e-3'),
+    Published(('cswin_tiny', 'cswin_small'), 'lr_base_size', 2048, CS_README + ': 8 GPUs x -b 256, lr not rescaled'),
+    Published(('cswin_base',), 'lr_base_size', 1024, CS_README + ': 8 GPUs x -b 128, lr not rescaled'),
+    Published(('cswin_tiny', 'cswin_small'), 'weight_decay', 0.05, CS_README),
+    Published(('cswin_base',), 'weight_decay', 0.1, CS_README),
+    Published(('cswin_tiny', 'cswin_small'), 'model_ema_decay', 0.99984, CS_README),
+    Published(('cswin_base',), 'model_ema_decay', 0.99992, CS_README),
+    Published(('cswin_tiny',), 'drop_path', 0.2, CS_README),
+    Published(('cswin_small',), 'drop_path', 0.4, CS_README),
+    Published(('cswin_base',), 'drop_path', 0.5, CS_README),
+    Published(CSWIN_1K, 'warmup_epochs', 20, CS_README),
+    Published(CSWIN_1K, 'amp', True, CS_README + ' --amp'),
+    Published(CSWIN_1K, 'img_size', 224, CS_README + ' --img-size 224'),
+    Published(CSWIN_1K, 'epochs', 300, CS_MAIN),
+    Published(CSWIN_1K, 'cooldown_epochs', 10, CS_MAIN),
+    Published(CSWIN_1K, 'min_lr', 1e-5, CS_MAIN),
+    Published(CSWIN_1K, 'mixup', 0.8, CS_MAIN),
+    Published(CSWIN_1K, 'cutmix', 1.0, CS_MAIN),
+    # CSWin fine-tunes: B at 384 from the 224 model, L at 224 from ImageNet-22k
+    Published(('cswin_base_384',), 'batch_size', 32, CS_FT_README),
+    Published(('cswin_base_384',), 'epochs', 20, CS_FT_README),
+    Published(('cswin_base_384',), 'lr', 5e-6, CS_FT_README + ' (--lr-scale 1: one lr for backbone and head)'),
+    Published(('cswin_base_384',), 'mixup', 0.1, CS_FT_README),
+    Published(('cswin_base_384',), 'cutmix', 0.1, CS_FT_README),
+    Published(('cswin_base_384',), 'drop_path', 0.7, CS_FT_README),
+    Published(('cswin_base_384',), 'model_ema_decay', 0.9998, CS_FT_README),
+    Published(('cswin_base_384',), 'img_size', 384, CS_FT_README),
+    Published(('cswin_large',), 'batch_size', 64, CS_FT_README),
+    Published(('cswin_large',), 'epochs', 30, CS_FT_README),
+    Published(('cswin_large',), 'lr', 2.5e-4, CS_FT_README + ' (the head\'s lr; --lr-scale 0.05 for the backbone is '
+                                               'not reproduced: one lr for all parameters)'),
+    Published(('cswin_large',), 'mixup', 0.01, CS_FT_README),
+    Published(('cswin_large',), 'cutmix', 0.3, CS_FT_README),
+    Published(('cswin_large',), 'drop_path', 0.2, CS_FT_README),
+    Published(('cswin_large',), 'model_ema_decay', 0.9996, CS_FT_README),
+    Published(('cswin_large',), 'grad_checkpointing', True, CS_FT_README + ' --use-chk'),
+    Published(('cswin_large',), 'img_size', 224, CS_FT_README),
+    Published(('cswin_large',), 'eval_interpolation', 'bicubic', CS_FT_README + ' --interpolation bicubic'),
+    Published(CSWIN_FT, 'min_lr', 5e-7, CS_FT_README),
+    Published(CSWIN_FT, 'weight_decay', 1e-8, CS_FT_README),
+    Published(CSWIN_FT, 'warmup_epochs', 0, CS_FT_README),
+    Published(CSWIN_FT, 'cooldown_epochs', 10, CS_FT_README),
+    Published(CSWIN_FT, 'amp', True, CS_FT_README + ' --amp'),
+    # CSWin, all runs (main.py and finetune.py share these defaults)
+    Published(CSWIN_1K + CSWIN_FT, 'opt', 'adamw', CS_MAIN + ' / ' + CS_FINETUNE),
+    Published(CSWIN_1K + CSWIN_FT, 'lr_schedule', 'CosineLRScheduler', CS_MAIN + ' / ' + CS_FINETUNE),
+    Published(CSWIN_1K + CSWIN_FT, 'warmup_lr', 1e-6, CS_MAIN + ' / ' + CS_FINETUNE),
+    Published(CSWIN_1K + CSWIN_FT, 'train_interpolation', 'random', CS_MAIN + ' / ' + CS_FINETUNE),
+    Published(CSWIN_1K + CSWIN_FT, 'aa', 'rand-m9-mstd0.5-inc1', CS_MAIN + ' / ' + CS_FINETUNE),
+    Published(CSWIN_1K + CSWIN_FT, 'color_jitter', 0.4, CS_MAIN + ' / ' + CS_FINETUNE),
+    Published(CSWIN_1K + CSWIN_FT, 'smoothing', 0.1, CS_MAIN + ' / ' + CS_FINETUNE),
+    Published(CSWIN_1K + CSWIN_FT, 'reprob', 0.25, CS_MAIN + ' / ' + CS_FINETUNE),
+    Published(CSWIN_1K + CSWIN_FT, 'remode', 'pixel', CS_MAIN + ' / ' + CS_FINETUNE),
+    Published(CSWIN_1K + CSWIN_FT, 'model_ema', True, CS_MAIN + ' / ' + CS_FINETUNE + ' (--model-ema default True)'),
     # S2AFormer: only the length and resolution are published
     Published(S2AFORMER, 'epochs', 300, S2A_PAPER),
     Published(S2AFORMER, 'img_size', 224, S2A_PAPER),
@@ -265,6 +331,14 @@ ASSUMED = [
             'the ImageNet-22k pretraining recipe was never released (DiNAT.md: "details will be released soon"); '
             'these follow the family\'s ImageNet-1k recipe'),
     Assumed(('biformer_base',), ('drop_path',), 'the repository gives no drop path for BiFormer-B'),
+    Assumed(CSWIN_1K, ('lr_base_scale',), 'linear scaling of the README\'s lr to other global batches is hiervit\'s'),
+    Assumed(('cswin_base_384',), ('crop_pct',), 'finetune.py uses the model\'s default crop (1.0 at 384)'),
+    Assumed(('cswin_large_384',), ('img_size', 'crop_pct', 'batch_size', 'epochs', 'lr', 'min_lr', 'weight_decay',
+                                   'train_interpolation', 'interpolation', 'mixup', 'cutmix', 'drop_path',
+                                   'model_ema_decay', 'grad_checkpointing', 'cooldown_epochs', 'opt', 'sched',
+                                   'warmup_epochs', 'warmup_lr', 'aa', 'color_jitter', 'smoothing', 'reprob', 'remode',
+                                   'model_ema', 'amp'),
+            'the README publishes no 384 fine-tune of CSWin-L: its 224 command is assumed, at 384'),
     Assumed(DAVIT, ('lr_base_size', 'lr_base_scale'),
             'the README gives lr 1e-3 at global batch 1024; linear scaling to other batches is hiervit\'s'),
     Assumed(('davit_small', 'davit_base'), ('drop_path',), 'the repository gives no per-variant drop path'),
