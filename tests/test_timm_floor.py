@@ -33,8 +33,14 @@ FIRST_RELEASE = {
     'timm.loss.LabelSmoothingCrossEntropy': '0.9.16',
     'timm.loss.SoftTargetCrossEntropy': '0.9.16',
     'timm.models._features.feature_take_indices': '1.0.3',
-    # re-exported by timm.models only after 1.0.21; backbones/_compat.py falls back to timm.models._features
+    'timm.models._features.FeatureGetterNet': '1.0.3',
+    # re-exported by timm.models only after 1.0.21; backbones/_compat.py imports them from timm.models._features first
     'timm.models.feature_take_indices': None,
+    'timm.models.FeatureGetterNet': None,
+    'timm.models._hub.download_cached_file': '0.9.16',
+    'timm.models._hub.get_cache_dir': '0.9.16',
+    'timm.models.get_pretrained_cfg': '0.9.16',
+    'timm.models.resolve_pretrained_cfg': '0.9.16',
     'timm.models.build_model_with_cfg': '0.9.16',
     'timm.models.checkpoint_seq': '0.9.16',
     'timm.models.generate_default_cfgs': '0.9.16',
