@@ -6,9 +6,10 @@ import timm
 # One import per family file; each registers its `@register_model` entrypoints on import.
 from . import biformer  # noqa: F401
 from . import dinats  # noqa: F401
+from . import l2vit  # noqa: F401
 from . import nat  # noqa: F401
 
-HIERVIT_MODULES = ('biformer', 'dinats', 'nat')
+HIERVIT_MODULES = ('biformer', 'dinats', 'l2vit', 'nat')
 
 
 def list_hiervit_models(pattern: str = '', pretrained: bool = False) -> List[str]:
