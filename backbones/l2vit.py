@@ -33,6 +33,7 @@ from timm.models import (
 
 from hiervit.backbones._compat import feature_take_indices
 from hiervit.kernels.linear import linear_attention_op
+from hiervit.kernels.window import window_attention_op
 
 __all__ = ['L2ViT']
 
@@ -71,15 +72,6 @@ class CPE(nn.Module):
         return self.proj(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
-def _tmp_window_sdpa(q, k, v, w, scale):
-    B, Hp, Wp, h, d = q.shape
-
-    def part(t):
-        return t.reshape(B, Hp // w, w, Wp // w, w, h, d).permute(0, 1, 3, 5, 2, 4, 6).reshape(-1, h, w * w, d)
-    o = F.scaled_dot_product_attention(part(q), part(k), part(v), scale=scale)
-    return o.reshape(B, Hp // w, Wp // w, h, w, w, d).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, h, d)
-
-
 @register_notrace_module  # reason: the padding to the window depends on the concrete map size
 class LocalWindowAttention(nn.Module):
     """Multi-head attention inside non-overlapping `window_size` windows: no relative bias, no shift.
@@ -108,7 +100,7 @@ class LocalWindowAttention(nn.Module):
         # [B, Hp, Wp, 3C] -> 3 x [B, Hp, Wp, heads, hd] (views)
         q, k, v = self.qkv(x).reshape(B, Hp, Wp, 3, self.num_heads, C // self.num_heads).unbind(3)
         w = self.window_size
-        out = _tmp_window_sdpa(q, k, v, w, self.scale)
+        out = window_attention_op(q, k, v, [w, w], [0, 0], [0, 0, 0, 0], True, None, self.scale)
         out = self.proj(out.reshape(B, Hp, Wp, C))
         return out[:, :H, :W] if (Hp, Wp) != (H, W) else out
 

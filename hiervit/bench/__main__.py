@@ -2,6 +2,7 @@
 
   python -m hiervit.bench op neighborhood [--batch 8 --heads 2 --size 56 56 --kernel 7 --head-dim 32]
   python -m hiervit.bench op routed [--stage 1 2 3 --batch 8]
+  python -m hiervit.bench op window [--shape swin1 swin3 cswin1 cswin2 cswin3 --batch 8]
   python -m hiervit.bench op linear [--stage 1 2 3 4 --normalizer clamp|mean] [--sweep --png linear_sweep.png]
   python -m hiervit.bench model nat_tiny dinat_tiny swin_tiny_patch4_window7_224 [--batch 8 --img-size 224]
   python -m hiervit.bench det CONFIG [--img-size 512]
@@ -43,6 +44,10 @@ def cmd_op(args: argparse.Namespace) -> None:
         title = (f'neighborhood attention: B={args.batch} heads={args.heads} {args.size[0]}x{args.size[1]} '
                  f'k={args.kernel} dilation={args.dilation} head_dim={args.head_dim} rpb={not args.no_rpb} '
                  f'{args.dtype} on {args.device}')
+    elif args.op == 'window':
+        specs = [dict(base, shape=s) for s in args.shape]
+        title = (f'window attention at Swin-T / CSWin-T stage shapes (224 px): B={args.batch} {args.dtype} on '
+                 f'{args.device}')
     elif args.op == 'linear':
         if args.sweep:
             return _linear_sweep(args)
@@ -59,7 +64,7 @@ def cmd_op(args: argparse.Namespace) -> None:
         labels = list(OPS[args.op](spec))
         if args.backends:
             labels = [lb for lb in labels if lb.split(':', 1)[1] in args.backends]
-        for label in tqdm(labels, desc=f'{args.op} {spec.get("stage", "")}'.strip(), leave=False):
+        for label in tqdm(labels, desc=f'{args.op} {spec.get("stage", spec.get("shape", ""))}'.strip(), leave=False):
             rows.append(_run_worker(spec, label))
     gemm = [r['gemm_gflops'] for r in rows if 'gemm_gflops' in r]
     print(title)
@@ -112,7 +117,7 @@ def main(argv=None) -> None:
     sub = parser.add_subparsers(dest='cmd', required=True)
 
     op = sub.add_parser('op', help='time every backend of an op (and installed peers)')
-    op.add_argument('op', choices=['neighborhood', 'routed', 'linear'])
+    op.add_argument('op', choices=['neighborhood', 'routed', 'linear', 'window'])
     op.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     op.add_argument('--dtype', default='float32', choices=['float32', 'float16', 'bfloat16'])
     op.add_argument('--batch', type=int, default=8)
@@ -131,6 +136,9 @@ def main(argv=None) -> None:
     op.add_argument('--sides', type=int, nargs='+', default=[4, 7, 10, 14, 20, 28, 40, 56, 80],
                     help='linear --sweep: square map sides (tokens = side^2); --heads/--head-dim set the heads')
     op.add_argument('--png', default='linear_sweep.png', help='linear --sweep: where the plot goes')
+    op.add_argument('--shape', nargs='+', default=['swin1', 'swin3', 'cswin1', 'cswin2', 'cswin3'],
+                    choices=['swin1', 'swin3', 'cswin1', 'cswin2', 'cswin3'],
+                    help='window: Swin-T stage 1/3 and CSWin-T stage 1/2/3 shapes at 224 px')
     op.add_argument('--backends', nargs='+', help='only these rows (backend or peer names, e.g. cpu gather)')
     op.add_argument('--no-peers', action='store_true', help='skip the non-hiervit peers')
     op.add_argument('--repeats', type=int, default=5)

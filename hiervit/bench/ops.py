@@ -3,7 +3,7 @@
 A case is built inside a worker process from a plain-dict spec, so the spec must be JSON-serialisable.
 """
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -185,6 +185,150 @@ def routed_cases(spec: Dict) -> Dict[str, Callable[[], Case]]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# window (Swin windows, CSWin stripes)
+
+# (H, W, heads, head_dim, window, shift): Swin-T (224 px) stages 1 and 3, shifted blocks with the bias table.
+SWIN_T_STAGES = {1: (56, 56, 3, 32, 7, 3), 3: (14, 14, 12, 32, 7, 3)}
+# (H, W, heads, head_dim, stripe width): CSWin-T (224 px) stages 1-3; half the heads in each stripe direction.
+CSWIN_T_STAGES = {1: (56, 56, 2, 32, 1), 2: (28, 28, 4, 32, 2), 3: (14, 14, 8, 32, 7)}
+
+
+def swin_attn_mask(H: int, W: int, window: int, shift: int, heads: int) -> Optional[torch.Tensor]:
+    """timm's shifted-window mask `[windows, N, N]` (0 / -100), taken from timm's own SwinTransformerBlock."""
+    from timm.models.swin_transformer import SwinTransformerBlock
+    block = SwinTransformerBlock(heads * 4, (H, W), num_heads=heads, window_size=window, shift_size=shift,
+                                 always_partition=True)
+    return block.attn_mask
+
+
+def swin_window_peer(qkv: torch.Tensor, table: Optional[torch.Tensor], window: int, shift: int, scale: float,
+                     attn_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """timm's Swin attention path on `qkv [B, H, W, 3, heads, d]` (H, W multiples of the window): cyclic shift,
+    `window_partition`, explicit attention with the bias table and mask added (timm's non-fused default),
+    `window_reverse`, reverse shift. Returns `[B, H, W, heads, d]`."""
+    from timm.models.swin_transformer import get_relative_position_index, window_partition, window_reverse
+    B, H, W, _, heads, d = qkv.shape
+    ws, N = (window, window), window * window
+    x = qkv.reshape(B, H, W, 3 * heads * d)
+    if shift:
+        x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+    x = window_partition(x, ws).view(-1, N, 3, heads, d).permute(2, 0, 3, 1, 4)  # [3, B * windows, heads, N, d]
+    q, k, v = x.unbind(0)
+    attn = (q * scale) @ k.transpose(-2, -1)
+    if table is not None:
+        index = get_relative_position_index(window, window).to(qkv.device)
+        attn = attn + table[index.view(-1)].view(N, N, -1).permute(2, 0, 1).unsqueeze(0)
+    if attn_mask is not None:
+        nw = attn_mask.shape[0]
+        attn = (attn.view(-1, nw, heads, N, N) + attn_mask.unsqueeze(1).unsqueeze(0)).view(-1, heads, N, N)
+    x = (attn.softmax(-1) @ v).transpose(1, 2).reshape(-1, window, window, heads * d)
+    x = window_reverse(x, ws, H, W)
+    if shift:
+        x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+    return x.view(B, H, W, heads, d)
+
+
+def _img2windows(img: torch.Tensor, h_sp: int, w_sp: int) -> torch.Tensor:
+    B, C, H, W = img.shape
+    img = img.view(B, C, H // h_sp, h_sp, W // w_sp, w_sp)
+    return img.permute(0, 2, 4, 3, 5, 1).contiguous().reshape(-1, h_sp * w_sp, C)
+
+
+def _windows2img(windows: torch.Tensor, h_sp: int, w_sp: int, H: int, W: int) -> torch.Tensor:
+    B = windows.shape[0] // (H * W // (h_sp * w_sp))
+    img = windows.view(B, H // h_sp, W // w_sp, h_sp, w_sp, -1)
+    return img.permute(0, 1, 3, 2, 4, 5).contiguous().view(B, H, W, -1)
+
+
+def cswin_stripe_peer(qkv: torch.Tensor, stripe: Optional[int], scale: float, center_pad: bool = False) -> torch.Tensor:
+    """The official CSWin attention path (models/cswin.py `LePEAttention`, LePE left out) on `qkv [B, H, W, 3, heads,
+    d]`: the first half of the heads in vertical stripes `(H, sw)`, the second half in horizontal ones `(sw, W)`
+    (`stripe=None`: all heads, full attention), each through `img2windows` / `windows2img` on `[B, C, H, W]` maps.
+    Without `center_pad` (the classification code) H and W must be stripe multiples; with it, the segmentation
+    backbone's rule: qkv zero-padded (centred, unmasked) to the stripe multiple."""
+    B, H, W, _, heads, d = qkv.shape
+    branches = [(H, W, 0, heads)] if stripe is None else [(H, stripe, 0, heads // 2), (stripe, W, heads // 2, heads)]
+    outs = []
+    for h_sp, w_sp, h0, h1 in branches:
+        t = qkv[:, :, :, :, h0:h1].permute(3, 0, 4, 5, 1, 2).reshape(3, B, (h1 - h0) * d, H, W)  # [3, B, C, H, W]
+        ph, pw = -H % h_sp, -W % w_sp
+        if (ph or pw) and not center_pad:
+            raise ValueError(f'the classification CSWin needs stripe multiples, got {H}x{W} for stripe {stripe}')
+        top, left = ph // 2, pw // 2
+        t = torch.nn.functional.pad(t, (left, pw - left, top, ph - top))
+        Hp, Wp = H + ph, W + pw
+        q, k, v = (_img2windows(x, h_sp, w_sp).reshape(-1, h_sp * w_sp, h1 - h0, d).permute(0, 2, 1, 3)
+                   for x in t.unbind(0))
+        attn = ((q * scale) @ k.transpose(-2, -1)).softmax(-1)
+        x = (attn @ v).transpose(1, 2).reshape(-1, h_sp * w_sp, (h1 - h0) * d)
+        x = _windows2img(x, h_sp, w_sp, Hp, Wp)[:, top:top + H, left:left + W]
+        outs.append(x.reshape(B, H, W, h1 - h0, d))
+    return torch.cat(outs, dim=3)
+
+
+def window_cases(spec: Dict) -> Dict[str, Callable[[], Case]]:
+    """Swin-T (`swin1`, `swin3`) and CSWin-T (`cswin1`..`cswin3`) stage shapes: each backend against its peer."""
+    from hiervit.kernels.window import window_attention, window_attention_flops, window_dispatcher
+
+    device, dtype = torch.device(spec['device']), _dtype(spec['dtype'])
+    B, shape = spec['batch'], spec['shape']
+    family, stage = shape[:-1], int(shape[-1])
+    g = torch.Generator().manual_seed(0)
+    make = lambda *s: torch.randn(*s, generator=g).to(device, dtype).requires_grad_()
+    if family == 'swin':
+        H, W, heads, d, window, shift = SWIN_T_STAGES[stage]
+        note = f'Swin-T stage {stage}: {H}x{W}, {heads}x{d}, window {window}, shift {shift}, rpb'
+        flops = float(window_attention_flops((B, H, W, heads, d), (window, window)))
+    else:
+        H, W, heads, d, stripe = CSWIN_T_STAGES[stage]
+        note = f'CSWin-T stage {stage}: {H}x{W}, {heads}x{d}, stripes {stripe}, half the heads each way'
+        flops = float(window_attention_flops((B, H, W, heads // 2, d), (H, stripe))
+                      + window_attention_flops((B, H, W, heads // 2, d), (stripe, W)))
+    scale = d ** -0.5
+
+    def inputs():
+        qkv = make(B, H, W, 3, heads, d)
+        table = make((2 * window - 1) ** 2, heads) if family == 'swin' else None
+        return qkv, table
+
+    def backend_case(name: str) -> Case:
+        qkv, table = inputs()
+        if family == 'swin':
+            def fwd():
+                q, k, v = qkv.unbind(3)
+                return window_attention(q, k, v, window, shift, rpb=table, scale=scale, backend=name)
+        else:
+            half = heads // 2
+
+            def fwd():
+                q, k, v = qkv.unbind(3)
+                vert = window_attention(q[..., :half, :], k[..., :half, :], v[..., :half, :], (None, stripe),
+                                        scale=scale, backend=name)
+                horiz = window_attention(q[..., half:, :], k[..., half:, :], v[..., half:, :], (stripe, None),
+                                         scale=scale, backend=name)
+                return torch.cat([vert, horiz], dim=3)
+        return Case(fwd, [t for t in (qkv, table) if t is not None], flops, note=note)
+
+    def peer_case() -> Case:
+        qkv, table = inputs()
+        if family == 'swin':
+            mask = swin_attn_mask(H, W, window, shift, heads)
+            mask = None if mask is None else mask.to(device, dtype)
+            fwd = lambda: swin_window_peer(qkv, table, window, shift, scale, mask)
+            label = "timm swin_transformer.py: roll, window_partition, attention, window_reverse"
+        else:
+            fwd = lambda: cswin_stripe_peer(qkv, stripe, scale)
+            label = 'official CSWin: img2windows, attention, windows2img'
+        return Case(fwd, [t for t in (qkv, table) if t is not None], flops, note=label)
+
+    cases: Dict[str, Callable[[], Case]] = {f'hiervit:{n}': (lambda n=n: backend_case(n))
+                                            for n in window_dispatcher.names}
+    if spec.get('peers', True):
+        cases['peer:' + ('timm-swin' if family == 'swin' else 'cswin-img2windows')] = peer_case
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # linear (non-causal linear attention: L2ViT's global attention, FLatten's focused linear attention)
 
 # L2ViT-T at 224: (map side, channels, heads) of the linear global attention blocks in each stage.
@@ -296,7 +440,7 @@ def _importable(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-OPS = {'neighborhood': neighborhood_cases, 'routed': routed_cases, 'linear': linear_cases}
+OPS = {'neighborhood': neighborhood_cases, 'routed': routed_cases, 'linear': linear_cases, 'window': window_cases}
 
 
 def measure(spec: Dict, label: str) -> Dict:
