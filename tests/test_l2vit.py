@@ -374,6 +374,47 @@ def test_dense_outputs_match_released_backbone():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Recipes against the released commands (readme.md "Training" section; main.py defaults where a command is silent).
+
+_MAIN_DEFAULTS = dict(opt='adamw', opt_eps=1e-8, aa='rand-m9-mstd0.5-inc1', color_jitter=0.4, mixup=0.8, cutmix=1.0,
+                      mixup_prob=1.0, mixup_switch_prob=0.5, smoothing=0.1, reprob=0.25, remode='pixel', recount=1,
+                      train_interpolation='bicubic', sched='cosine', amp=False)
+_RELEASED = {
+    # 1k from scratch: --batch_size 128 --update_freq 4 (x 8 GPUs = 4096) --lr 4e-3 --epochs 300, warmup 20 and
+    # min_lr 1e-6 (main.py), wd 0.05, --model_ema true (decay 0.9999), --drop_path 0.3 (Base)
+    'l2vit_base': dict(batch=4096, lr=4e-3, epochs=300, warmup_epochs=20, warmup_lr=0.0, min_lr=1e-6,
+                       weight_decay=0.05, model_ema=True, model_ema_decay=0.9999, drop_path=0.3),
+    # 22k: --drop_path 0.2 --warmup_epochs 5 --weight_decay 0.05 --min_lr 1e-5 --warmup_lr 1e-6 --batch_size 128
+    # --lr 1e-3 --update_freq 1 --epochs 90 (no EMA)
+    'l2vit_base.in22k': dict(batch=1024, lr=1e-3, epochs=90, warmup_epochs=5, warmup_lr=1e-6, min_lr=1e-5,
+                             weight_decay=0.05, model_ema=False, drop_path=0.2, num_classes=21841),
+    # fine-tunes: --drop_path 0.2 --warmup_epochs 5 --weight_decay 1e-8 --min_lr 4e-7 --warmup_lr 4e-8
+    # --batch_size 64 --lr 4e-5 --update_freq 2 --epochs 30 --model_ema true (--input_size 384 for the 384 one)
+    'l2vit_base.in22k_ft_in1k': dict(batch=1024, lr=4e-5, epochs=30, warmup_epochs=5, warmup_lr=4e-8, min_lr=4e-7,
+                                     weight_decay=1e-8, model_ema=True, model_ema_decay=0.9999, drop_path=0.2,
+                                     img_size=224),
+    'l2vit_base_384': dict(batch=1024, lr=4e-5, epochs=30, warmup_epochs=5, warmup_lr=4e-8, min_lr=4e-7,
+                           weight_decay=1e-8, model_ema=True, model_ema_decay=0.9999, drop_path=0.2, img_size=384),
+}
+_RELEASED['l2vit_tiny'] = dict(_RELEASED['l2vit_base'], drop_path=0.2)  # drop path: assumption (not published)
+_RELEASED['l2vit_small'] = dict(_RELEASED['l2vit_base'], drop_path=0.3)  # drop path: assumption (not published)
+
+
+@pytest.mark.parametrize('recipe', sorted(_RELEASED))
+def test_recipes_follow_the_released_commands(recipe):
+    from hiervit.train.args import build_train_parser, parse_with_config
+    args, _ = parse_with_config(build_train_parser(), ['-c', recipe])
+    want = dict(_MAIN_DEFAULTS, **_RELEASED[recipe])
+    gpus = 8  # every released command runs on 8 GPUs
+    assert args.batch_size * gpus * args.grad_accum_steps == want.pop('batch')
+    # lr_base is stated at the released total batch, so the linear scaling rule gives the released lr there
+    assert args.lr_base == want.pop('lr') and args.lr_base_size == args.batch_size * gpus * args.grad_accum_steps
+    assert args.sched_on_updates and args.warmup_prefix  # per-iteration cosine after the warm-up (utils.py)
+    for key, value in want.items():
+        assert getattr(args, key) == value, key
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Geometry and input checks.
 
 def test_odd_sizes_and_feature_maps():
