@@ -32,6 +32,7 @@ from timm.models import (
 )
 
 from hiervit.backbones._compat import feature_take_indices
+from hiervit.backbones._pretrained import convert_official_on_load, prefetch_pretrained
 from hiervit.kernels.linear import linear_attention_op
 from hiervit.kernels.window import window_attention_op
 
@@ -540,9 +541,14 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: L2ViT) -> Dict[str, 
 
 def _create_l2vit(variant: str, pretrained: bool = False, **kwargs) -> L2ViT:
     out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs.get('depths', (2, 2, 6, 2))))))
-    # The getter wrapper runs forward_intermediates (NCHW), so `feature_cfg=dict(norm=True)` gives the dense outputs.
     feature_cfg = dict(out_indices=out_indices, feature_cls='getter', **kwargs.pop('feature_cfg', {}))
-    return build_model_with_cfg(
+    if kwargs.get('features_only', False) and feature_cfg['feature_cls'] == 'getter':
+        # dense-task backbones: one LayerNorm per output, as the released mmdet/mmseg backbone (`norm{i}`); the
+        # getter wrapper runs forward_intermediates(norm=True), NCHW
+        kwargs.setdefault('out_norms', True)
+        feature_cfg.setdefault('norm', True)
+    prefetch_pretrained(variant, pretrained, kwargs)
+    model = build_model_with_cfg(
         L2ViT,
         variant,
         pretrained,
@@ -550,6 +556,7 @@ def _create_l2vit(variant: str, pretrained: bool = False, **kwargs) -> L2ViT:
         feature_cfg=feature_cfg,
         **kwargs,
     )
+    return convert_official_on_load(model, checkpoint_filter_fn)
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:

@@ -363,8 +363,7 @@ def test_converted_checkpoint_matches_released_structure(window, size, big_input
 def test_dense_outputs_match_released_backbone():
     released = _ReleasedL2ViT(NARROW['depths'], NARROW['embed_dims'], NARROW['num_heads'], dense=True).eval()
     _randomize(released)
-    model = timm.create_model('l2vit_tiny', out_norms=True, features_only=True, feature_cfg=dict(norm=True),
-                              **NARROW).eval()
+    model = timm.create_model('l2vit_tiny', features_only=True, **NARROW).eval()  # output norms by default
     sd = {f'backbone.{k}': v for k, v in released.state_dict().items()}
     model.model.load_state_dict(checkpoint_filter_fn({'state_dict': sd}, model.model), strict=True)
     x = torch.randn(2, 3, 70, 92)
