@@ -137,6 +137,20 @@ CS_MAIN = 'microsoft/CSWin-Transformer main.py argparse default'
 CS_FT_README = 'microsoft/CSWin-Transformer README.md fine-tune command (finetune.sh 8 GPUs)'
 CS_FINETUNE = 'microsoft/CSWin-Transformer finetune.py argparse default'
 
+# --- L2ViT (ChuanyangZheng/L2ViT, ConvNeXt-based classification/main.py) -------------------------------------------
+L2_1K = ('l2vit_tiny', 'l2vit_small', 'l2vit_base')
+L2_FT = ('l2vit_base.in22k_ft_in1k', 'l2vit_base_384')
+L2_22K = ('l2vit_base.in22k',)
+L2_ALL = L2_1K + L2_FT + L2_22K
+L2_README = 'ChuanyangZheng/L2ViT readme.md command of the run'
+L2_MAIN = 'ChuanyangZheng/L2ViT classification/main.py argparse default'
+
+
+def published_values(recipes: Tuple[str, ...], source: str, **values: Any):
+    """One `Published` entry per keyword: the values that one source gives for these recipes."""
+    return [Published(recipes, key, value, source) for key, value in values.items()]
+
+
 PUBLISHED = [
     # NAT family, ImageNet-1k from scratch
     Published(NAT_1K, 'epochs', 300, NAT_CFG),
@@ -314,6 +328,26 @@ PUBLISHED = [
     Published(CSWIN_1K + CSWIN_FT, 'reprob', 0.25, CS_MAIN + ' / ' + CS_FINETUNE),
     Published(CSWIN_1K + CSWIN_FT, 'remode', 'pixel', CS_MAIN + ' / ' + CS_FINETUNE),
     Published(CSWIN_1K + CSWIN_FT, 'model_ema', True, CS_MAIN + ' / ' + CS_FINETUNE + ' (--model-ema default True)'),
+    # L2ViT
+    *published_values(L2_1K, L2_README, batch_size=128, grad_accum_steps=4, lr_base=4e-3, lr_base_size=4096,
+                      epochs=300, model_ema=True, amp=False),
+    Published(('l2vit_base',), 'drop_path', 0.3, L2_README + ' (L2ViT_Base --drop_path 0.3)'),
+    *published_values(L2_FT, L2_README, batch_size=64, grad_accum_steps=2, lr_base=4e-5, lr_base_size=1024,
+                      epochs=30, weight_decay=1e-8, warmup_epochs=5, warmup_lr=4e-8, min_lr=4e-7, drop_path=0.2,
+                      model_ema=True, amp=False),
+    *published_values(L2_22K, L2_README, num_classes=21841, batch_size=128, lr_base=1e-3, lr_base_size=1024,
+                      epochs=90, warmup_epochs=5, warmup_lr=1e-6, min_lr=1e-5, drop_path=0.2, model_ema=False,
+                      amp=False, weight_decay=0.05),
+    *published_values(L2_1K, L2_MAIN, weight_decay=0.05, warmup_epochs=20, warmup_lr=0.0, min_lr=1e-6),
+    *published_values(L2_ALL, L2_MAIN, opt='adamw', opt_eps=1e-8, lr_schedule='CosineLRScheduler',
+                      sched_on_updates=True, warmup_prefix=True, aa='rand-m9-mstd0.5-inc1', color_jitter=0.4,
+                      mixup=0.8, cutmix=1.0, mixup_prob=1.0, mixup_switch_prob=0.5, smoothing=0.1, reprob=0.25,
+                      remode='pixel', recount=1, train_interpolation='bicubic'),
+    *published_values(L2_1K + L2_FT, L2_MAIN, model_ema_decay=0.9999),
+    *published_values(L2_1K + L2_22K + ('l2vit_base.in22k_ft_in1k',), 'ChuanyangZheng/L2ViT classification/'
+                      'datasets.py: resize 256, center crop 224', img_size=224, eval_crop_pct=0.875),
+    *published_values(('l2vit_base_384',), 'ChuanyangZheng/L2ViT classification/datasets.py: 384 resized, no crop',
+                      img_size=384, eval_crop_pct=1.0),
     # S2AFormer: only the length and resolution are published
     Published(S2AFORMER, 'epochs', 300, S2A_PAPER),
     Published(S2AFORMER, 'img_size', 224, S2A_PAPER),
@@ -339,6 +373,8 @@ ASSUMED = [
                                    'warmup_epochs', 'warmup_lr', 'aa', 'color_jitter', 'smoothing', 'reprob', 'remode',
                                    'model_ema', 'amp'),
             'the README publishes no 384 fine-tune of CSWin-L: its 224 command is assumed, at 384'),
+    Assumed(L2_ALL, ('lr_base_scale',), 'linear scaling of the README\'s lr to other total batches is hiervit\'s'),
+    Assumed(('l2vit_tiny', 'l2vit_small'), ('drop_path',), 'the README gives the drop path of L2ViT-B only'),
     Assumed(DAVIT, ('lr_base_size', 'lr_base_scale'),
             'the README gives lr 1e-3 at global batch 1024; linear scaling to other batches is hiervit\'s'),
     Assumed(('davit_small', 'davit_base'), ('drop_path',), 'the repository gives no per-variant drop path'),
@@ -349,19 +385,16 @@ ASSUMED = [
 ]
 
 
-def _published_cases():
+@pytest.mark.parametrize('recipe', RECIPES)
+def test_recipe_matches_published_values(recipe):
+    wrong = []
     for entry in PUBLISHED:
-        for recipe in entry.recipes:
-            yield pytest.param(recipe, entry, id=f'{recipe}-{entry.key}')
-
-
-@pytest.mark.parametrize('recipe,entry', list(_published_cases()))
-def test_recipe_matches_published_value(recipe, entry):
-    if entry.key in DERIVED:
-        got = DERIVED[entry.key][0](recipe)
-    else:
-        got = getattr(recipe_args(recipe), entry.key)
-    assert got == entry.value, f'{recipe}: {entry.key} is {got!r}, {entry.source} says {entry.value!r}'
+        if recipe not in entry.recipes:
+            continue
+        got = DERIVED[entry.key][0](recipe) if entry.key in DERIVED else getattr(recipe_args(recipe), entry.key)
+        if got != entry.value:
+            wrong.append(f'{entry.key} is {got!r}, {entry.source} says {entry.value!r}')
+    assert not wrong, f'{recipe}: ' + '; '.join(wrong)
 
 
 @pytest.mark.parametrize('recipe', RECIPES)
@@ -405,11 +438,12 @@ def test_recipe_loads_and_builds_its_model(path):
 
 
 def test_classification_recipe_names_match_models():
+    # `<model>.yaml`, or `<model>.<tag>.yaml` for a further recipe of the same model (pre-training, fine-tuning)
     for path in CLASSIFICATION:
-        name = os.path.splitext(os.path.basename(path))[0]
+        name = os.path.splitext(os.path.basename(path))[0].split('.')[0]
         assert load_recipe(path, build_train_parser())['model'] == name, path
 
 
 def test_every_registered_model_has_a_recipe():
-    missing = sorted(set(hiervit.list_hiervit_models()) - set(RECIPES))
+    missing = sorted(set(hiervit.list_hiervit_models()) - {r.split('.')[0] for r in RECIPES})
     assert not missing, f'add configs/classification/<model>.yaml for {missing}'
