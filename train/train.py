@@ -130,7 +130,10 @@ def _load_weights_into(model: nn.Module, state: Dict[str, torch.Tensor], flag: s
     state, note = adapt_to_model(state, model)
     _check_classes(model, state, flag, path)
     classifier, head_keys = _classifier_keys(model)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except ValueError as e:  # the model's load pre-hook read it as an official layout and refused it
+        raise ValueError(f'{flag} {path} does not fit --model {model.default_cfg.get("architecture")}: {e}') from e
     if unexpected or set(missing) - head_keys:
         raise ValueError(f'{flag} {path} does not fit --model {model.default_cfg.get("architecture")}: '
                          f'missing keys {sorted(set(missing) - head_keys)[:8]}, '

@@ -84,7 +84,10 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Dict
     model = create_model_from_args(args, num_classes, pretrained=args.pretrained and state is None)
     if state is not None:
         state, note = adapt_to_model(state, model)
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except ValueError as e:  # the model's load pre-hook read it as an official layout and refused it
+            raise ValueError(f'--checkpoint {args.checkpoint} does not fit --model {args.model}: {e}') from e
         if missing or unexpected:
             raise ValueError(f'--checkpoint {args.checkpoint} does not fit --model {args.model}: missing keys '
                              f'{sorted(missing)[:8]}, unexpected keys {sorted(unexpected)[:8]}{note}')
