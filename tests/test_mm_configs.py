@@ -44,6 +44,8 @@ def _tiny_backbone(bb: Dict) -> Dict:
         return dict(model_name='biformer_tiny', depths=(1, 1, 1, 1), embed_dims=(32, 64, 128, 256))
     if name.startswith('davit'):
         return dict(model_name='davit_tiny', depths=(1, 1, 1, 1), embed_dims=(32, 64, 128, 256), num_heads=(1, 2, 4, 8))
+    if name.startswith('l2vit'):
+        return dict(model_name='l2vit_tiny', depths=(2, 2, 2, 2), embed_dims=(32, 64, 128, 256), num_heads=(1, 2, 4, 8))
     if name.startswith('cswin'):
         return dict(model_name='cswin_tiny', embed_dim=16, depths=(1, 1, 1, 1), num_heads=(2, 2, 4, 4))
     if name.startswith('s2aformer'):
@@ -86,7 +88,7 @@ def load_tiny(path: str) -> Config:
 def test_every_config_is_found():
     assert all(os.path.exists(p) for p in TRAIN_STEP)
     families = {os.path.basename(os.path.dirname(p)) for p in CONFIGS}
-    assert families == {'nat', 'dinat', 'dinat_s', 'biformer', 's2aformer', 'davit', 'cswin'}
+    assert families == {'nat', 'dinat', 'dinat_s', 'biformer', 's2aformer', 'davit', 'cswin', 'l2vit'}
     assert len(DET) >= 12 and len(SEG) >= 8
     tabled = [_id(p) for p in CONFIGS if os.path.basename(os.path.dirname(p)) in OFFICIAL_FAMILIES]
     assert sorted(tabled) == sorted(OFFICIAL), 'every NAT-family / BiFormer config has a row of official values below'
@@ -161,6 +163,7 @@ TRAIN_STEP = [os.path.join(ROOT, p) for p in (
     'detection/davit/retinanet_davit-tiny_fpn_ms-crop-3x_coco.py',
     'segmentation/davit/davit-tiny_upernet_8xb2-160k_ade20k-512x512.py',
     'segmentation/cswin/cswin-tiny_upernet_8xb2-160k_ade20k-512x512.py',
+    'detection/l2vit/retinanet_l2vit-tiny_fpn_ms-crop-1x_coco.py',  # outputs 1-3 only, as released
 )]
 
 
@@ -561,6 +564,66 @@ def test_davit_tiny_upernet_config_follows_the_official_file():
     bb = cfg.model.backbone
     assert (bb.model_name, bb.drop_path_rate) == ('davit_tiny', 0.3)
     assert list(cfg.model.decode_head.in_channels) == [96, 192, 384, 768] and cfg.model.auxiliary_head.in_channels == 384
+    opt = cfg.optim_wrapper
+    assert opt.type == 'OptimWrapper' and 'paramwise_cfg' not in opt
+    assert (opt.optimizer.type, opt.optimizer.lr, opt.optimizer.weight_decay) == ('AdamW', 6e-5, 0.01)
+    warmup, poly = cfg.param_scheduler
+    assert (warmup.start_factor, warmup.end) == (1e-6, 1500)
+    assert (poly.type, poly.power, poly.eta_min, poly.end) == ('PolyLR', 1.0, 0.0, 160000)
+    assert cfg.train_cfg.max_iters == 160000 and cfg.train_dataloader.batch_size == 2
+
+
+# The official L²ViT dense configs (ChuanyangZheng/L2ViT@fad0341 object_detection/configs/L2ViT/
+# {maskrcnn,retinanet}_{1x,3x}_l2vit_v0_{tiny,small,base}_coco.py on its mmdet 2 schedule_1x.py, and
+# semantic_segmentation/configs/novel/upernet_l2vit_{size}_512x512_160k_ade20k.py): drop path per file; every
+# detector AdamW lr 1e-4 wd 0.05, no clipping, fp32, the DETR-style multi-scale + crop pipeline; RetinaNet outputs 1-3.
+L2VIT_DROP_PATH = {
+    ('maskrcnn', '1x'): dict(tiny=0.1, small=0.1, base=0.2), ('maskrcnn', '3x'): dict(tiny=0.2, small=0.2, base=0.3),
+    ('retinanet', '1x'): dict(tiny=0.1, small=0.1, base=0.2), ('retinanet', '3x'): dict(tiny=0.2, small=0.2, base=0.3),
+}
+L2VIT_WIDTHS = dict(tiny=[96, 192, 384, 768], small=[96, 192, 384, 768], base=[128, 256, 512, 1024])
+L2VIT_RELEASE = 'https://github.com/ChuanyangZheng/L2ViT/releases/download/v1.0/L2ViT-{}-checkpoint-best-ema.pth'
+
+
+@pytest.mark.parametrize('size', ['tiny', 'small', 'base'])
+@pytest.mark.parametrize('det,sched', sorted(L2VIT_DROP_PATH))
+def test_l2vit_detection_configs_follow_the_official_files(det, sched, size):
+    name = 'mask-rcnn' if det == 'maskrcnn' else 'retinanet'
+    cfg = Config.fromfile(os.path.join(ROOT, f'detection/l2vit/{name}_l2vit-{size}_fpn_ms-crop-{sched}_coco.py'))
+    bb = cfg.model.backbone
+    assert (bb.type, bb.model_name, bb.drop_path_rate) == ('hiervit.L2ViT', f'l2vit_{size}',
+                                                           L2VIT_DROP_PATH[(det, sched)][size])
+    assert bb.init_cfg.checkpoint == L2VIT_RELEASE.format(size.capitalize())
+    widths = L2VIT_WIDTHS[size]
+    if det == 'retinanet':
+        assert tuple(bb.out_indices) == (1, 2, 3) and list(cfg.model.neck.in_channels) == widths[1:]
+        assert (cfg.model.neck.start_level, cfg.model.neck.add_extra_convs, cfg.model.neck.num_outs) == (
+            0, 'on_input', 5)
+    else:
+        assert list(cfg.model.neck.in_channels) == widths
+    opt = cfg.optim_wrapper
+    assert opt.type == 'OptimWrapper' and 'paramwise_cfg' not in opt and opt.get('clip_grad') is None
+    assert (opt.optimizer.type, opt.optimizer.lr, opt.optimizer.weight_decay) == ('AdamW', 1e-4, 0.05)
+    warmup, step = cfg.param_scheduler
+    assert (warmup.type, warmup.start_factor, warmup.end, warmup.by_epoch) == ('LinearLR', 0.001, 500, False)
+    epochs, steps = (36, [27, 33]) if sched == '3x' else (12, [8, 11])
+    assert step.milestones == steps and cfg.train_cfg.max_epochs == epochs
+    assert cfg.train_dataloader.batch_size == 2  # x 8 GPUs
+    choice = next(t for t in cfg.train_dataloader.dataset.pipeline if t.type == 'RandomChoice')
+    resize, (small, crop, again) = choice.transforms
+    assert [tuple(s) for s in resize[0].scales] == DETR_SCALES == [tuple(s) for s in again.scales]
+    assert [tuple(s) for s in small.scales] == [(400, 1333), (500, 1333), (600, 1333)]
+    assert (crop.crop_type, tuple(crop.crop_size)) == ('absolute_range', (384, 600))
+
+
+@pytest.mark.parametrize('size', ['tiny', 'small', 'base'])
+def test_l2vit_upernet_configs_follow_the_official_files(size):
+    cfg = Config.fromfile(os.path.join(ROOT, f'segmentation/l2vit/l2vit-{size}_upernet_8xb2-160k_ade20k-512x512.py'))
+    bb = cfg.model.backbone
+    assert (bb.model_name, bb.drop_path_rate) == (f'l2vit_{size}', 0.3)
+    assert bb.init_cfg.checkpoint == L2VIT_RELEASE.format(size.capitalize())
+    widths = L2VIT_WIDTHS[size]
+    assert list(cfg.model.decode_head.in_channels) == widths and cfg.model.auxiliary_head.in_channels == widths[2]
     opt = cfg.optim_wrapper
     assert opt.type == 'OptimWrapper' and 'paramwise_cfg' not in opt
     assert (opt.optimizer.type, opt.optimizer.lr, opt.optimizer.weight_decay) == ('AdamW', 6e-5, 0.01)

@@ -29,7 +29,7 @@ import hiervit  # noqa: F401  (registers hiervit's models with timm)
 from hiervit.backbones._pretrained import cache_file_name, fetch_pretrained, registered_file_name
 from hiervit.registry import MODELS
 
-__all__ = ['TimmBackbone', 'NAT', 'DiNAT', 'DiNATs', 'BiFormer', 'S2AFormer', 'CSWin']
+__all__ = ['TimmBackbone', 'NAT', 'DiNAT', 'DiNATs', 'BiFormer', 'S2AFormer', 'CSWin', 'L2ViT']
 
 
 def _unwrap_state_dict(checkpoint: Any) -> Dict[str, torch.Tensor]:
@@ -303,3 +303,5 @@ S2AFormer = _family(
 CSWin = _family(
     'CSWin', 'cswin_tiny', dict(output_norms=True, seg_padding=True),
     'CSWin (cswin_*) with the segmentation backbone\'s per-output LayerNorms (norm1..norm4) and padding rule.')
+L2ViT = _family(
+    'L2ViT', 'l2vit_tiny', dict(out_norms=True), 'L2ViT (l2vit_*) with the released per-output LayerNorms (norm{i}).')
