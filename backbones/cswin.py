@@ -26,7 +26,7 @@ State-dict layout: `patch_embed.{proj,norm}` (official `stage1_conv_embed.{0,2}`
 (official `merge{i+1}`), `norm`, `head.fc` (official `head`); the segmentation backbone's `norm1..norm4` become
 `out_norms.0..2` and `norm`. `checkpoint_filter_fn` maps all of them.
 """
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -41,52 +41,35 @@ from hiervit.kernels.window import window_attention_op
 __all__ = ['CSWin', 'CSWinAttention']
 
 
-def _stripe_pad(length: int, window: int, center: bool) -> Tuple[int, int]:
-    """(before, after) padding of an axis to a multiple of the window: all after, or centred (before = p // 2)."""
+def _stripe_pad(length: int, window: int, center: bool) -> List[int]:
+    """[before, after] padding of an axis to a multiple of the window: all after, or centred (before = p // 2)."""
     p = (window - length % window) % window
     before = p // 2 if center else 0
-    return before, p - before
-
-
-# The size-dependent steps of CSWinAttention are FX leaves (plain torch.fx.symbolic_trace: torch.fx.wrap below;
-# timm's tracer: register_notrace_function), so the module traces with its window op and convs visible.
-@register_notrace_function
-def stripe_geometry(
-        H: int, W: int, branch: int, full: bool, split_size: int, center: bool,
-) -> Tuple[List[int], List[int]]:
-    """Window `[wh, ww]` of a branch (vertical stripes, horizontal stripes, or the whole map) and the map's padding
-    `[top, bottom, left, right]` to a multiple of it."""
-    window = [H, W] if full else ([H, split_size] if branch == 0 else [split_size, W])
-    top, bottom = _stripe_pad(H, window[0], center)
-    left, right = _stripe_pad(W, window[1], center)
-    return window, [top, bottom, left, right]
+    return [before, p - before]
 
 
 @register_notrace_function
-def map_to_windows(v: torch.Tensor, window: List[int], pad: List[int]) -> torch.Tensor:
-    """`[B, H, W, C]` -> `[B * windows, C, wh, ww]` after zero-padding by `pad` (top, bottom, left, right)."""
+def stripe_lepe(v: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], window: List[int],
+                pad: List[int]) -> torch.Tensor:
+    """LePE: 3x3 depthwise conv (`weight [C, 1, 3, 3]`) of `v [B, H, W, heads, d]` inside each window (zeros beyond
+    its borders and in the padding), as `[B, H, W, heads * d]`. An FX leaf: it decides on sizes."""
+    B, H, W = v.shape[0], v.shape[1], v.shape[2]
+    v = v.flatten(3)
+    C = v.shape[-1]
     if pad[0] + pad[1] + pad[2] + pad[3] > 0:
         v = F.pad(v, (0, 0, pad[2], pad[3], pad[0], pad[1]))
-    B, Hp, Wp, C = v.shape[0], v.shape[1], v.shape[2], v.shape[3]
+    Hp, Wp = v.shape[1], v.shape[2]
     wh, ww = window[0], window[1]
-    return v.reshape(B, Hp // wh, wh, Wp // ww, ww, C).permute(0, 1, 3, 5, 2, 4).reshape(-1, C, wh, ww)
-
-
-@register_notrace_function
-def windows_to_map(t: torch.Tensor, window: List[int], pad: List[int], H: int, W: int) -> torch.Tensor:
-    """Inverse of `map_to_windows`: `[B * windows, C, wh, ww]` -> `[B, H, W, C]` with the padding cropped."""
-    wh, ww, C = window[0], window[1], t.shape[1]
-    Hp, Wp = H + pad[0] + pad[1], W + pad[2] + pad[3]
-    B = t.shape[0] // ((Hp // wh) * (Wp // ww))
+    # [B, Hp, Wp, C] -> [B * windows, C, wh, ww]
+    t = v.reshape(B, Hp // wh, wh, Wp // ww, ww, C).permute(0, 1, 3, 5, 2, 4).reshape(-1, C, wh, ww)
+    t = F.conv2d(t, weight, bias, padding=1, groups=C)
     t = t.reshape(B, Hp // wh, Wp // ww, C, wh, ww).permute(0, 1, 4, 2, 5, 3).reshape(B, Hp, Wp, C)
     if Hp != H or Wp != W:
         t = t[:, pad[0]:pad[0] + H, pad[2]:pad[2] + W]
     return t
 
 
-torch.fx.wrap('stripe_geometry')
-torch.fx.wrap('map_to_windows')
-torch.fx.wrap('windows_to_map')
+torch.fx.wrap('stripe_lepe')  # a leaf for plain torch.fx.symbolic_trace too (timm's tracer knows it already)
 
 
 class CSWinAttention(nn.Module):
@@ -145,22 +128,26 @@ class CSWinAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
+    def _window(self, branch: int, H: int, W: int) -> List[int]:
+        if self.full:
+            return [H, W]
+        return [H, self.split_size] if branch == 0 else [self.split_size, W]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        H, W = x.shape[1], x.shape[2]
+        B, H, W, C = x.shape
         # [B, H, W, 3C] -> 3 x [B, H, W, heads, head_dim]: heads-last views, the op's layout (no permute)
         qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(3)
         heads = self.num_heads // len(self.get_v)
         outs: List[torch.Tensor] = []
         for i, conv in enumerate(self.get_v):
-            window, pad = stripe_geometry(H, W, i, self.full, self.split_size, self.seg_padding)
+            window = self._window(i, H, W)
+            pad = _stripe_pad(H, window[0], self.seg_padding) + _stripe_pad(W, window[1], self.seg_padding)
             q = qkv[0][:, :, :, i * heads:(i + 1) * heads]
             k = qkv[1][:, :, :, i * heads:(i + 1) * heads]
             v = qkv[2][:, :, :, i * heads:(i + 1) * heads]
             out = window_attention_op(q, k, v, window, [0, 0], pad, not self.seg_padding, None, self.scale,
                                       self.backend)
-            # LePE: 3x3 depthwise conv of V inside each window (zeros beyond its borders and in the padding)
-            lepe = windows_to_map(conv(map_to_windows(v.flatten(3), window, pad)), window, pad, H, W)
-            outs.append(out.flatten(3) + lepe)
+            outs.append(out.flatten(3) + stripe_lepe(v, conv.weight, conv.bias, window, pad))
         x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
         x = self.proj(x)
         return self.proj_drop(x)

@@ -309,3 +309,31 @@ def test_errors():
     model = timm.create_model('cswin_tiny', **SMALL_ARGS)
     with pytest.raises(ValueError, match='in_chans=1'):
         model(torch.randn(1, 1, 32, 32))
+
+
+# README training / fine-tune commands (8 GPUs) and main.py / finetune.py defaults, per recipe: the values the
+# recipes claim to follow.
+_OFFICIAL_RECIPES = {
+    'cswin_tiny': dict(batch_size=256, lr_base=2e-3, lr_base_size=2048, weight_decay=0.05, warmup_epochs=20,
+                       model_ema=True, model_ema_decay=0.99984, drop_path=0.2, amp=True, epochs=300,
+                       cooldown_epochs=10, min_lr=1e-5),
+    'cswin_small': dict(batch_size=256, lr_base=2e-3, lr_base_size=2048, weight_decay=0.05, warmup_epochs=20,
+                        model_ema_decay=0.99984, drop_path=0.4),
+    'cswin_base': dict(batch_size=128, lr_base=1e-3, lr_base_size=1024, weight_decay=0.1, warmup_epochs=20,
+                       model_ema_decay=0.99992, drop_path=0.5),
+    'cswin_base_384': dict(img_size=384, batch_size=32, lr=5e-6, min_lr=5e-7, weight_decay=1e-8, warmup_epochs=0,
+                           model_ema_decay=0.9998, epochs=20, mixup=0.1, cutmix=0.1, cooldown_epochs=10,
+                           drop_path=0.7),
+    'cswin_large': dict(batch_size=64, lr=2.5e-4, min_lr=5e-7, weight_decay=1e-8, warmup_epochs=0,
+                        model_ema_decay=0.9996, epochs=30, mixup=0.01, cooldown_epochs=10, drop_path=0.2,
+                        cutmix=0.3, train_interpolation='bicubic', grad_checkpointing=True),
+}
+
+
+@pytest.mark.parametrize('name', sorted(_OFFICIAL_RECIPES))
+def test_recipes_follow_the_official_commands(name):
+    from hiervit.train.args import build_train_parser, load_recipe
+    cfg = load_recipe(str(Path(__file__).parent.parent / 'configs' / 'classification' / f'{name}.yaml'),
+                      build_train_parser())
+    want = _OFFICIAL_RECIPES[name]
+    assert {k: cfg.get(k) for k in want} == want

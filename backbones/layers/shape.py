@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 
-__all__ = ['check_image_input', 'pad_nhwc', 'pad_min_nchw', 'crop_nhwc']
+__all__ = ['check_image_input', 'pad_nhwc', 'crop_nhwc']
 
 
 @register_notrace_function
@@ -38,15 +38,6 @@ def pad_nhwc(x: torch.Tensor, multiple: int = 1, minimum: int = 0) -> torch.Tens
     if Hp == H and Wp == W:
         return x
     return F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))
-
-
-@register_notrace_function
-def pad_min_nchw(x: torch.Tensor, minimum: int) -> torch.Tensor:
-    """Zero-pad an NCHW batch at the bottom/right to at least `minimum` rows/columns (x itself when large enough)."""
-    H, W = x.shape[2], x.shape[3]
-    if H >= minimum and W >= minimum:
-        return x
-    return F.pad(x, (0, max(0, minimum - W), 0, max(0, minimum - H)))
 
 
 @register_notrace_function

@@ -31,23 +31,37 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Ty
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
+from timm.layers import ClassifierHead, DropPath, Mlp, register_notrace_function, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq
 from timm.models.swin_transformer import PatchMerging
 
 from hiervit.backbones._compat import feature_take_indices
-from hiervit.backbones.layers.shape import check_image_input, pad_min_nchw
 
 __all__ = [
     'MixerFactory', 'MixerBlock', 'LayoutLevel', 'HierarchicalTransformer', 'SwinLayout', 'CSWinLayout',
-    'SwinPatchEmbed', 'ConvStem', 'ConvMerge', 'build_layout_model',
+    'SwinPatchEmbed', 'ConvStem', 'ConvMerge', 'build_layout_model', 'stem_input',
 ]
 
 MixerFactory = Callable[[int, int, int], nn.Module]
 
 
-torch.fx.wrap('check_image_input')  # FX leaves for plain torch.fx.symbolic_trace (timm's tracer knows them already)
-torch.fx.wrap('pad_min_nchw')
+@register_notrace_function
+def stem_input(x: torch.Tensor, in_chans: int, model: str, minimum: int = 1) -> torch.Tensor:
+    """The stems' input check (a ValueError naming the fix unless x is an NCHW batch with `in_chans` channels), and
+    zero padding bottom/right to at least `minimum` px. An FX leaf: it decides on sizes."""
+    if not torch.jit.is_scripting():
+        if x.ndim != 4 or x.shape[1] != in_chans:
+            raise ValueError(
+                f'{model} expects an NCHW image batch with {in_chans} channels (the model\'s in_chans), got shape '
+                f'{tuple(x.shape)}. Create the model with in_chans={x.shape[1] if x.ndim == 4 else "<C>"} or convert '
+                f'the input.')
+    H, W = x.shape[2], x.shape[3]
+    if H < minimum or W < minimum:
+        x = F.pad(x, (0, max(0, minimum - W), 0, max(0, minimum - H)))
+    return x
+
+
+torch.fx.wrap('stem_input')  # a leaf for plain torch.fx.symbolic_trace too (timm's tracer knows it already)
 
 
 class SwinPatchEmbed(nn.Module):
@@ -65,7 +79,7 @@ class SwinPatchEmbed(nn.Module):
         self.norm = norm_layer(embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = check_image_input(x, self.in_chans, 'This Swin-layout model')
+        x = stem_input(x, self.in_chans, 'This Swin-layout model')
         H, W = x.shape[2], x.shape[3]
         x = F.pad(x, (0, -W % self.patch_size, 0, -H % self.patch_size))
         x = self.proj(x).permute(0, 2, 3, 1)  # [B, C, H/4, W/4] -> [B, H/4, W/4, C]
@@ -86,8 +100,7 @@ class ConvStem(nn.Module):
         self.norm = norm_layer(embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = check_image_input(x, self.in_chans, 'This CSWin-layout model')
-        x = pad_min_nchw(x, 3)
+        x = stem_input(x, self.in_chans, 'This CSWin-layout model', minimum=3)
         x = self.proj(x).permute(0, 2, 3, 1)  # [B, C, H/4, W/4] -> [B, H/4, W/4, C]
         return self.norm(x)
 
