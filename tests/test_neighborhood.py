@@ -13,7 +13,7 @@ from hiervit.kernels.neighborhood import na_dispatcher, neighborhood_attention, 
 from hiervit.kernels.neighborhood.reference import neighbor_index, window_start
 
 HAS_NATTEN = importlib.util.find_spec('natten') is not None
-FAST_BACKENDS = [n for n in ('cpu',) if n in na_dispatcher.names]
+FAST_BACKENDS = [n for n in ('cpp', 'cpu') if n in na_dispatcher.names]
 
 
 def _keys_1d(length, kernel, dilation=1):
@@ -152,6 +152,15 @@ SWEEP = [
 ]
 
 
+def _need(backend):
+    """The cpp backend needs its library built on this machine; where it cannot be, say why (the cpu path runs)."""
+    if backend == 'cpp':
+        from hiervit.kernels.neighborhood.cpp import availability
+        reason = availability()
+        if reason is not None:
+            pytest.skip(f'cpp backend unavailable here: {reason}')
+
+
 def _inputs(B, spatial, heads, d, dv, kernel, rpb, dtype=torch.float32, scale=1.0):
     q, k = (torch.randn(B, *spatial, heads, d, dtype=dtype) * scale for _ in range(2))
     v = torch.randn(B, *spatial, heads, dv, dtype=dtype)
@@ -170,6 +179,7 @@ def _run(backend, tensors, kernel, dilation, dout):
 @pytest.mark.parametrize('backend', FAST_BACKENDS)
 @pytest.mark.parametrize('spatial,kernel,dilation,heads,d,dv', SWEEP)
 def test_backend_matches_reference(backend, spatial, kernel, dilation, heads, d, dv):
+    _need(backend)
     if backend == 'triton' and len(spatial) > 2:
         pytest.skip('triton: 1-D and 2-D only')
     for rpb in (True, False):
@@ -205,6 +215,8 @@ def test_cpu_batch_chunks_and_low_precision(monkeypatch, dtype):
 
 @pytest.mark.parametrize('backend', ['reference'] + FAST_BACKENDS)
 def test_gradcheck(backend):
+    """float64 inputs: the reference and cpu compute in float64, and so does the cpp kernel (its float64 path)."""
+    _need(backend)
     torch.manual_seed(1)
     q, k, v, rpb = _inputs(1, (5, 4), 2, 3, 2, (3, 2), True, dtype=torch.float64)
     fn = lambda q, k, v, rpb: neighborhood_attention(q, k, v, (3, 2), (1, 2), rpb=rpb, backend=backend)
@@ -274,11 +286,11 @@ def test_dispatcher_explains_and_env_override(monkeypatch):
         neighborhood_attention(q, k, v, 3)
 
 
-def test_auto_picks_cpu_on_cpu():
+def test_auto_picks_cpp_or_cpu_on_cpu():
     from hiervit.kernels.neighborhood import NAProblem
+    from hiervit.kernels.neighborhood.cpp import availability
     p = NAProblem(torch.device('cpu'), torch.float32, 1, (8, 8), 2, 8, 8, (3, 3), (1, 1), True, True)
-    name = na_dispatcher.select(p)
-    assert name == ('cpu' if 'cpu' in na_dispatcher.names else 'reference')
+    assert na_dispatcher.select(p) == ('cpp' if availability() is None else 'cpu')
     if 'triton' in na_dispatcher.names:
         reason = na_dispatcher.explain(p)['triton']
         assert reason is None or 'TRITON_INTERPRET' in reason

@@ -28,13 +28,14 @@ def test_recipe_loads(path):
 
 
 def test_classification_recipe_names_match_models():
+    # `<model>.yaml`, or `<model>.<tag>.yaml` for a further recipe of the same model (pre-training, fine-tuning)
     for path in CLASSIFICATION:
-        name = os.path.splitext(os.path.basename(path))[0]
+        name = os.path.splitext(os.path.basename(path))[0].split('.')[0]
         assert load_recipe(path, build_train_parser())['model'] == name, path
 
 
 def test_every_registered_model_has_a_recipe():
-    have = {os.path.splitext(os.path.basename(p))[0] for p in CLASSIFICATION}
+    have = {os.path.splitext(os.path.basename(p))[0].split('.')[0] for p in CLASSIFICATION}
     missing = sorted(set(hiervit.list_hiervit_models()) - have)
     assert not missing, f'add configs/classification/<model>.yaml for {missing}'
 
