@@ -4,6 +4,7 @@
   python -m hiervit.bench op routed [--stage 1 2 3 --batch 8]
   python -m hiervit.bench model nat_tiny dinat_tiny swin_tiny_patch4_window7_224 [--batch 8 --img-size 224]
   python -m hiervit.bench det CONFIG [--img-size 512]
+  python -m hiervit.bench gpu [--batch 8]   (CUDA only: Triton vs reference in fp32/fp16/bf16, then timed with peers)
 """
 import argparse
 import json
@@ -82,6 +83,20 @@ def cmd_det(args: argparse.Namespace) -> None:
     print(format_table(rows, list(rows[0])))
 
 
+def cmd_gpu(args: argparse.Namespace) -> None:
+    from .gpu import DTYPES, accuracy_rows, require_cuda
+    device = require_cuda()
+    print(f'{torch.cuda.get_device_name(device)}, torch {torch.__version__}')
+    print('triton vs reference (fp32, from the same rounded inputs): max |error| / max |reference|')
+    print(format_table(accuracy_rows(device), ['op', 'shape', 'dtype', 'out', 'dq', 'dk', 'dv', 'drpb']))
+    for dtype in DTYPES:
+        for op in ('neighborhood', 'routed'):
+            cmd_op(argparse.Namespace(
+                op=op, device='cuda', dtype=dtype, batch=args.batch, heads=2, size=[56, 56], kernel=7, dilation=1,
+                head_dim=32, no_rpb=False, stage=[1, 2, 3], backends=None, no_peers=False, repeats=args.repeats,
+                threads=0))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog='python -m hiervit.bench', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,6 +135,11 @@ def main(argv=None) -> None:
     det.add_argument('--repeats', type=int, default=3)
     det.add_argument('--no-swin', action='store_true', help='skip the same config with mmdet\'s Swin-T backbone')
     det.set_defaults(fn=cmd_det)
+
+    gpu = sub.add_parser('gpu', help='CUDA only: Triton backends vs reference (fp32/fp16/bf16), timed with peers')
+    gpu.add_argument('--batch', type=int, default=8)
+    gpu.add_argument('--repeats', type=int, default=20)
+    gpu.set_defaults(fn=cmd_gpu)
 
     args = parser.parse_args(argv)
     args.fn(args)
