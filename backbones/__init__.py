@@ -5,10 +5,12 @@ import timm
 
 # One import per family file; each registers its `@register_model` entrypoints on import.
 from . import biformer  # noqa: F401
+from . import cswin  # noqa: F401
 from . import dinats  # noqa: F401
 from . import nat  # noqa: F401
+from . import s2aformer  # noqa: F401
 
-HIERVIT_MODULES = ('biformer', 'dinats', 'nat')
+HIERVIT_MODULES = ('biformer', 'cswin', 'dinats', 'nat', 's2aformer')
 
 
 def list_hiervit_models(pattern: str = '', pretrained: bool = False) -> List[str]:

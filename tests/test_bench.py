@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hiervit.bench._timing import PeakMemory, format_table
-from hiervit.bench.ops import _flex_na2d, gather_na2d
+from hiervit.bench.ops import _flex_na2d, flatten_official, gather_na2d, l2vit_official, linear_sweep
 
 
 @pytest.mark.parametrize('size,kernel,dilation', [((13, 17), 5, 1), ((12, 9), 3, 2), ((10, 10), 4, 1)])
@@ -21,6 +21,21 @@ def test_na_peers_match_natten(size, kernel, dilation):
     rpb = torch.randn(2, 2 * kernel - 1, 2 * kernel - 1)
     torch.testing.assert_close(_flex_na2d(q, k, v, rpb, kd, dd, 0.3, False)(), gather_na2d(q, k, v, rpb, kd, dd, 0.3),
                                atol=1e-5, rtol=0)
+
+
+def test_linear_peers_match_the_op():
+    from hiervit.kernels.linear import linear_attention
+    q, k = (torch.rand(2, 3, 30, 8) for _ in range(2))
+    v, t = torch.randn(2, 3, 30, 8), torch.rand(3, 1, 1)
+    torch.testing.assert_close(l2vit_official(q, k, v, t), linear_attention(q, k, v, 'clamp', t, clamp_min=100.))
+    torch.testing.assert_close(flatten_official(q, k, v), linear_attention(q, k, v, 'mean'))
+
+
+def test_linear_sweep_writes_a_plot(tmp_path):
+    png = tmp_path / 'sweep.png'
+    rows = linear_sweep('cpu', 'float32', 1, 1, 8, [2, 5], repeats=1, png=str(png))
+    assert [r['tokens'] for r in rows] == [4, 25] and all(r['linear_ms'] > 0 and r['sdpa_ms'] > 0 for r in rows)
+    assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
 def test_peak_memory_counts_live_tensors():

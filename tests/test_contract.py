@@ -105,7 +105,11 @@ def test_cfg_and_shapes(name):
     assert tagged, f'{name} has no pretrained cfg (is default_cfgs defined above the entrypoints?)'
     for full in tagged:
         cfg = timm.models.get_pretrained_cfg(full).to_dict()
-        assert cfg.get('url') or cfg.get('file') or cfg.get('hf_hub_id'), f'{full}: no weight source'
+        has_weights = cfg.get('url') or cfg.get('file') or cfg.get('hf_hub_id')
+        # a model without released weights (a reconstruction) must say so, and timm must not list it as pretrained
+        says_none = any('no weights' in note.lower() for note in cfg.get('notes') or ())
+        assert has_weights or says_none, f'{full}: no weight source, and its cfg notes do not say none exists'
+        assert has_weights or full not in timm.list_models(pretrained=True, include_tags=True)
         for key in ('license', 'mean', 'std', 'crop_pct', 'interpolation', 'first_conv', 'classifier', 'pool_size'):
             assert cfg.get(key) is not None, f'{full}: cfg lacks {key!r}'
 

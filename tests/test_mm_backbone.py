@@ -22,6 +22,8 @@ TINY = {
                   num_heads=(1, 2, 4, 8), dilations=[[1], [2], [1, 2], [1]]),
     'dinat_s': dict(type='hiervit.DiNATs', model_name='dinat_s_tiny', depths=(1, 1, 2, 1), embed_dim=32,
                     num_heads=(1, 2, 4, 8), dilations=[[1], [2], [1, 2], [1]]),
+    's2aformer': dict(type='hiervit.S2AFormer', model_name='s2aformer_mini', depths=(1, 1, 1, 1),
+                      embed_dims=(32, 64, 96, 128), stem_dims=(8, 8, 16)),
 }
 
 
@@ -50,7 +52,7 @@ def test_outputs_and_every_param_used(family, out_indices):
     assert not unused, unused
 
 
-@pytest.mark.parametrize('family', ['biformer', 'nat'])
+@pytest.mark.parametrize('family', ['biformer', 'nat', 's2aformer'])
 def test_out_norms_are_applied(family):
     m = _build(family, out_indices=(0, 1, 2, 3)).eval()
     x = torch.randn(1, 3, 64, 64)
@@ -60,7 +62,7 @@ def test_out_norms_are_applied(family):
         assert not torch.allclose(r, n), f'output {i} is not normalised'
         # per-output LayerNorm over channels at init (weight 1, bias 0): zero mean over C at every position
         torch.testing.assert_close(n.mean(1), torch.zeros_like(n.mean(1)), atol=1e-4, rtol=0)
-    assert isinstance(m.model.norm, nn.Identity) == (family == 'biformer')  # NAT's last output norm is `norm`
+    assert isinstance(m.model.norm, nn.Identity) == (family != 'nat')  # NAT's last output norm is `norm`
 
 
 def test_registry_scope_resolves_from_mmdet_and_mmseg_without_custom_imports():

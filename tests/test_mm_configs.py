@@ -41,6 +41,12 @@ def _tiny_backbone(bb: Dict) -> Dict:
     name = bb['model_name']
     if name.startswith('biformer'):
         return dict(model_name='biformer_tiny', depths=(1, 1, 1, 1), embed_dims=(32, 64, 128, 256))
+    if name.startswith('davit'):
+        return dict(model_name='davit_tiny', depths=(1, 1, 1, 1), embed_dims=(32, 64, 128, 256), num_heads=(1, 2, 4, 8))
+    if name.startswith('cswin'):
+        return dict(model_name='cswin_tiny', embed_dim=16, depths=(1, 1, 1, 1), num_heads=(2, 2, 4, 4))
+    if name.startswith('s2aformer'):
+        return dict(model_name='s2aformer_mini', depths=(1, 1, 1, 1), embed_dims=(32, 64, 96, 128), stem_dims=(8, 8, 16))
     depths = (1, 1, 2, 1)
     small = 'dinat_s_tiny' if name.startswith('dinat_s') else name.split('_')[0] + '_mini'
     tiny = dict(model_name=small, embed_dim=32, depths=depths, num_heads=(1, 2, 4, 8))
@@ -59,7 +65,8 @@ def load_tiny(path: str) -> Config:
         pytest.skip(f'{tiny["model_name"]} is not registered with timm in this checkout')
     # the widths the config's neck (detectors, Semantic FPN) or decode head (UperNet) expects from the full backbone
     full_widths = list((cfg.model.get('neck') or cfg.model.decode_head).in_channels)
-    bb.update(tiny, drop_path_rate=0.1)
+    # the shrunk backbone cannot take the config's pretrained weights
+    bb.update(tiny, drop_path_rate=0.1, init_cfg=None)
     tiny_widths = list(MODELS.build(dict(bb, init_cfg=None)).out_channels)
     swap_in_channels(cfg, full_widths, tiny_widths)
     if cfg.default_scope == 'mmseg':
@@ -78,7 +85,7 @@ def load_tiny(path: str) -> Config:
 def test_every_config_is_found():
     assert all(os.path.exists(p) for p in TRAIN_STEP)
     families = {os.path.basename(os.path.dirname(p)) for p in CONFIGS}
-    assert families == {'nat', 'dinat', 'dinat_s', 'biformer'}
+    assert families == {'nat', 'dinat', 'dinat_s', 'biformer', 's2aformer', 'davit', 'cswin'}
     assert len(DET) >= 12 and len(SEG) >= 8
 
 
@@ -145,6 +152,10 @@ TRAIN_STEP = [os.path.join(ROOT, p) for p in (
     'detection/biformer/retinanet_biformer-s_fpn_amp-1x_coco.py',
     'segmentation/dinat/dinat-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py',
     'segmentation/biformer/biformer-s_fpn_8xb4-amp-80k_ade20k-512x512.py',
+    'detection/davit/mask-rcnn_davit-tiny_fpn_ms-crop-1x_coco.py',
+    'detection/davit/retinanet_davit-tiny_fpn_ms-crop-3x_coco.py',
+    'segmentation/davit/davit-tiny_upernet_8xb2-160k_ade20k-512x512.py',
+    'segmentation/cswin/cswin-tiny_upernet_8xb2-160k_ade20k-512x512.py',
 )]
 
 
@@ -196,3 +207,50 @@ def test_bench_config_times_config_and_swin():
     for r in rows:
         assert r['img_size'] == 96 and 0 < r['backbone_neck_ms'] < r['fwd_ms'] and r['params_m'] > 1
     assert rows[1]['params_m'] > rows[0]['params_m']  # Swin-T is much larger than the one-block-per-stage BiFormer
+
+
+# The official DaViT-T dense configs (dingmyu/davit mmdet/configs/davit_{maskrcnn,retinanet}_{1x,3x}_coco.py on mmdet 2's
+# schedule_1x.py, mmseg/configs/upernet_davit_512x512_160k_ade20k.py): drop path, epochs and LR steps per file.
+DAVIT_TINY_OFFICIAL = {
+    'detection/davit/mask-rcnn_davit-tiny_fpn_ms-crop-1x_coco.py': (0.1, 12, [8, 11]),
+    'detection/davit/mask-rcnn_davit-tiny_fpn_ms-crop-3x_coco.py': (0.2, 36, [27, 33]),
+    'detection/davit/retinanet_davit-tiny_fpn_ms-crop-1x_coco.py': (0.1, 12, [8, 11]),
+    'detection/davit/retinanet_davit-tiny_fpn_ms-crop-3x_coco.py': (0.2, 36, [27, 33]),
+}
+DETR_SCALES = [(480, 1333), (512, 1333), (544, 1333), (576, 1333), (608, 1333), (640, 1333), (672, 1333), (704, 1333),
+               (736, 1333), (768, 1333), (800, 1333)]
+
+
+@pytest.mark.parametrize('rel', sorted(DAVIT_TINY_OFFICIAL))
+def test_davit_tiny_detection_configs_follow_the_official_files(rel):
+    cfg = Config.fromfile(os.path.join(ROOT, rel))
+    drop_path, epochs, steps = DAVIT_TINY_OFFICIAL[rel]
+    bb = cfg.model.backbone
+    assert (bb.model_name, bb.drop_path_rate, bb.get('window_size', 7)) == ('davit_tiny', drop_path, 7)
+    assert bb.init_cfg.checkpoint == 'timm/davit_tiny.msft_in1k'
+    opt = cfg.optim_wrapper
+    assert opt.type == 'OptimWrapper' and 'paramwise_cfg' not in opt and opt.get('clip_grad') is None
+    assert (opt.optimizer.type, opt.optimizer.lr, opt.optimizer.weight_decay) == ('AdamW', 1e-4, 0.05)
+    warmup, step = cfg.param_scheduler
+    assert (warmup.type, warmup.start_factor, warmup.end, warmup.by_epoch) == ('LinearLR', 0.001, 500, False)
+    assert step.milestones == steps and cfg.train_cfg.max_epochs == epochs
+    assert cfg.train_dataloader.batch_size == 2  # x 8 GPUs
+    choice = next(t for t in cfg.train_dataloader.dataset.pipeline if t.type == 'RandomChoice')
+    resize, (small, crop, again) = choice.transforms
+    assert [tuple(s) for s in resize[0].scales] == DETR_SCALES == [tuple(s) for s in again.scales]
+    assert [tuple(s) for s in small.scales] == [(400, 1333), (500, 1333), (600, 1333)]
+    assert (crop.crop_type, tuple(crop.crop_size)) == ('absolute_range', (384, 600))
+
+
+def test_davit_tiny_upernet_config_follows_the_official_file():
+    cfg = Config.fromfile(os.path.join(ROOT, 'segmentation/davit/davit-tiny_upernet_8xb2-160k_ade20k-512x512.py'))
+    bb = cfg.model.backbone
+    assert (bb.model_name, bb.drop_path_rate) == ('davit_tiny', 0.3)
+    assert list(cfg.model.decode_head.in_channels) == [96, 192, 384, 768] and cfg.model.auxiliary_head.in_channels == 384
+    opt = cfg.optim_wrapper
+    assert opt.type == 'OptimWrapper' and 'paramwise_cfg' not in opt
+    assert (opt.optimizer.type, opt.optimizer.lr, opt.optimizer.weight_decay) == ('AdamW', 6e-5, 0.01)
+    warmup, poly = cfg.param_scheduler
+    assert (warmup.start_factor, warmup.end) == (1e-6, 1500)
+    assert (poly.type, poly.power, poly.eta_min, poly.end) == ('PolyLR', 1.0, 0.0, 160000)
+    assert cfg.train_cfg.max_iters == 160000 and cfg.train_dataloader.batch_size == 2

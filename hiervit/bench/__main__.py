@@ -2,6 +2,8 @@
 
   python -m hiervit.bench op neighborhood [--batch 8 --heads 2 --size 56 56 --kernel 7 --head-dim 32]
   python -m hiervit.bench op routed [--stage 1 2 3 --batch 8]
+  python -m hiervit.bench op window [--shape swin1 swin3 cswin1 cswin2 cswin3 --batch 8]
+  python -m hiervit.bench op linear [--stage 1 2 3 4 --normalizer clamp|mean] [--sweep --png linear_sweep.png]
   python -m hiervit.bench model nat_tiny dinat_tiny swin_tiny_patch4_window7_224 [--batch 8 --img-size 224]
   python -m hiervit.bench det CONFIG [--img-size 512]
   python -m hiervit.bench gpu [--batch 8]   (CUDA only: Triton vs reference in fp32/fp16/bf16, then timed with peers)
@@ -43,23 +45,50 @@ def cmd_op(args: argparse.Namespace) -> None:
         title = (f'neighborhood attention: B={args.batch} heads={args.heads} {args.size[0]}x{args.size[1]} '
                  f'k={args.kernel} dilation={args.dilation} head_dim={args.head_dim} rpb={not args.no_rpb} '
                  f'{args.dtype} on {args.device}')
+    elif args.op == 'window':
+        specs = [dict(base, shape=s) for s in args.shape]
+        title = (f'window attention at Swin-T / CSWin-T stage shapes (224 px): B={args.batch} {args.dtype} on '
+                 f'{args.device}')
+    elif args.op == 'linear':
+        if args.sweep:
+            return _linear_sweep(args)
+        specs = [dict(base, stage=s, normalizer=args.normalizer) for s in args.stage or [1, 2, 3, 4]]
+        title = (f'linear attention at L2ViT-T global-attention shapes (224 px): B={args.batch} '
+                 f'normalizer={args.normalizer} {args.dtype} on {args.device}')
     else:
-        specs = [dict(base, stage=s) for s in args.stage]
+        if args.stage and 4 in args.stage:
+            raise SystemExit('routed: --stage takes BiFormer-T stages 1, 2, 3 (stage 4 has no routing).')
+        specs = [dict(base, stage=s) for s in args.stage or [1, 2, 3]]
         title = f'routed attention at BiFormer-T stage shapes (224 px): B={args.batch} {args.dtype} on {args.device}'
     rows: List[Dict] = []
     for spec in specs:
         labels = list(OPS[args.op](spec))
         if args.backends:
             labels = [lb for lb in labels if lb.split(':', 1)[1] in args.backends]
-        for label in tqdm(labels, desc=f'{args.op} {spec.get("stage", "")}'.strip(), leave=False):
+        for label in tqdm(labels, desc=f'{args.op} {spec.get("stage", spec.get("shape", ""))}'.strip(), leave=False):
             rows.append(_run_worker(spec, label))
     gemm = [r['gemm_gflops'] for r in rows if 'gemm_gflops' in r]
     print(title)
     if gemm:
+        flops = ('2*B*heads*N*d*(2*dv+1) (k^T v, q S, q . z)' if args.op == 'linear' else
+                 '4*B*heads*queries*keys_per_query*head_dim')
         print(f'in-process fp32 GEMM (2048^3): {max(gemm):.1f} GFLOP/s (best over workers); '
-              'forward FLOPs = 4*B*heads*queries*keys_per_query*head_dim, fwd+bwd = 3x forward; '
+              f'forward FLOPs = {flops}, fwd+bwd = 3x forward; '
               'fwd rows run under no_grad; peak = tensor memory allocated beyond the inputs')
     print(format_table(rows, OP_COLUMNS))
+
+
+def _linear_sweep(args: argparse.Namespace) -> None:
+    from .ops import linear_sweep
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = linear_sweep(args.device, args.dtype, args.batch, args.heads, args.head_dim, args.sides, args.repeats,
+                        args.png)
+    cross = next((r['tokens'] for r in rows if r['speedup'] > 1), None)
+    print(f'linear attention (clamp, auto backend) vs softmax SDPA, fwd+bwd: B={args.batch} heads={args.heads} '
+          f'head_dim={args.head_dim} {args.dtype} on {args.device}, {torch.get_num_threads()} threads; plot: {args.png}')
+    print(format_table(rows, ['side', 'tokens', 'linear_ms', 'sdpa_ms', 'speedup']))
+    print(f'linear attention is faster from N = {cross} tokens' if cross else 'linear attention was never faster')
 
 
 def cmd_model(args: argparse.Namespace) -> None:
@@ -103,7 +132,7 @@ def main(argv=None) -> None:
     sub = parser.add_subparsers(dest='cmd', required=True)
 
     op = sub.add_parser('op', help='time every backend of an op (and installed peers)')
-    op.add_argument('op', choices=['neighborhood', 'routed'])
+    op.add_argument('op', choices=['neighborhood', 'routed', 'linear', 'window'])
     op.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     op.add_argument('--dtype', default='float32', choices=['float32', 'float16', 'bfloat16'])
     op.add_argument('--batch', type=int, default=8)
@@ -113,8 +142,18 @@ def main(argv=None) -> None:
     op.add_argument('--dilation', type=int, default=1)
     op.add_argument('--head-dim', type=int, default=32)
     op.add_argument('--no-rpb', action='store_true', help='neighborhood: no relative position bias')
-    op.add_argument('--stage', type=int, nargs='+', default=[1, 2, 3], choices=[1, 2, 3],
-                    help='routed: BiFormer-T stages to time')
+    op.add_argument('--stage', type=int, nargs='+', choices=[1, 2, 3, 4],
+                    help='routed: BiFormer-T stages 1-3 (default all); linear: L2ViT-T stages 1-4 (default all)')
+    op.add_argument('--normalizer', default='clamp', choices=['clamp', 'mean', 'sum', 'injective', 'none'],
+                    help='linear: clamp (L2ViT, beside its official chain), mean (FLatten, beside its chain), ...')
+    op.add_argument('--sweep', action='store_true',
+                    help='linear: fwd+bwd time against softmax SDPA over map sizes, with a plot (--png)')
+    op.add_argument('--sides', type=int, nargs='+', default=[4, 7, 10, 14, 20, 28, 40, 56, 80],
+                    help='linear --sweep: square map sides (tokens = side^2); --heads/--head-dim set the heads')
+    op.add_argument('--png', default='linear_sweep.png', help='linear --sweep: where the plot goes')
+    op.add_argument('--shape', nargs='+', default=['swin1', 'swin3', 'cswin1', 'cswin2', 'cswin3'],
+                    choices=['swin1', 'swin3', 'cswin1', 'cswin2', 'cswin3'],
+                    help='window: Swin-T stage 1/3 and CSWin-T stage 1/2/3 shapes at 224 px')
     op.add_argument('--backends', nargs='+', help='only these rows (backend or peer names, e.g. cpu gather)')
     op.add_argument('--no-peers', action='store_true', help='skip the non-hiervit peers')
     op.add_argument('--repeats', type=int, default=5)

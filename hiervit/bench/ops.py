@@ -3,7 +3,7 @@
 A case is built inside a worker process from a plain-dict spec, so the spec must be JSON-serialisable.
 """
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -184,12 +184,263 @@ def routed_cases(spec: Dict) -> Dict[str, Callable[[], Case]]:
     return {f'hiervit:{n}': (lambda n=n: backend_case(n)) for n in routed_dispatcher.names}
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# window (Swin windows, CSWin stripes)
+
+# (H, W, heads, head_dim, window, shift): Swin-T (224 px) stages 1 and 3, shifted blocks with the bias table.
+SWIN_T_STAGES = {1: (56, 56, 3, 32, 7, 3), 3: (14, 14, 12, 32, 7, 3)}
+# (H, W, heads, head_dim, stripe width): CSWin-T (224 px) stages 1-3; half the heads in each stripe direction.
+CSWIN_T_STAGES = {1: (56, 56, 2, 32, 1), 2: (28, 28, 4, 32, 2), 3: (14, 14, 8, 32, 7)}
+
+
+def swin_attn_mask(H: int, W: int, window: int, shift: int, heads: int) -> Optional[torch.Tensor]:
+    """timm's shifted-window mask `[windows, N, N]` (0 / -100), taken from timm's own SwinTransformerBlock."""
+    from timm.models.swin_transformer import SwinTransformerBlock
+    block = SwinTransformerBlock(heads * 4, (H, W), num_heads=heads, window_size=window, shift_size=shift,
+                                 always_partition=True)
+    return block.attn_mask
+
+
+def swin_window_peer(qkv: torch.Tensor, table: Optional[torch.Tensor], window: int, shift: int, scale: float,
+                     attn_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """timm's Swin attention path on `qkv [B, H, W, 3, heads, d]` (H, W multiples of the window): cyclic shift,
+    `window_partition`, explicit attention with the bias table and mask added (timm's non-fused default),
+    `window_reverse`, reverse shift. Returns `[B, H, W, heads, d]`."""
+    from timm.models.swin_transformer import get_relative_position_index, window_partition, window_reverse
+    B, H, W, _, heads, d = qkv.shape
+    ws, N = (window, window), window * window
+    x = qkv.reshape(B, H, W, 3 * heads * d)
+    if shift:
+        x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+    x = window_partition(x, ws).view(-1, N, 3, heads, d).permute(2, 0, 3, 1, 4)  # [3, B * windows, heads, N, d]
+    q, k, v = x.unbind(0)
+    attn = (q * scale) @ k.transpose(-2, -1)
+    if table is not None:
+        index = get_relative_position_index(window, window).to(qkv.device)
+        attn = attn + table[index.view(-1)].view(N, N, -1).permute(2, 0, 1).unsqueeze(0)
+    if attn_mask is not None:
+        nw = attn_mask.shape[0]
+        attn = (attn.view(-1, nw, heads, N, N) + attn_mask.unsqueeze(1).unsqueeze(0)).view(-1, heads, N, N)
+    x = (attn.softmax(-1) @ v).transpose(1, 2).reshape(-1, window, window, heads * d)
+    x = window_reverse(x, ws, H, W)
+    if shift:
+        x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+    return x.view(B, H, W, heads, d)
+
+
+def _img2windows(img: torch.Tensor, h_sp: int, w_sp: int) -> torch.Tensor:
+    B, C, H, W = img.shape
+    img = img.view(B, C, H // h_sp, h_sp, W // w_sp, w_sp)
+    return img.permute(0, 2, 4, 3, 5, 1).contiguous().reshape(-1, h_sp * w_sp, C)
+
+
+def _windows2img(windows: torch.Tensor, h_sp: int, w_sp: int, H: int, W: int) -> torch.Tensor:
+    B = windows.shape[0] // (H * W // (h_sp * w_sp))
+    img = windows.view(B, H // h_sp, W // w_sp, h_sp, w_sp, -1)
+    return img.permute(0, 1, 3, 2, 4, 5).contiguous().view(B, H, W, -1)
+
+
+def cswin_stripe_peer(qkv: torch.Tensor, stripe: Optional[int], scale: float, center_pad: bool = False) -> torch.Tensor:
+    """The official CSWin attention path (models/cswin.py `LePEAttention`, LePE left out) on `qkv [B, H, W, 3, heads,
+    d]`: the first half of the heads in vertical stripes `(H, sw)`, the second half in horizontal ones `(sw, W)`
+    (`stripe=None`: all heads, full attention), each through `img2windows` / `windows2img` on `[B, C, H, W]` maps.
+    Without `center_pad` (the classification code) H and W must be stripe multiples; with it, the segmentation
+    backbone's rule: qkv zero-padded (centred, unmasked) to the stripe multiple."""
+    B, H, W, _, heads, d = qkv.shape
+    branches = [(H, W, 0, heads)] if stripe is None else [(H, stripe, 0, heads // 2), (stripe, W, heads // 2, heads)]
+    outs = []
+    for h_sp, w_sp, h0, h1 in branches:
+        t = qkv[:, :, :, :, h0:h1].permute(3, 0, 4, 5, 1, 2).reshape(3, B, (h1 - h0) * d, H, W)  # [3, B, C, H, W]
+        ph, pw = -H % h_sp, -W % w_sp
+        if (ph or pw) and not center_pad:
+            raise ValueError(f'the classification CSWin needs stripe multiples, got {H}x{W} for stripe {stripe}')
+        top, left = ph // 2, pw // 2
+        t = torch.nn.functional.pad(t, (left, pw - left, top, ph - top))
+        Hp, Wp = H + ph, W + pw
+        q, k, v = (_img2windows(x, h_sp, w_sp).reshape(-1, h_sp * w_sp, h1 - h0, d).permute(0, 2, 1, 3)
+                   for x in t.unbind(0))
+        attn = ((q * scale) @ k.transpose(-2, -1)).softmax(-1)
+        x = (attn @ v).transpose(1, 2).reshape(-1, h_sp * w_sp, (h1 - h0) * d)
+        x = _windows2img(x, h_sp, w_sp, Hp, Wp)[:, top:top + H, left:left + W]
+        outs.append(x.reshape(B, H, W, h1 - h0, d))
+    return torch.cat(outs, dim=3)
+
+
+def window_cases(spec: Dict) -> Dict[str, Callable[[], Case]]:
+    """Swin-T (`swin1`, `swin3`) and CSWin-T (`cswin1`..`cswin3`) stage shapes: each backend against its peer."""
+    from hiervit.kernels.window import window_attention, window_attention_flops, window_dispatcher
+
+    device, dtype = torch.device(spec['device']), _dtype(spec['dtype'])
+    B, shape = spec['batch'], spec['shape']
+    family, stage = shape[:-1], int(shape[-1])
+    g = torch.Generator().manual_seed(0)
+    make = lambda *s: torch.randn(*s, generator=g).to(device, dtype).requires_grad_()
+    if family == 'swin':
+        H, W, heads, d, window, shift = SWIN_T_STAGES[stage]
+        note = f'Swin-T stage {stage}: {H}x{W}, {heads}x{d}, window {window}, shift {shift}, rpb'
+        flops = float(window_attention_flops((B, H, W, heads, d), (window, window)))
+    else:
+        H, W, heads, d, stripe = CSWIN_T_STAGES[stage]
+        note = f'CSWin-T stage {stage}: {H}x{W}, {heads}x{d}, stripes {stripe}, half the heads each way'
+        flops = float(window_attention_flops((B, H, W, heads // 2, d), (H, stripe))
+                      + window_attention_flops((B, H, W, heads // 2, d), (stripe, W)))
+    scale = d ** -0.5
+
+    def inputs():
+        qkv = make(B, H, W, 3, heads, d)
+        table = make((2 * window - 1) ** 2, heads) if family == 'swin' else None
+        return qkv, table
+
+    def backend_case(name: str) -> Case:
+        qkv, table = inputs()
+        if family == 'swin':
+            def fwd():
+                q, k, v = qkv.unbind(3)
+                return window_attention(q, k, v, window, shift, rpb=table, scale=scale, backend=name)
+        else:
+            half = heads // 2
+
+            def fwd():
+                q, k, v = qkv.unbind(3)
+                vert = window_attention(q[..., :half, :], k[..., :half, :], v[..., :half, :], (None, stripe),
+                                        scale=scale, backend=name)
+                horiz = window_attention(q[..., half:, :], k[..., half:, :], v[..., half:, :], (stripe, None),
+                                         scale=scale, backend=name)
+                return torch.cat([vert, horiz], dim=3)
+        return Case(fwd, [t for t in (qkv, table) if t is not None], flops, note=note)
+
+    def peer_case() -> Case:
+        qkv, table = inputs()
+        if family == 'swin':
+            mask = swin_attn_mask(H, W, window, shift, heads)
+            mask = None if mask is None else mask.to(device, dtype)
+            fwd = lambda: swin_window_peer(qkv, table, window, shift, scale, mask)
+            label = "timm swin_transformer.py: roll, window_partition, attention, window_reverse"
+        else:
+            fwd = lambda: cswin_stripe_peer(qkv, stripe, scale)
+            label = 'official CSWin: img2windows, attention, windows2img'
+        return Case(fwd, [t for t in (qkv, table) if t is not None], flops, note=label)
+
+    cases: Dict[str, Callable[[], Case]] = {f'hiervit:{n}': (lambda n=n: backend_case(n))
+                                            for n in window_dispatcher.names}
+    if spec.get('peers', True):
+        cases['peer:' + ('timm-swin' if family == 'swin' else 'cswin-img2windows')] = peer_case
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# linear (non-causal linear attention: L2ViT's global attention, FLatten's focused linear attention)
+
+# L2ViT-T at 224: (map side, channels, heads) of the linear global attention blocks in each stage.
+L2VIT_T_STAGES = {1: (56, 96, 3), 2: (28, 192, 6), 3: (14, 384, 12), 4: (7, 768, 24)}
+
+
+def l2vit_official(q, k, v, temperature):
+    """L2ViT's `LinearAttention.forward` chain (re-expressed): clamp(q . sum(k), 100), (k^T v) * t, q @ that / denom."""
+    denom = torch.clamp(q @ k.transpose(-2, -1).sum(dim=-1, keepdim=True), 1e2)
+    attn = (k.transpose(-2, -1) @ v) * temperature
+    return (q @ attn) / denom
+
+
+def flatten_official(q, k, v):
+    """FLatten's `FocusedLinearAttention` chain after its 2024 fix (re-expressed): 1 / (q . mean(k) + 1e-6),
+    (k^T N^-0.5) @ (v N^-0.5), q @ kv * z."""
+    n = k.shape[-2]
+    z = 1 / (q @ k.mean(dim=-2, keepdim=True).transpose(-2, -1) + 1e-6)
+    kv = (k.transpose(-2, -1) * (n ** -0.5)) @ (v * (n ** -0.5))
+    return q @ kv * z
+
+
+def _linear_inputs(B: int, heads: int, n: int, d: int, device, dtype, temperature: bool):
+    g = torch.Generator().manual_seed(0)
+    # phi(q), phi(k) >= 0 as the models feed them (ReLU of a projection), v signed
+    q = torch.randn(B, heads, n, d, generator=g).relu_().to(device, dtype).requires_grad_()
+    k = torch.randn(B, heads, n, d, generator=g).relu_().to(device, dtype).requires_grad_()
+    v = torch.randn(B, heads, n, d, generator=g).to(device, dtype).requires_grad_()
+    t = torch.full((heads, 1, 1), d ** -0.5, device=device, dtype=dtype, requires_grad=True) if temperature else None
+    return q, k, v, t
+
+
+def linear_cases(spec: Dict) -> Dict[str, Callable[[], Case]]:
+    from hiervit.kernels.linear import linear_attention, linear_attention_flops, linear_dispatcher
+
+    device, dtype = torch.device(spec['device']), _dtype(spec['dtype'])
+    side, dim, heads = L2VIT_T_STAGES[spec['stage']]
+    B, d, n, norm = spec['batch'], dim // heads, side * side, spec['normalizer']
+    flops = float(linear_attention_flops((B, heads, n, d), (B, heads, n, d), norm))
+    note = f'stage {spec["stage"]}: N={n}, {heads}x{d}'
+    with_t = norm == 'clamp'
+
+    def backend_case(name: str) -> Case:
+        q, k, v, t = _linear_inputs(B, heads, n, d, device, dtype, with_t)
+        fwd = lambda: linear_attention(q, k, v, norm, t, backend=name)
+        return Case(fwd, [x for x in (q, k, v, t) if x is not None], flops, note=f'{note}, {norm}')
+
+    def official_case() -> Case:
+        q, k, v, t = _linear_inputs(B, heads, n, d, device, dtype, with_t)
+        if with_t:
+            return Case(lambda: l2vit_official(q, k, v, t), [q, k, v, t], flops, note=f'{note}, L2ViT chain')
+        return Case(lambda: flatten_official(q, k, v), [q, k, v], flops, note=f'{note}, FLatten chain')
+
+    def sdpa_case() -> Case:
+        q, k, v, _ = _linear_inputs(B, heads, n, d, device, dtype, False)
+        return Case(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), [q, k, v],
+                    4.0 * B * heads * n * n * d, note=f'{note}, softmax attention (FLOPs: 4*B*heads*N^2*d)')
+
+    cases: Dict[str, Callable[[], Case]] = {f'hiervit:{nm}': (lambda nm=nm: backend_case(nm))
+                                            for nm in linear_dispatcher.names}
+    if norm in ('clamp', 'mean'):
+        cases['official:' + ('l2vit' if with_t else 'flatten')] = official_case
+    if spec.get('peers', True):
+        cases['peer:sdpa'] = sdpa_case
+    return cases
+
+
+def linear_sweep(device: str, dtype: str, batch: int, heads: int, head_dim: int, sides: List[int], repeats: int,
+                 png: str) -> List[Dict]:
+    """fwd+bwd time of linear attention (auto backend, `clamp`) and softmax SDPA over square maps of `sides`; writes a
+    plot to `png` and returns the rows (the first side where linear attention is faster is marked)."""
+    from hiervit.kernels.linear import linear_attention
+
+    from ._timing import best_time
+    dev, dt = torch.device(device), _dtype(dtype)
+    rows = []
+    for side in sides:
+        n = side * side
+        q, k, v, t = _linear_inputs(batch, heads, n, head_dim, dev, dt, True)
+        grad = torch.randn_like(v)
+        row = {'side': side, 'tokens': n}
+        for label, fn, inputs in (
+                ('linear_ms', lambda: linear_attention(q, k, v, 'clamp', t), [q, k, v, t]),
+                ('sdpa_ms', lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), [q, k, v])):
+            row[label] = 1e3 * best_time(lambda: torch.autograd.grad(fn(), inputs, grad), dev, repeats=repeats)
+        row['speedup'] = row['sdpa_ms'] / row['linear_ms']
+        rows.append(row)
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    tokens = [r['tokens'] for r in rows]
+    ax.loglog(tokens, [r['linear_ms'] for r in rows], 'o-', label='linear attention (hiervit, clamp)')
+    ax.loglog(tokens, [r['sdpa_ms'] for r in rows], 's-', label='softmax attention (SDPA)')
+    cross = next((r['tokens'] for r in rows if r['speedup'] > 1), None)
+    if cross is not None:
+        ax.axvline(cross, color='gray', ls=':', label=f'linear faster from N={cross}')
+    ax.set_xlabel('tokens N (square map)')
+    ax.set_ylabel('fwd+bwd ms')
+    ax.set_title(f'B={batch}, {heads} heads x {head_dim}, {dtype}, {device}, {torch.get_num_threads()} threads')
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    return rows
+
+
 def _importable(name: str) -> bool:
     import importlib.util
     return importlib.util.find_spec(name) is not None
 
 
-OPS = {'neighborhood': neighborhood_cases, 'routed': routed_cases}
+OPS = {'neighborhood': neighborhood_cases, 'routed': routed_cases, 'linear': linear_cases, 'window': window_cases}
 
 
 def measure(spec: Dict, label: str) -> Dict:

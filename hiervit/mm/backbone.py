@@ -11,7 +11,7 @@ The adapter builds the timm classification model, prunes its head, and returns t
 Only mmengine is imported here, so the adapter works without mmcv/mmdet/mmseg.
 """
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import timm
 import torch
@@ -24,7 +24,7 @@ from timm.models import group_parameters
 import hiervit  # noqa: F401  (registers hiervit's models with timm)
 from hiervit.registry import MODELS
 
-__all__ = ['TimmBackbone', 'NAT', 'DiNAT', 'DiNATs', 'BiFormer']
+__all__ = ['TimmBackbone', 'NAT', 'DiNAT', 'DiNATs', 'BiFormer', 'S2AFormer', 'CSWin']
 
 
 def _unwrap_state_dict(checkpoint: Any) -> Dict[str, torch.Tensor]:
@@ -75,7 +75,8 @@ class TimmBackbone(BaseModule):
             if bad in model_kwargs:
                 raise TypeError(f'{bad}= is not supported; load weights with init_cfg=dict(type=\'Pretrained\', ...).')
         self._create_kwargs = dict(pretrained=False, in_chans=in_channels, **model_kwargs)
-        model = timm.create_model(model_name, **self._create_kwargs)
+        self.model_name = model_name
+        model = self._create_model()
         if not hasattr(model, 'forward_intermediates'):
             raise TypeError(f'{model_name} has no forward_intermediates(); TimmBackbone needs it.')
         num_stages = len(model.feature_info)
@@ -100,7 +101,6 @@ class TimmBackbone(BaseModule):
             if len(out_norms) > out_indices[-1] and hasattr(model, 'norm'):
                 model.norm = nn.Identity()
         self.model = model
-        self.model_name = model_name
         self.out_indices = out_indices
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
@@ -111,6 +111,14 @@ class TimmBackbone(BaseModule):
         if with_cp:
             model.set_grad_checkpointing(True)
         self._freeze_stages()
+
+    def _create_model(self) -> nn.Module:
+        """The whole timm model; adapters of timm's own families add the dense-task modules timm lacks here."""
+        return timm.create_model(self.model_name, **self._create_kwargs)
+
+    def _filter_fn(self) -> Optional[Callable[[Dict[str, Any], nn.Module], Dict[str, torch.Tensor]]]:
+        """The model family's `checkpoint_filter_fn` (official key layouts -> the model's), None for plain timm models."""
+        return getattr(sys.modules[type(self.model).__module__], 'checkpoint_filter_fn', None)
 
     def _group_params(self, num_stages: int) -> Dict[str, int]:
         """Map each parameter name of the model to -1 (stem), its stage index, or `num_stages` (anything after)."""
@@ -192,13 +200,13 @@ class TimmBackbone(BaseModule):
         # Checkpoints saved from this adapter carry its `model.` prefix.
         if all(k.startswith('model.') for k in state_dict):
             state_dict = {k[len('model.'):]: v for k, v in state_dict.items()}
-        filter_fn = getattr(sys.modules[type(self.model).__module__], 'checkpoint_filter_fn', None)
+        filter_fn = self._filter_fn()
         if filter_fn is not None:
             # The filters convert and check a checkpoint against the *whole* model; give them an unpruned twin
             # (on the meta device: no memory, no init cost). Tensors they take from the twin mean "keep the initial
             # value" and are dropped.
             with torch.device('meta'):
-                template = timm.create_model(self.model_name, **self._create_kwargs)
+                template = self._create_model()
             state_dict = {k: v for k, v in filter_fn(state_dict, template).items() if not v.is_meta}
         target = self.model.state_dict()
         # The classification head and final norm were pruned from the adapter's model.
@@ -229,3 +237,8 @@ NAT = _family('NAT', 'nat_tiny', dict(output_norms=True), 'NAT (nat_*) with the 
 DiNAT = _family('DiNAT', 'dinat_tiny', dict(output_norms=True), 'DiNAT (dinat_*); dense configs set `dilations`.')
 DiNATs = _family('DiNATs', 'dinat_s_tiny', dict(output_norms=True), 'DiNAT_s (dinat_s_*), Swin-layout DiNAT.')
 BiFormer = _family('BiFormer', 'biformer_small', dict(out_norms=True), 'BiFormer (biformer_*), LayerNorm2d outputs.')
+S2AFormer = _family(
+    'S2AFormer', 's2aformer_t', dict(out_norms=True), 'S2AFormer (s2aformer_*, a reconstruction), LayerNorm2d outputs.')
+CSWin = _family(
+    'CSWin', 'cswin_tiny', dict(output_norms=True, seg_padding=True),
+    'CSWin (cswin_*) with the segmentation backbone\'s per-output LayerNorms (norm1..norm4) and padding rule.')

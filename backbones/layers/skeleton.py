@@ -1,0 +1,441 @@
+"""Hierarchical layouts that take a token mixer: the Swin layout and the CSWin layout.
+
+Several families are one of these layouts with a different attention. The layout owns everything but the mixer:
+stem, levels of pre-norm blocks, the downsampler closing every level but the last, the final norm, the per-output
+norms of dense-task backbones, the classifier head and the whole timm contract (`forward_intermediates`,
+`prune_intermediate_layers`, `group_matcher`, `set_grad_checkpointing`, `feature_info`, `reset_classifier`, ...),
+written once here.
+
+* `SwinLayout`: non-overlapping 4x4 patch embedding + LayerNorm, Swin's PatchMerging (LayerNorm(4C), Linear to 2C)
+  closing each level (DiNAT_s; FLatten-/InLine-Swin, Swin+VSA plug in the same way).
+* `CSWinLayout`: 7x7 stride-4 conv stem with padding 2 + LayerNorm, 3x3 stride-2 conv (with bias) + LayerNorm
+  closing each level (CSWin; FLatten-/InLine-CSwin).
+
+Adding a mixer to a layout is one class and its registrations. The mixer interface:
+
+    mixer_layers[i](dim, num_heads, block) -> nn.Module    # one factory per level; `block` = index in the level
+
+and the module maps a channels-last map `[B, H, W, dim]` to `[B, H, W, dim]` for any H, W >= 1 (it pads, masks and
+crops as its family needs). Everything around it is fixed: `x = x + drop_path(gamma1 * attn(norm1(x)))`, then
+`x = x + drop_path(gamma2 * mlp(norm2(x)))` (gammas only with layer scale), so a block's state-dict keys are
+`norm1`, `attn.*` (the mixer's own), `norm2`, `mlp.fc1`, `mlp.fc2` under `levels.{i}.blocks.{j}`; the downsampler is
+`levels.{i}.downsample`, the stem `patch_embed`, then `norm`, `out_norms.{i}` and `head.fc`.
+
+Feature maps are channels-last inside the model; `forward_features` returns NHWC (`output_fmt = 'NHWC'`),
+`forward_intermediates` and `features_only` return NCHW. With `output_norms=True` (the default for
+`features_only=True`, see `build_layout_model`) one LayerNorm per level output is added, as the official dense-task
+backbones have, and `forward_intermediates(norm=True)` applies them (the last level uses `norm`).
+"""
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Type, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint_seq
+from timm.models.swin_transformer import PatchMerging
+
+from hiervit.backbones._compat import feature_take_indices
+
+__all__ = [
+    'MixerFactory', 'MixerBlock', 'LayoutLevel', 'HierarchicalTransformer', 'SwinLayout', 'CSWinLayout',
+    'SwinPatchEmbed', 'ConvStem', 'ConvMerge', 'build_layout_model',
+]
+
+MixerFactory = Callable[[int, int, int], nn.Module]
+
+
+def _check_image(x: torch.Tensor, in_chans: int, model: str) -> None:
+    if x.ndim != 4 or x.shape[1] != in_chans:
+        raise ValueError(
+            f'{model} expects an NCHW image batch with {in_chans} channels (the model\'s in_chans), got shape '
+            f'{tuple(x.shape)}. Create the model with in_chans={x.shape[1] if x.ndim == 4 else "<C>"} or convert the '
+            f'input.')
+
+
+class SwinPatchEmbed(nn.Module):
+    """Swin stem: zero-pad bottom/right to a multiple of 4, non-overlapping 4x4 stride-4 conv, LayerNorm.
+
+    NCHW in, NHWC out.
+    """
+
+    def __init__(self, in_chans: int = 3, embed_dim: int = 96, norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+                 patch_size: int = 4):
+        super().__init__()
+        self.in_chans = in_chans
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = norm_layer(embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            _check_image(x, self.in_chans, 'This Swin-layout model')
+        H, W = x.shape[2], x.shape[3]
+        x = F.pad(x, (0, -W % self.patch_size, 0, -H % self.patch_size))
+        x = self.proj(x).permute(0, 2, 3, 1)  # [B, C, H/4, W/4] -> [B, H/4, W/4, C]
+        return self.norm(x)
+
+
+class ConvStem(nn.Module):
+    """CSWin stem: 7x7 stride-4 conv with padding 2, then LayerNorm. NCHW in, NHWC out.
+
+    Inputs below 3 px on an axis (where the conv has no output) are zero-padded bottom/right to 3 px; from 3 px on the
+    stem runs as the official one.
+    """
+
+    def __init__(self, in_chans: int = 3, embed_dim: int = 64, norm_layer: Callable[..., nn.Module] = nn.LayerNorm):
+        super().__init__()
+        self.in_chans = in_chans
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=7, stride=4, padding=2)
+        self.norm = norm_layer(embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            _check_image(x, self.in_chans, 'This CSWin-layout model')
+        H, W = x.shape[2], x.shape[3]
+        if H < 3 or W < 3:
+            x = F.pad(x, (0, max(0, 3 - W), 0, max(0, 3 - H)))
+        x = self.proj(x).permute(0, 2, 3, 1)  # [B, C, H/4, W/4] -> [B, H/4, W/4, C]
+        return self.norm(x)
+
+
+class ConvMerge(nn.Module):
+    """CSWin downsampler: 3x3 stride-2 conv (with bias, padding 1) doubling the channels, then LayerNorm. NHWC."""
+
+    def __init__(self, dim: int, norm_layer: Callable[..., nn.Module] = nn.LayerNorm):
+        super().__init__()
+        self.conv = nn.Conv2d(dim, 2 * dim, kernel_size=3, stride=2, padding=1)
+        self.norm = norm_layer(2 * dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # NHWC -> NCHW -> conv -> NHWC
+        return self.norm(x)
+
+
+class MixerBlock(nn.Module):
+    """Pre-norm transformer block around a token mixer: mixer then MLP, each with optional layer scale
+    (`gamma1`/`gamma2`) and drop path."""
+
+    def __init__(
+            self,
+            dim: int,
+            mixer: nn.Module,
+            mlp_ratio: float = 4.,
+            proj_drop: float = 0.,
+            drop_path: float = 0.,
+            layer_scale: Optional[float] = None,
+            act_layer: Callable[..., nn.Module] = nn.GELU,
+            norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+    ):
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = mixer
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
+        # Plain parameters (not timm's LayerScale module) keep the `gamma1`/`gamma2` keys of the official checkpoints.
+        if layer_scale is not None:
+            self.gamma1 = nn.Parameter(layer_scale * torch.ones(dim))
+            self.gamma2 = nn.Parameter(layer_scale * torch.ones(dim))
+        else:
+            self.gamma1 = self.gamma2 = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.attn(self.norm1(x))
+        x = x + self.drop_path(y if self.gamma1 is None else self.gamma1 * y)
+        y = self.mlp(self.norm2(x))
+        x = x + self.drop_path(y if self.gamma2 is None else self.gamma2 * y)
+        return x
+
+
+class LayoutLevel(nn.Module):
+    """One level: blocks at constant resolution, then (except for the last level) the downsampler."""
+
+    def __init__(
+            self,
+            dim: int,
+            depth: int,
+            num_heads: int,
+            mixer_layer: MixerFactory,
+            downsample_layer: Optional[Callable[..., nn.Module]],
+            mlp_ratio: float = 4.,
+            proj_drop: float = 0.,
+            drop_path: Sequence[float] = (),
+            layer_scale: Optional[float] = None,
+            norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+    ):
+        super().__init__()
+        self.grad_checkpointing = False
+        self.blocks = nn.Sequential(*[
+            MixerBlock(
+                dim,
+                mixer_layer(dim, num_heads, i),
+                mlp_ratio=mlp_ratio,
+                proj_drop=proj_drop,
+                drop_path=drop_path[i],
+                layer_scale=layer_scale,
+                norm_layer=norm_layer,
+            )
+            for i in range(depth)])
+        self.downsample = nn.Identity() if downsample_layer is None else downsample_layer(dim, norm_layer=norm_layer)
+
+    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """The level's output feature map (before its downsampler), NHWC."""
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.downsample(self.forward_blocks(x))
+
+
+class HierarchicalTransformer(nn.Module):
+    """A four-level (any number of levels) channels-last transformer around per-level token mixers; the layouts below
+    fix its stem and downsampler. See the module docstring for the mixer interface and the state-dict layout."""
+
+    def __init__(
+            self,
+            mixer_layers: Sequence[MixerFactory],
+            stem_layer: Callable[..., nn.Module],
+            downsample_layer: Callable[..., nn.Module],
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            embed_dim: int = 96,
+            depths: Sequence[int] = (2, 2, 6, 2),
+            num_heads: Sequence[int] = (3, 6, 12, 24),
+            mlp_ratio: float = 4.,
+            layer_scale: Optional[float] = None,
+            drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            drop_path_rate: float = 0.1,
+            norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+            output_norms: bool = False,
+    ):
+        """
+        Args:
+            mixer_layers: One mixer factory per level, `(dim, num_heads, block) -> module` (NHWC in and out).
+            stem_layer: Stride-4 stem `(in_chans, embed_dim, norm_layer)`, NCHW in, NHWC out.
+            downsample_layer: Level-closing downsampler `(dim, norm_layer)` to 2 * dim channels, NHWC.
+            in_chans: Input image channels.
+            num_classes: Classifier outputs (0: no classifier).
+            global_pool: Head pooling ('avg', 'max', ... or '' for none).
+            embed_dim: Channels of the first level; doubled at every level.
+            depths: Blocks per level.
+            num_heads: Attention heads per level.
+            mlp_ratio: MLP hidden width / dim.
+            layer_scale: Initial layer-scale value; None disables layer scale.
+            drop_rate: Dropout after the stem and before the classifier.
+            proj_drop_rate: Dropout in the MLP (mixers take their own).
+            drop_path_rate: Stochastic depth rate, increased linearly over all blocks.
+            norm_layer: Norm layer (channels-last).
+            output_norms: Add one LayerNorm per level output for dense tasks (`out_norms`; the last level uses `norm`).
+        """
+        super().__init__()
+        num_levels = len(depths)
+        if len(num_heads) != num_levels or len(mixer_layers) != num_levels:
+            raise ValueError(
+                f'num_heads={tuple(num_heads)} and the mixers ({len(mixer_layers)}) need one entry per level of '
+                f'depths={tuple(depths)}.')
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.num_levels = num_levels  # before any pruning: the last level's output norm is `norm`
+        self.output_fmt = 'NHWC'
+        dims = [int(embed_dim * 2 ** i) for i in range(num_levels)]
+        self.num_features = self.head_hidden_size = dims[-1]
+
+        self.patch_embed = stem_layer(in_chans=in_chans, embed_dim=embed_dim, norm_layer=norm_layer)
+        self.pos_drop = nn.Dropout(p=drop_rate)
+
+        dpr = [x.tolist() for x in torch.linspace(0, drop_path_rate, sum(depths), device='cpu').split(list(depths))]
+        self.levels = nn.ModuleList()
+        self.feature_info = []
+        for i in range(num_levels):
+            self.levels.append(LayoutLevel(
+                dim=dims[i],
+                depth=depths[i],
+                num_heads=num_heads[i],
+                mixer_layer=mixer_layers[i],
+                downsample_layer=downsample_layer if i < num_levels - 1 else None,
+                mlp_ratio=mlp_ratio,
+                proj_drop=proj_drop_rate,
+                drop_path=dpr[i],
+                layer_scale=layer_scale,
+                norm_layer=norm_layer,
+            ))
+            self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f'levels.{i}.blocks'))
+
+        self.norm = norm_layer(self.num_features)
+        self.out_norms = nn.ModuleList([norm_layer(d) for d in dims[:-1]]) if output_norms else None
+        self.head = ClassifierHead(
+            self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt=self.output_fmt)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        # Bias tables (`rpb`, Swin's `relative_position_bias_table`); norm weights, biases and layer scales are 1-D
+        # and exempted by timm's optimizer factory anyway.
+        return {n for n, _ in self.named_parameters() if n.endswith(('.rpb', 'relative_position_bias_table'))}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r'^patch_embed',
+            blocks=r'^levels\.(\d+)' if coarse else [
+                (r'^levels\.(\d+)\.blocks\.(\d+)', None),
+                # the downsampler closes its level: after that level's blocks, before the next level
+                (r'^levels\.(\d+)\.downsample', (99998,)),
+                (r'^norm|^out_norms', (99999,)),
+            ]
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for level in self.levels:
+            level.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        self.head.reset(num_classes, pool_type=global_pool)
+
+    def _output_norm(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        if index == self.num_levels - 1:
+            return self.norm(x)
+        if self.out_norms is not None and index < len(self.out_norms):
+            return self.out_norms[index](x)
+        return x
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward returning the level outputs (before each downsampler).
+
+        Args:
+            x: Input image batch, NCHW.
+            indices: Levels to return: None = all, int n = last n, or a list of (possibly negative) indices.
+            norm: Apply the output norms (`out_norms` where present, `norm` on the last level).
+            stop_early: Stop after the last requested level.
+            output_fmt: 'NCHW' or 'NHWC' for the intermediates.
+            intermediates_only: Return only the intermediates.
+        """
+        if output_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}.")
+        intermediates = []
+        take_indices, max_index = feature_take_indices(len(self.levels), indices)
+        x = self.pos_drop(self.patch_embed(x))
+        levels = self.levels if torch.jit.is_scripting() or not stop_early else self.levels[:max_index + 1]
+        last = len(levels) - 1
+        for i, level in enumerate(levels):
+            x = level.forward_blocks(x)
+            if i in take_indices:
+                x_inter = self._output_norm(i, x) if norm else x
+                intermediates.append(x_inter.permute(0, 3, 1, 2).contiguous() if output_fmt == 'NCHW' else x_inter)
+            if i < last:
+                x = level.downsample(x)
+        if intermediates_only:
+            return intermediates
+        # Stopped early: x is the last requested level's output, which the final norm (of the last level) does not fit.
+        return (self.norm(x) if len(levels) == len(self.levels) else x), intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the levels (and norms/head) not needed to produce the given intermediates."""
+        take_indices, max_index = feature_take_indices(len(self.levels), indices)
+        last = len(self.levels) - 1
+        self.levels = self.levels[:max_index + 1]
+        if max_index < last:
+            self.levels[max_index].downsample = nn.Identity()  # its output would feed a removed level
+        if prune_norm or max_index < last:
+            self.norm = nn.Identity()
+        if self.out_norms is not None:
+            # Norms of levels that are not returned would get no gradient (DDP refuses such a model).
+            self.out_norms = None if prune_norm else nn.ModuleList([
+                n if i in take_indices else nn.Identity() for i, n in enumerate(self.out_norms[:max_index + 1])])
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pos_drop(self.patch_embed(x))
+        for level in self.levels:
+            x = level(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class SwinLayout(HierarchicalTransformer):
+    """The Swin layout: 4x4 patch embedding, Swin's PatchMerging closing each level, mlp_ratio 4 by default."""
+
+    def __init__(self, mixer_layers: Sequence[MixerFactory], **kwargs):
+        """
+        Args:
+            mixer_layers: One mixer factory per level (see the module docstring).
+            **kwargs: `HierarchicalTransformer` arguments other than the stem and downsampler.
+        """
+        super().__init__(mixer_layers, stem_layer=SwinPatchEmbed, downsample_layer=PatchMerging, **kwargs)
+
+
+class CSWinLayout(HierarchicalTransformer):
+    """The CSWin layout: 7x7 stride-4 conv stem (padding 2), 3x3 stride-2 conv merges closing each level."""
+
+    def __init__(self, mixer_layers: Sequence[MixerFactory], **kwargs):
+        """
+        Args:
+            mixer_layers: One mixer factory per level (see the module docstring).
+            **kwargs: `HierarchicalTransformer` arguments other than the stem and downsampler.
+        """
+        super().__init__(mixer_layers, stem_layer=ConvStem, downsample_layer=ConvMerge, **kwargs)
+
+
+def build_layout_model(
+        model_cls: Type[nn.Module],
+        variant: str,
+        pretrained: bool,
+        filter_fn: Callable[[Dict[str, Any], nn.Module], Dict[str, torch.Tensor]],
+        variant_args: Dict[str, Any],
+        **kwargs,
+) -> nn.Module:
+    """`build_model_with_cfg` of a registered variant (its `variant_args` overridden by the caller's kwargs) with the
+    layouts' feature defaults: `features_only` returns NCHW maps through `forward_intermediates` with one LayerNorm per
+    output, as the official dense-task backbones."""
+    kwargs = dict(variant_args, **kwargs)
+    out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs['depths']))))
+    feature_cfg = dict(out_indices=out_indices, feature_cls=kwargs.pop('feature_cls', 'getter'))
+    if kwargs.get('features_only', False) and feature_cfg['feature_cls'] == 'getter':
+        kwargs.setdefault('output_norms', True)
+        feature_cfg['norm'] = True
+    return build_model_with_cfg(
+        model_cls, variant, pretrained,
+        pretrained_filter_fn=filter_fn,
+        feature_cfg=feature_cfg,
+        **kwargs,
+    )

@@ -1,0 +1,14 @@
+# CSWin-T + Mask R-CNN (FPN), COCO 3x multi-scale + crop. README: 49.0 box / 43.6 mask AP.
+# The official repository released no detection code (CSWin issue #25). Published (README / paper): detector, 3x
+# schedule, ImageNet-1k pretraining. Assumed: everything else follows Swin's 3x recipe as the paper compares against
+# it (AdamW lr 1e-4, wd 0.05, 16 images, multi-scale + crop, schedule file), and the backbone drop path 0.2
+# (the ImageNet value; none is published for detection). The backbone pads as the official segmentation backbone.
+_base_ = ['../_base_/models/mask-rcnn_hiervit_fpn.py',
+          '../_base_/datasets/coco_instance_ms-crop.py',
+          '../_base_/schedules/schedule_3x_adamw.py', 'mmdet::_base_/default_runtime.py']
+pretrained = None  # path or URL of the ImageNet-1k classification checkpoint (release v0.1.0 cswin_tiny_224.pth)
+model = dict(
+    backbone=dict(
+        type='hiervit.CSWin', model_name='cswin_tiny', drop_path_rate=0.2,
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained) if pretrained else None),
+    neck=dict(in_channels=[64, 128, 256, 512]))

@@ -1,0 +1,11 @@
+# DaViT-S + Mask R-CNN (FPN), COCO 1x, multi-scale + crop. Paper: 47.7/42.9 APb/APm.
+# The official repository has Tiny configs only: this follows the paper's protocol (Tiny's files, the same
+# schedule for every size); drop path 0.2 is ASSUMED (unpublished; Swin's 0.2/0.3 for 1x/3x).
+_base_ = ['../_base_/models/mask-rcnn_hiervit_fpn.py', '../_base_/datasets/coco_instance_ms-crop.py',
+          '../_base_/schedules/schedule_1x_adamw_davit.py', 'mmdet::_base_/default_runtime.py']
+pretrained = 'timm/davit_small.msft_in1k'  # timm's ImageNet-1k weights (the official ones); or a path / URL
+model = dict(
+    backbone=dict(
+        type='hiervit.DaViT', model_name='davit_small', drop_path_rate=0.2,
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    neck=dict(in_channels=[96, 192, 384, 768]))

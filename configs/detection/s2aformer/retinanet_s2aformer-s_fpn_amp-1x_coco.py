@@ -1,0 +1,11 @@
+# S2AFormer-S + RetinaNet (FPN), COCO 1x, fp16. Published: 40.0 AP (paper, via heedless-backbones).
+# Assumed (unpublished): detector framework settings, AdamW lr 1e-4 / wd 0.05 (schedule_1x_adamw), drop path
+# 0.1; S2AFormer has no weights, so `pretrained` must be a checkpoint trained with this repo.
+_base_ = ['../_base_/models/retinanet_hiervit_fpn.py', 'mmdet::_base_/datasets/coco_detection.py',
+          '../_base_/schedules/schedule_1x_adamw.py', 'mmdet::_base_/default_runtime.py']
+pretrained = None  # path or URL of an ImageNet-1k classification checkpoint
+model = dict(
+    backbone=dict(
+        type='hiervit.S2AFormer', model_name='s2aformer_s', drop_path_rate=0.1,
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained) if pretrained else None),
+    neck=dict(in_channels=[96, 224, 384]))

@@ -1,0 +1,15 @@
+# CSWin-B + Semantic FPN, ADE20K 512x512, 80k iterations. README: 49.9 mIoU. No official config
+# exists: published are the method, crop and schedule length (README table); assumed are the PVT-style schedule
+# (see the schedule file), 8 GPUs x 2 images and the UperNet configs' drop path (0.6).
+_base_ = [
+    '../_base_/models/fpn_hiervit.py', 'mmseg::_base_/datasets/ade20k.py',
+    '../_base_/schedules/schedule_80k_adamw_poly.py', 'mmseg::_base_/default_runtime.py']
+crop_size = (512, 512)
+pretrained = None  # path or URL of the ImageNet-1k classification checkpoint
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(
+        type='hiervit.CSWin', model_name='cswin_base', drop_path_rate=0.6,
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained) if pretrained else None),
+    neck=dict(in_channels=[96, 192, 384, 768]))
+train_dataloader = dict(batch_size=2)

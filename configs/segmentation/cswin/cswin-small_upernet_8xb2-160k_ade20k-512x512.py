@@ -1,0 +1,16 @@
+# CSWin-S + UperNet, ADE20K 512x512, 160k iterations, 8 GPUs x 2 images. README: 50.4 mIoU (single scale).
+# Official values: microsoft/CSWin-Transformer segmentation/configs/cswin/upernet_cswin_small.py (drop path 0.4); the
+# backbone uses the official segmentation backbone's padding rule (hiervit.CSWin sets seg_padding=True).
+_base_ = [
+    '../_base_/models/upernet_hiervit.py', 'mmseg::_base_/datasets/ade20k.py',
+    '../_base_/schedules/schedule_160k_adamw_cswin.py', 'mmseg::_base_/default_runtime.py']
+crop_size = (512, 512)
+pretrained = None  # path or URL of the ImageNet-1k classification checkpoint (release v0.1.0 cswin_small_224.pth)
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(
+        type='hiervit.CSWin', model_name='cswin_small', drop_path_rate=0.4,
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained) if pretrained else None),
+    decode_head=dict(in_channels=[64, 128, 256, 512]),
+    auxiliary_head=dict(in_channels=256))
+train_dataloader = dict(batch_size=2)

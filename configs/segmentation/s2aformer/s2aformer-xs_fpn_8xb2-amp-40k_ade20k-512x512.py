@@ -1,0 +1,14 @@
+# S2AFormer-XS + Semantic FPN, ADE20K 512x512, fp16. Published: 39.2 mIoU (paper, via heedless-backbones).
+# Assumed (unpublished): PVTv2's 40k-iteration schedule (schedule_40k_adamw_poly), drop path 0.1; no weights exist.
+_base_ = [
+    '../_base_/models/fpn_hiervit.py', 'mmseg::_base_/datasets/ade20k.py',
+    '../_base_/schedules/schedule_40k_adamw_poly.py', 'mmseg::_base_/default_runtime.py']
+crop_size = (512, 512)
+pretrained = None  # path or URL of an ImageNet-1k classification checkpoint
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(
+        type='hiervit.S2AFormer', model_name='s2aformer_xs', drop_path_rate=0.1,
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained) if pretrained else None),
+    neck=dict(in_channels=[32, 64, 160, 512]))
+train_dataloader = dict(batch_size=2)
