@@ -10,7 +10,6 @@ gradients through the scores with a floor, `score_grad_floor`). The bounds
 are a small factor above the largest error measured over the whole sweep (values in the comments: seeds as written,
 torch 2.14.1 on x86 CPU).
 """
-import math
 import random
 from typing import Dict, List, Optional, Sequence
 
@@ -112,8 +111,8 @@ def na_run(backend: str, case: dict, tensors: List[torch.Tensor]) -> List[Option
     return [out, *torch.autograd.grad(out, inputs, dout)] + ([] if rpb else [None])
 
 
-# fp32 bounds; measured maxima over the 1000 cases: out 4.7e-6, dq 7.9e-6, dk 9.4e-6, dv 1.9e-6, drpb 6.0e-6
-NA_CPU_BOUNDS = dict(out=1.5e-5, dq=2.5e-5, dk=3e-5, dv=1e-5, drpb=2e-5)
+# fp32 bounds; measured maxima over the 1000 cases: out 7.3e-6, dq 6.1e-6, dk 6.2e-6, dv 2.1e-6, drpb 6.8e-6
+NA_CPU_BOUNDS = dict(out=2e-5, dq=2e-5, dk=2e-5, dv=1e-5, drpb=2e-5)
 
 
 @pytest.mark.parametrize('first', range(0, 1000, 250))
@@ -130,8 +129,8 @@ def test_na_cpu_matches_reference_sweep(first, one_thread):
 # reference vs NATTEN 0.21.7 on CPU: its FlexAttention backend (`flex-fna`, the only one without libnatten) runs
 # forward only, without rpb, for power-of-two head dims >= 8 and kernels >= 2. Besides the output, the
 # log-sum-exp NATTEN returns is compared with the reference's: the logits themselves agree, not only their softmax.
-# Measured maxima over the 200 cases: out 9.0e-7, lse 4.8e-7 (relative to the tensor's magnitude).
-NATTEN_BOUNDS = dict(out=1, lse=1)
+# Measured maxima over the 200 cases: out 7.9e-6, lse 3.0e-7 (relative to the tensor's magnitude).
+NATTEN_BOUNDS = dict(out=2.5e-5, lse=1e-6)
 
 
 @pytest.mark.parametrize('first', range(0, 200, 100))
@@ -188,8 +187,8 @@ def routed_run(backend: str, case: dict, tensors: List[torch.Tensor]) -> List[to
     return [out, *torch.autograd.grad(out, (q, k, v), dout)]
 
 
-# fp32 bounds; measured maxima over the 1000 cases: out 1.6e-6, dq 3.3e-6, dk 3.6e-6, dv 1.3e-6
-ROUTED_CPU_BOUNDS = dict(out=1, dq=1, dk=1, dv=1)
+# fp32 bounds; measured maxima over the 1000 cases: out 3.2e-6, dq 9.9e-6, dk 1.4e-5, dv 2.8e-6
+ROUTED_CPU_BOUNDS = dict(out=1e-5, dq=3e-5, dk=4e-5, dv=1e-5)
 
 
 @pytest.mark.parametrize('first', range(0, 1000, 250))
@@ -218,22 +217,22 @@ def triton_na_case(rng: random.Random) -> dict:
     16-column chunk, and kw > TX, where the dK/dV query range of the second tile is wider than one chunk."""
     rank = rng.choice([1, 2])
     if rank == 1:
-        length = rng.randint(17, 60)
-        kernel = [rng.choice([1, 2, rng.randint(3, 18), rng.randint(17, min(length, 40))])]
+        length = rng.randint(17, 44)
+        kernel = [rng.choice([1, 2, rng.randint(3, 18), rng.randint(17, min(length, 33))])]
         dilation = [rng.randint(1, max(1, min(3, length // kernel[0])))]
         spatial = [length]
     else:
-        spatial = [rng.randint(1, 6), rng.randint(9, 26)]
+        spatial = [rng.randint(1, 4), rng.randint(9, 22)]
         kernel = [rng.randint(1, spatial[0]), rng.choice([1, rng.randint(2, 8), rng.randint(9, min(12, spatial[1]))])]
         dilation = [rng.randint(1, spatial[0] // kernel[0]), rng.randint(1, max(1, min(2, spatial[1] // kernel[1])))]
     return dict(spatial=spatial, kernel=kernel, dilation=dilation, batch=rng.randint(1, 2), heads=rng.randint(1, 2),
-                d=rng.choice([4, 8, 12, 16]), dv=rng.choice([4, 8, 16]), rpb=rng.random() < 0.6,
+                d=rng.choice([4, 8, 12, 16]), dv=rng.choice([4, 8]), rpb=rng.random() < 0.6,
                 scale=rng.choice([None, 0.5]), mag=rng.choice([0.5, 1.0, 2.0]))
 
 
-# Measured maxima over the 100 cases (fp32 dots in the interpreter): out 1.2e-6, dq 1.9e-6, dk 2.1e-6, dv 9.5e-7,
-# drpb 1.4e-6
-NA_TRITON_BOUNDS = dict(out=1, dq=1, dk=1, dv=1, drpb=1)
+# Measured maxima over the 100 cases (fp32 dots in the interpreter): out 1.0e-6, dq 1.8e-6, dk 2.4e-6, dv 1.2e-6,
+# drpb 3.4e-6
+NA_TRITON_BOUNDS = dict(out=4e-6, dq=6e-6, dk=8e-6, dv=4e-6, drpb=1e-5)
 
 
 @pytest.mark.triton
@@ -249,3 +248,21 @@ def test_na_triton_matches_reference_sweep(first, one_thread, monkeypatch):
         worst.check(seed, case, NA_NAMES, na_run('triton', case, tensors), na_run('reference', case, tensors),
                     score_grad_floor(tensors[3], tensors[2]))
     print(f'neighborhood triton (interpreter) vs reference, seeds {20_000 + first}..: {worst}')
+
+
+# Measured maxima over the 50 cases (fp32 dots in the interpreter): out 2.6e-6, dq 1.2e-5, dk 7.8e-6, dv 2.9e-6
+ROUTED_TRITON_BOUNDS = dict(out=1e-5, dq=4e-5, dk=3e-5, dv=1e-5)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize('first', range(50, 100, 25))
+def test_routed_triton_matches_reference_sweep(first, one_thread, monkeypatch):
+    import hiervit.kernels.routed.triton as tr
+    monkeypatch.setattr(tr, 'MAX_TOKEN_TILE', 16)  # blocks of up to 40 tokens span several 16-token tiles
+    worst = Worst(ROUTED_TRITON_BOUNDS)
+    for seed in range(30_000 + first, 30_000 + first + 25):
+        case = routed_case(random.Random(seed), max_blocks=4, max_tokens=40, max_dim=16)
+        tensors = routed_tensors(case, seed)
+        worst.check(seed, case, ROUTED_NAMES, routed_run('triton', case, tensors),
+                    routed_run('reference', case, tensors), score_grad_floor(tensors[3], tensors[2]))
+    print(f'routed triton (interpreter) vs reference, seeds {30_000 + first}..: {worst}')

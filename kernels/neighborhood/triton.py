@@ -4,8 +4,8 @@ All coordinates inside the kernels are dilation sub-grid coordinates: a program 
 (group) of one (batch, head), and addresses the full-resolution heads-last tensors with `group + dilation * i`.
 
 * Forward: the union of a query tile's windows is a box of at most (TY + kh - 1) x (TX + kw - 1) keys (window starts
-  are monotone), visited one key row at a time with an online softmax; each score is masked to its own query's window
-  and gets its rpb entry in-kernel. Saves the fp32 log-sum-exp.
+  are monotone), visited one key row at a time, in column chunks of at most BN keys, with an online softmax; each
+  score is masked to its own query's window and gets its rpb entry in-kernel. Saves the fp32 log-sum-exp.
 * Backward: `delta = rowsum(dO o O)` in torch; a dQ kernel per query tile (mirror of the forward, P recomputed from
   the LSE) and a dK/dV kernel per key tile that visits the key tile's inverse neighbourhood, the contiguous range of
   queries whose windows can contain it, so no atomics are needed. With rpb the dQ kernel also writes dS per (query,
@@ -13,7 +13,9 @@ All coordinates inside the kernels are dilation sub-grid coordinates: a program 
   d_rpb with `index_add_` (deterministic on CPU, atomic on CUDA).
 * Dots take fp16/bf16 operands with fp32 accumulation on a GPU, and fp32 operands under `TRITON_INTERPRET=1` (the
   interpreter's low-precision dot is unreliable). Launch configurations are fixed (no autotuning), so the kernels
-  also run in the interpreter without a GPU driver.
+  also run in the interpreter without a GPU driver. Offsets are 64-bit (from the batch/head index on).
+* `tests/test_triton_compile.py` compiles every configuration for sm_80 and sm_90 without a GPU and checks shared
+  memory; the kernels have not run on a GPU yet.
 """
 from typing import List, Optional, Tuple
 
