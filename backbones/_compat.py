@@ -1,7 +1,7 @@
 """Imports from timm that are not part of its public re-exports, kept in one place."""
 try:
-    from timm.models._features import feature_take_indices
+    from timm.models._features import FeatureGetterNet, feature_take_indices
 except ImportError:  # pragma: no cover - moved in some future timm
-    from timm.models import feature_take_indices  # type: ignore
+    from timm.models import FeatureGetterNet, feature_take_indices  # type: ignore
 
-__all__ = ['feature_take_indices']
+__all__ = ['FeatureGetterNet', 'feature_take_indices']

@@ -32,6 +32,7 @@ from timm.models import (
 )
 
 from hiervit.backbones._compat import feature_take_indices
+from hiervit.backbones._pretrained import convert_official_on_load, prefetch_pretrained
 from hiervit.kernels.routed import routed_attention_op
 
 __all__ = ['BiFormer']
@@ -518,9 +519,14 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: BiFormer) -
 
 def _create_biformer(variant: str, pretrained: bool = False, **kwargs) -> BiFormer:
     out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs.get('depths', (2, 2, 8, 2))))))
-    # The getter wrapper runs forward_intermediates, so `feature_cfg=dict(norm=True)` gives the dense-task outputs.
     feature_cfg = dict(out_indices=out_indices, feature_cls='getter', **kwargs.pop('feature_cfg', {}))
-    return build_model_with_cfg(
+    if kwargs.get('features_only', False) and feature_cfg['feature_cls'] == 'getter':
+        # dense-task backbones: one LayerNorm2d per output, as the released mmdet/mmseg `BiFormer_mm` (`extra_norms`);
+        # the getter wrapper runs forward_intermediates(norm=True)
+        kwargs.setdefault('out_norms', True)
+        feature_cfg.setdefault('norm', True)
+    prefetch_pretrained(variant, pretrained, kwargs)
+    model = build_model_with_cfg(
         BiFormer,
         variant,
         pretrained,
@@ -528,6 +534,7 @@ def _create_biformer(variant: str, pretrained: bool = False, **kwargs) -> BiForm
         feature_cfg=feature_cfg,
         **kwargs,
     )
+    return convert_official_on_load(model, checkpoint_filter_fn)
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
@@ -550,18 +557,14 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
     }
 
 
-# The released OneDrive links all end in `/content`, so timm's URL cache stores every one under the same file name;
-# loading a second variant from the cache then fails the checkpoint filter's shape/key check instead of loading
-# wrong weights. Downloading once and passing `pretrained_cfg_overlay=dict(file=...)` avoids the clash.
-_NOTES = ('Released OneDrive links share the cache file name "content": prefer pretrained_cfg_overlay=dict(file=...).',)
+# The released OneDrive links all end in `/content`; `(url, file_name)` gives each its own cache file (the names the
+# release's own loader uses, `torch.hub.load_state_dict_from_url(..., file_name=f'{model_key}.pth')`).
+_URL = 'https://api.onedrive.com/v1.0/shares/s!{}/root/content'
 
 default_cfgs = generate_default_cfgs({
-    'biformer_tiny.in1k': _cfg(
-        url='https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvChHEOoGkgwgQzEDlM/root/content', notes=_NOTES),
-    'biformer_small.in1k': _cfg(
-        url='https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvChHDyM-x9KWRBZ832/root/content', notes=_NOTES),
-    'biformer_base.in1k': _cfg(
-        url='https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvChHI_XPhoadjaNxtO/root/content', notes=_NOTES),
+    'biformer_tiny.in1k': _cfg(url=(_URL.format('AkBbczdRlZvChHEOoGkgwgQzEDlM'), 'biformer_tiny_in1k.pth')),
+    'biformer_small.in1k': _cfg(url=(_URL.format('AkBbczdRlZvChHDyM-x9KWRBZ832'), 'biformer_small_in1k.pth')),
+    'biformer_base.in1k': _cfg(url=(_URL.format('AkBbczdRlZvChHI_XPhoadjaNxtO'), 'biformer_base_in1k.pth')),
 })
 
 

@@ -26,12 +26,13 @@ State-dict layout: `patch_embed.{proj,norm}` (official `stage1_conv_embed.{0,2}`
 (official `merge{i+1}`), `norm`, `head.fc` (official `head`); the segmentation backbone's `norm1..norm4` become
 `out_norms.0..2` and `norm`. `checkpoint_filter_fn` maps all of them.
 """
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import register_notrace_function
 from timm.models import generate_default_cfgs, register_model
 
 from hiervit.backbones.layers.skeleton import CSWinLayout, MixerFactory, build_layout_model
@@ -40,11 +41,35 @@ from hiervit.kernels.window import window_attention_op
 __all__ = ['CSWin', 'CSWinAttention']
 
 
-def _stripe_pad(length: int, window: int, center: bool) -> Tuple[int, int]:
-    """(before, after) padding of an axis to a multiple of the window: all after, or centred (before = p // 2)."""
+def _stripe_pad(length: int, window: int, center: bool) -> List[int]:
+    """[before, after] padding of an axis to a multiple of the window: all after, or centred (before = p // 2)."""
     p = (window - length % window) % window
     before = p // 2 if center else 0
-    return before, p - before
+    return [before, p - before]
+
+
+@register_notrace_function
+def stripe_lepe(v: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], window: List[int],
+                pad: List[int]) -> torch.Tensor:
+    """LePE: 3x3 depthwise conv (`weight [C, 1, 3, 3]`) of `v [B, H, W, heads, d]` inside each window (zeros beyond
+    its borders and in the padding), as `[B, H, W, heads * d]`. An FX leaf: it decides on sizes."""
+    B, H, W = v.shape[0], v.shape[1], v.shape[2]
+    v = v.flatten(3)
+    C = v.shape[-1]
+    if pad[0] + pad[1] + pad[2] + pad[3] > 0:
+        v = F.pad(v, (0, 0, pad[2], pad[3], pad[0], pad[1]))
+    Hp, Wp = v.shape[1], v.shape[2]
+    wh, ww = window[0], window[1]
+    # [B, Hp, Wp, C] -> [B * windows, C, wh, ww]
+    t = v.reshape(B, Hp // wh, wh, Wp // ww, ww, C).permute(0, 1, 3, 5, 2, 4).reshape(-1, C, wh, ww)
+    t = F.conv2d(t, weight, bias, padding=1, groups=C)
+    t = t.reshape(B, Hp // wh, Wp // ww, C, wh, ww).permute(0, 1, 4, 2, 5, 3).reshape(B, Hp, Wp, C)
+    if Hp != H or Wp != W:
+        t = t[:, pad[0]:pad[0] + H, pad[2]:pad[2] + W]
+    return t
+
+
+torch.fx.wrap('stripe_lepe')  # a leaf for plain torch.fx.symbolic_trace too (timm's tracer knows it already)
 
 
 class CSWinAttention(nn.Module):
@@ -108,25 +133,6 @@ class CSWinAttention(nn.Module):
             return [H, W]
         return [H, self.split_size] if branch == 0 else [self.split_size, W]
 
-    @staticmethod
-    def _lepe(v: torch.Tensor, conv: nn.Module, window: List[int], pad: List[int]) -> torch.Tensor:
-        """3x3 depthwise conv of `v [B, H, W, heads, d]` inside each window (zeros beyond its borders and in the
-        padding), as `[B, H, W, heads * d]`."""
-        B, H, W = v.shape[0], v.shape[1], v.shape[2]
-        v = v.flatten(3)
-        C = v.shape[-1]
-        if pad[0] + pad[1] + pad[2] + pad[3] > 0:
-            v = F.pad(v, (0, 0, pad[2], pad[3], pad[0], pad[1]))
-        Hp, Wp = v.shape[1], v.shape[2]
-        wh, ww = window[0], window[1]
-        # [B, Hp, Wp, C] -> [B * windows, C, wh, ww]
-        t = v.reshape(B, Hp // wh, wh, Wp // ww, ww, C).permute(0, 1, 3, 5, 2, 4).reshape(-1, C, wh, ww)
-        t = conv(t)
-        t = t.reshape(B, Hp // wh, Wp // ww, C, wh, ww).permute(0, 1, 4, 2, 5, 3).reshape(B, Hp, Wp, C)
-        if Hp != H or Wp != W:
-            t = t[:, pad[0]:pad[0] + H, pad[2]:pad[2] + W]
-        return t
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
         # [B, H, W, 3C] -> 3 x [B, H, W, heads, head_dim]: heads-last views, the op's layout (no permute)
@@ -135,15 +141,13 @@ class CSWinAttention(nn.Module):
         outs: List[torch.Tensor] = []
         for i, conv in enumerate(self.get_v):
             window = self._window(i, H, W)
-            top, bottom = _stripe_pad(H, window[0], self.seg_padding)
-            left, right = _stripe_pad(W, window[1], self.seg_padding)
-            pad = [top, bottom, left, right]
+            pad = _stripe_pad(H, window[0], self.seg_padding) + _stripe_pad(W, window[1], self.seg_padding)
             q = qkv[0][:, :, :, i * heads:(i + 1) * heads]
             k = qkv[1][:, :, :, i * heads:(i + 1) * heads]
             v = qkv[2][:, :, :, i * heads:(i + 1) * heads]
             out = window_attention_op(q, k, v, window, [0, 0], pad, not self.seg_padding, None, self.scale,
                                       self.backend)
-            outs.append(out.flatten(3) + self._lepe(v, conv, window, pad))
+            outs.append(out.flatten(3) + stripe_lepe(v, conv.weight, conv.bias, window, pad))
         x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
         x = self.proj(x)
         return self.proj_drop(x)

@@ -6,63 +6,39 @@ A timm implementation of the DiNAT_s variants of
 Model structure and weights from https://github.com/SHI-Labs/Neighborhood-Attention-Transformer (classification/
 dinats.py; MIT License, Copyright (c) 2022-2023 SHI Lab). DiNAT_s is Swin-T/S/B/L with window self-attention replaced
 by NA (even blocks) and DiNA (odd blocks): a non-overlapping 4x4 patch embedding, Swin's PatchMerging at the end of
-every level but the last, mlp_ratio 4, no layer scale. It shares the NAT model class (`hiervit.backbones.nat.NAT`) with
-its stem and downsampler swapped; the official `layers.*` keys become `levels.*` (see `checkpoint_filter_fn`).
+every level but the last, mlp_ratio 4, no layer scale. It is the Swin layout
+(`hiervit.backbones.layers.skeleton.SwinLayout`) with `NeighborhoodAttention2d` as the token mixer; the official
+`layers.*` keys become `levels.*` (see `checkpoint_filter_fn`).
 """
-from typing import Any, Callable, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
-from timm.models.swin_transformer import PatchMerging
 
-from hiervit.backbones.nat import NAT, build_nat, convert_official_checkpoint
+from hiervit.backbones.layers.neighborhood import NeighborhoodAttention2d
+from hiervit.backbones.layers.skeleton import MixerFactory, SwinLayout
+from hiervit.backbones.nat import _check_dilations, build_nat, convert_official_checkpoint
 
 __all__ = ['DiNATs']
 
 
-class PatchEmbed(nn.Module):
-    """Non-overlapping 4x4 stride-4 conv, after zero-padding bottom/right to a multiple of 4, then LayerNorm.
-
-    NCHW in, NHWC out.
-    """
-
-    def __init__(
-            self,
-            in_chans: int = 3,
-            embed_dim: int = 96,
-            norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
-            patch_size: int = 4,
-    ):
-        super().__init__()
-        self.in_chans = in_chans
-        self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-        self.norm = norm_layer(embed_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
-                f'Expected an NCHW image batch with {self.in_chans} channels (the model\'s in_chans), got shape '
-                f'{tuple(x.shape)}. Create the model with in_chans={x.shape[1] if x.ndim == 4 else "<C>"} '
-                f'or convert the input.')
-        H, W = x.shape[-2:]
-        x = F.pad(x, (0, -W % self.patch_size, 0, -H % self.patch_size))
-        x = self.proj(x).permute(0, 2, 3, 1)  # [B, C, H/4, W/4] -> [B, H/4, W/4, C]
-        return self.norm(x)
-
-
-class DiNATs(NAT):
-    """DiNAT_s: the NAT model with a 4x4 patch embedding and Swin PatchMerging downsamplers."""
+class DiNATs(SwinLayout):
+    """DiNAT_s: the Swin layout with (dilated) neighborhood attention as the token mixer."""
 
     def __init__(
             self,
             embed_dim: int = 96,
             depths: Sequence[int] = (2, 2, 6, 2),
             num_heads: Sequence[int] = (3, 6, 12, 24),
+            kernel_size: int = 7,
+            dilations: Optional[Sequence[Sequence[int]]] = None,
             mlp_ratio: float = 4.,
+            qkv_bias: bool = True,
+            qk_scale: Optional[float] = None,
+            proj_drop_rate: float = 0.,
+            attn_backend: Optional[str] = None,
             **kwargs,
     ):
         """
@@ -70,21 +46,45 @@ class DiNATs(NAT):
             embed_dim: Channels of the first level; doubled at every level.
             depths: Blocks per level.
             num_heads: Attention heads per level.
+            kernel_size: Neighbourhood size (odd) in every level.
+            dilations: Per level, per block dilation; None = 1 everywhere.
             mlp_ratio: MLP hidden width / dim.
-            **kwargs: Any other `NAT` argument (`dilations`, `kernel_size`, `num_classes`, ...).
+            qkv_bias: Bias in the qkv projections.
+            qk_scale: Attention logit scale override (head_dim ** -0.5 when None).
+            proj_drop_rate: Dropout after the attention projection and in the MLP (the official `drop_rate`).
+            attn_backend: Force a neighborhood-attention backend (None: the op's dispatcher chooses).
+            **kwargs: Any other `HierarchicalTransformer` argument (`num_classes`, `drop_path_rate`, `layer_scale`, ...).
         """
-        for name in ('stem_layer', 'downsample_layer', 'layer_scale'):
+        for name in ('stem_layer', 'downsample_layer'):
             if name in kwargs:
                 raise TypeError(f'DiNATs fixes {name!r} (the Swin layout); use NAT for a different {name}.')
+        dilations = _check_dilations(dilations, depths)
+
+        def mixer(level: int) -> MixerFactory:
+            def make(dim: int, heads: int, block: int) -> nn.Module:
+                return NeighborhoodAttention2d(
+                    dim,
+                    num_heads=heads,
+                    kernel_size=kernel_size,
+                    dilation=dilations[level][block],
+                    qkv_bias=qkv_bias,
+                    qk_scale=qk_scale,
+                    proj_drop=proj_drop_rate,
+                    backend=attn_backend,
+                )
+            return make
+
         super().__init__(
+            [mixer(i) for i in range(len(depths))],
             embed_dim=embed_dim,
             depths=depths,
             num_heads=num_heads,
             mlp_ratio=mlp_ratio,
-            stem_layer=PatchEmbed,
-            downsample_layer=PatchMerging,
+            proj_drop_rate=proj_drop_rate,
             **kwargs,
         )
+        self.kernel_size = kernel_size
+        self.dilations = dilations
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: DiNATs) -> Dict[str, torch.Tensor]:

@@ -24,6 +24,7 @@ from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
 from hiervit.backbones._compat import feature_take_indices
+from hiervit.backbones._pretrained import convert_official_on_load, prefetch_pretrained
 from hiervit.backbones.layers.neighborhood import NeighborhoodAttention2d
 
 __all__ = ['NAT']
@@ -423,7 +424,8 @@ def convert_official_checkpoint(
     Unwraps `model`/`state_dict`, strips `backbone.` and drops the neck/heads of dense-task checkpoints, renames the
     stages (`stage_prefix` -> `levels.`), the classifier (`head` -> `head.fc`) and the per-output norms (`norm{i}` ->
     `out_norms.{i}`, the last level's -> `norm`). Classification checkpoints carry no per-output norms: in a model with
-    `output_norms=True` they start as identity LayerNorms, as the official dense-task code gets them (non-strict load).
+    `output_norms=True` all of them, `norm` included, start as identity LayerNorms, as the official dense-task code gets
+    them (its non-strict load ignores the classifier's `norm`).
     """
     for key in ('model', 'state_dict'):
         if key in state_dict and isinstance(state_dict[key], dict):
@@ -454,9 +456,11 @@ def convert_official_checkpoint(
         raise ValueError(
             'This checkpoint has no classifier (a dense-task backbone?); create the model with num_classes=0 or '
             'features_only=True to load it.')
-    if model.out_norms is not None:
+    if model.out_norms is not None and not any(k.startswith('out_norms.') for k in out):
+        # A classification checkpoint into a dense-task model: every output norm starts fresh, the last level's too
+        # (the official `norm3` ignores the classifier's final `norm`, which its non-strict load drops).
         for k, v in target.items():
-            if k.startswith('out_norms.') and k not in out:
+            if k.startswith(('out_norms.', 'norm.')):
                 out[k] = torch.ones_like(v) if k.endswith('weight') else torch.zeros_like(v)
 
     # Exempt from the checks: the classifier (timm drops it afterwards when num_classes differs from the checkpoint's)
@@ -504,12 +508,14 @@ def build_nat(
         # dense-task backbones: NCHW maps with one LayerNorm per output, as the official mmdet/mmseg backbones
         kwargs.setdefault('output_norms', True)
         feature_cfg['norm'] = True
-    return build_model_with_cfg(
+    prefetch_pretrained(variant, pretrained, kwargs)
+    model = build_model_with_cfg(
         model_cls, variant, pretrained,
         pretrained_filter_fn=filter_fn,
         feature_cfg=feature_cfg,
         **kwargs,
     )
+    return convert_official_on_load(model, filter_fn)
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:

@@ -100,6 +100,11 @@ def triton_precision(dtype: torch.dtype) -> Tuple[bool, str]:
     return f32, 'ieee' if f32 else 'tf32'
 
 
+def _to_meta(args: tuple) -> tuple:
+    """Meta-device stand-ins for the tensors of an op call (same shapes and strides, no memory)."""
+    return tuple(a.to('meta') if isinstance(a, Tensor) else a for a in args)
+
+
 def _names(fragment: str) -> Tuple[str, ...]:
     """Argument names of a schema fragment like `Tensor q, Tensor? rpb, int[] kernel_size`."""
     return tuple(arg.split()[-1] for arg in fragment.split(',') if arg.strip())
@@ -217,9 +222,10 @@ class KernelOp:
     # --- the registered ops -------------------------------------------------------------------------------------
     def _forward(self, *args) -> Tuple[Tensor, ...]:
         call, backend = args[:-1], args[-1]
-        empty = self._fake_fwd(*args)
-        if all(t.numel() == 0 for t in empty):
-            return tuple(t.zero_() for t in empty)
+        # The emptiness check runs the fake on meta copies: fakes of real tensors would allocate output-sized
+        # memory on every call (it showed as extra peak memory in the op benchmarks).
+        if all(t.numel() == 0 for t in self._fake_fwd(*_to_meta(args))):
+            return tuple(t.zero_() for t in self._fake_fwd(*args))
         outs = self._run(call, backend, 'forward')
         # Contiguous whatever the backend returns: the fake kernel promises these strides to the compiler.
         return tuple(o.contiguous() for o in outs)
@@ -228,12 +234,14 @@ class KernelOp:
         n_go, nt, n_out = self.n_grad_out, len(self.tensor_names), len(self.outputs)
         douts, tensors = args[:n_go], args[n_go:n_go + nt]
         outs, attrs, backend = args[n_go + nt:n_go + nt + n_out], args[n_go + nt + n_out:-1], args[-1]
-        empty = self._fake_bwd(*args)
         if all(d.numel() == 0 for d in douts):
             # No output elements (an empty batch): every gradient is zero, also that of a shared parameter.
-            return tuple(t.zero_() for t in empty)
+            return tuple(t.zero_() for t in self._fake_bwd(*args))
         grads = self._run(tuple(tensors) + tuple(attrs), backend, 'backward', head=douts, middle=outs)
-        return tuple(e if g is None else g.contiguous() for g, e in zip(grads, empty))
+        if all(g is not None for g in grads):
+            return tuple(g.contiguous() for g in grads)
+        # Only now the placeholders (an absent optional input's empty gradient): allocated when needed.
+        return tuple(e if g is None else g.contiguous() for g, e in zip(grads, self._fake_bwd(*args)))
 
     def _fake_fwd(self, *args) -> Tuple[Tensor, ...]:
         call = args[:-1]

@@ -24,6 +24,8 @@ TINY = {
                     num_heads=(1, 2, 4, 8), dilations=[[1], [2], [1, 2], [1]]),
     's2aformer': dict(type='hiervit.S2AFormer', model_name='s2aformer_mini', depths=(1, 1, 1, 1),
                       embed_dims=(32, 64, 96, 128), stem_dims=(8, 8, 16)),
+    'l2vit': dict(type='hiervit.L2ViT', model_name='l2vit_tiny', depths=(2, 2, 2, 2), embed_dims=(32, 64, 128, 256),
+                  num_heads=(1, 2, 4, 8)),
 }
 
 
@@ -52,7 +54,7 @@ def test_outputs_and_every_param_used(family, out_indices):
     assert not unused, unused
 
 
-@pytest.mark.parametrize('family', ['biformer', 'nat', 's2aformer'])
+@pytest.mark.parametrize('family', ['biformer', 'nat', 's2aformer', 'l2vit'])
 def test_out_norms_are_applied(family):
     m = _build(family, out_indices=(0, 1, 2, 3)).eval()
     x = torch.randn(1, 3, 64, 64)

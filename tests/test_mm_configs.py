@@ -3,6 +3,7 @@
 The backbone is shrunk through config overrides (depths/widths; the neck and heads' `in_channels` follow) so the
 tests run on CPU in seconds; everything else (detector, heads, losses, assigners, data preprocessor) is the config's.
 """
+import functools
 import glob
 import math
 import os
@@ -43,6 +44,8 @@ def _tiny_backbone(bb: Dict) -> Dict:
         return dict(model_name='biformer_tiny', depths=(1, 1, 1, 1), embed_dims=(32, 64, 128, 256))
     if name.startswith('davit'):
         return dict(model_name='davit_tiny', depths=(1, 1, 1, 1), embed_dims=(32, 64, 128, 256), num_heads=(1, 2, 4, 8))
+    if name.startswith('l2vit'):
+        return dict(model_name='l2vit_tiny', depths=(2, 2, 2, 2), embed_dims=(32, 64, 128, 256), num_heads=(1, 2, 4, 8))
     if name.startswith('cswin'):
         return dict(model_name='cswin_tiny', embed_dim=16, depths=(1, 1, 1, 1), num_heads=(2, 2, 4, 4))
     if name.startswith('s2aformer'):
@@ -65,7 +68,7 @@ def load_tiny(path: str) -> Config:
         pytest.skip(f'{tiny["model_name"]} is not registered with timm in this checkout')
     # the widths the config's neck (detectors, Semantic FPN) or decode head (UperNet) expects from the full backbone
     full_widths = list((cfg.model.get('neck') or cfg.model.decode_head).in_channels)
-    # the shrunk backbone cannot take the config's pretrained weights
+    # the configs' classification checkpoints fit the full-size backbones only (and would be downloaded)
     bb.update(tiny, drop_path_rate=0.1, init_cfg=None)
     tiny_widths = list(MODELS.build(dict(bb, init_cfg=None)).out_channels)
     swap_in_channels(cfg, full_widths, tiny_widths)
@@ -85,15 +88,16 @@ def load_tiny(path: str) -> Config:
 def test_every_config_is_found():
     assert all(os.path.exists(p) for p in TRAIN_STEP)
     families = {os.path.basename(os.path.dirname(p)) for p in CONFIGS}
-    assert families == {'nat', 'dinat', 'dinat_s', 'biformer', 's2aformer', 'davit', 'cswin'}
+    assert families == {'nat', 'dinat', 'dinat_s', 'biformer', 's2aformer', 'davit', 'cswin', 'l2vit'}
     assert len(DET) >= 12 and len(SEG) >= 8
+    tabled = [_id(p) for p in CONFIGS if os.path.basename(os.path.dirname(p)) in OFFICIAL_FAMILIES]
+    assert sorted(tabled) == sorted(OFFICIAL), 'every NAT-family / BiFormer config has a row of official values below'
 
 
 @pytest.fixture(scope='module', autouse=True)
 def _cached_external_config_lookup():
     """mmengine re-parses every metafile of mmdet/mmseg for each `mmdet::` base it resolves (~0.5 s each); the answer
     depends only on the installed files, so memoise it for this module's many config loads."""
-    import functools
     from mmengine.config import config as mm_config
     original = mm_config._get_external_cfg_path
     mm_config._get_external_cfg_path = functools.lru_cache(maxsize=None)(original)
@@ -121,9 +125,12 @@ def test_config_builds(path):
         model = build_from_config(cfg)
     assert type(model.backbone).__name__ == cfg.model.backbone.type.split('.')[-1]
     _backbone_widths_feed_the_model(model)
-    # the real configs (not the tiny ones) keep the paper settings: pretrained hook and drop path
+    # the real configs (not the tiny ones) keep the paper settings; those of families with released weights start
+    # from a classification checkpoint (values: test_config_values_match_the_official_file)
     full = Config.fromfile(path).model.backbone
     assert full.drop_path_rate > 0 and 'init_cfg' in full
+    if os.path.basename(os.path.dirname(path)) in OFFICIAL_FAMILIES:
+        assert full.init_cfg.type == 'Pretrained' and full.init_cfg.checkpoint
 
 
 def _det_batch(with_mask: bool) -> Dict:
@@ -156,6 +163,7 @@ TRAIN_STEP = [os.path.join(ROOT, p) for p in (
     'detection/davit/retinanet_davit-tiny_fpn_ms-crop-3x_coco.py',
     'segmentation/davit/davit-tiny_upernet_8xb2-160k_ade20k-512x512.py',
     'segmentation/cswin/cswin-tiny_upernet_8xb2-160k_ade20k-512x512.py',
+    'detection/l2vit/retinanet_l2vit-tiny_fpn_ms-crop-1x_coco.py',  # outputs 1-3 only, as released
 )]
 
 
@@ -209,6 +217,315 @@ def test_bench_config_times_config_and_swin():
     assert rows[1]['params_m'] > rows[0]['params_m']  # Swin-T is much larger than the one-block-per-stage BiFormer
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Key values of every config against the official file it follows (so drift fails CI). The official values were read
+# from the files themselves (mmcv-1.x configs, evaluated with their `_base_`s); where the two repos state a value
+# outside the file, the row says so:
+#   * BiFormer's configs set `pretrained=None`; its slurm_train.sh passes the classification checkpoint with
+#     `--cfg-options model.pretrained=...`; the checkpoint here is the README's ImageNet-1k link of that size;
+#   * BiFormer's upernet.*.py name `_base_` files that do not resolve (`../configs/_base_/...`, no schedules/ in the
+#     repo), so their rows are the file's own statements (optimizer, lr_config, loss scale, samples per GPU) and the
+#     README's 160K iterations;
+#   * fp16: `Fp16OptimizerHook` / `fp16 = dict()` without a loss scale is mmcv's static 512; None = fp32;
+#   * norm_eval / sync_bn: BiFormer_mm's own defaults (detection: BN statistics frozen; segmentation: BNs converted
+#     to SyncBN and trained);
+#   * the Large UperNet files are named 640x640 and use 640-px dilations but inherit crop_size 512 from their dataset
+#     base; crop=640 follows the name, the dilations and the paper;
+#   * no_decay compares the custom_keys with decay_mult 0 that match a parameter of the backbone (DiNAT_s detection
+#     also lists 'absolute_pos_embed', which matches none).
+OFFICIAL_FAMILIES = ('nat', 'dinat', 'dinat_s', 'biformer')
+NAT_REPO = 'SHI-Labs/Neighborhood-Attention-Transformer@d334f5b'
+BIFORMER_REPO = 'rayleizhu/BiFormer@1697bbb'
+OFFICIAL = {
+    'detection/biformer/mask-rcnn_biformer-b_fpn_amp-1x_coco.py': (
+        BIFORMER_REPO, 'object_detection/configs/coco/maskrcnn.1x.biformer_base.py',
+        dict(checkpoint='https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvChHI_XPhoadjaNxtO/root/content',
+             drop_path_rate=0.3, dilations=None, n_win=16, lr=0.0001, weight_decay=0.05,
+             no_decay=['absolute_pos_embed', 'norm', 'relative_position_bias_table'], loss_scale=512.0,
+             warmup=(500, 0.001), schedule=('step', 12, [8, 11]), norm_eval=True, sync_bn=False, batch_size=2)),
+    'detection/biformer/mask-rcnn_biformer-s_fpn_amp-1x_coco.py': (
+        BIFORMER_REPO, 'object_detection/configs/coco/maskrcnn.1x.biformer_small.py',
+        dict(checkpoint='https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvChHDyM-x9KWRBZ832/root/content',
+             drop_path_rate=0.2, dilations=None, n_win=16, lr=0.0001, weight_decay=0.05,
+             no_decay=['absolute_pos_embed', 'norm', 'relative_position_bias_table'], loss_scale=512.0,
+             warmup=(500, 0.001), schedule=('step', 12, [8, 11]), norm_eval=True, sync_bn=False, batch_size=2)),
+    'detection/biformer/retinanet_biformer-b_fpn_amp-1x_coco.py': (
+        BIFORMER_REPO, 'object_detection/configs/coco/retinanet.1x.biformer_base.py',
+        dict(checkpoint='https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvChHI_XPhoadjaNxtO/root/content',
+             drop_path_rate=0.3, dilations=None, n_win=16, lr=0.0001, weight_decay=0.0001, no_decay=[],
+             loss_scale=512.0, warmup=(500, 0.001), schedule=('step', 12, [8, 11]), norm_eval=True, sync_bn=False,
+             batch_size=2)),
+    'detection/biformer/retinanet_biformer-s_fpn_amp-1x_coco.py': (
+        BIFORMER_REPO, 'object_detection/configs/coco/retinanet.1x.biformer_small.py',
+        dict(checkpoint='https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvChHDyM-x9KWRBZ832/root/content',
+             drop_path_rate=0.2, dilations=None, n_win=16, lr=0.0001, weight_decay=0.0001, no_decay=[],
+             loss_scale=512.0, warmup=(500, 0.001), schedule=('step', 12, [8, 11]), norm_eval=True, sync_bn=False,
+             batch_size=2)),
+    'detection/dinat/cascade-mask-rcnn_dinat-base_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py': (
+        NAT_REPO, 'detection/configs/dinat/cascade_mask_rcnn_dinat_base_3x_coco.py',
+        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_base_in1k_224.pth',
+             drop_path_rate=0.6, dilations=[[1, 28, 1], [1, 7, 1, 14], [1, 3, 1, 5, 1, 7] * 3, [1, 3, 1, 3, 1]],
+             n_win=None, lr=7.5e-05, weight_decay=0.05, no_decay=['norm', 'rpb'], loss_scale=512.0, warmup=(500, 0.001),
+             schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
+    'detection/dinat/cascade-mask-rcnn_dinat-large_fpn_4conv1fc-giou_ms-crop-3x_coco.py': (
+        NAT_REPO, 'detection/configs/dinat/cascade_mask_rcnn_dinat_large_3x_coco.py',
+        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet22k/dinat_large_in22k_224.pth',
+             drop_path_rate=0.6, dilations=[[1, 28, 1], [1, 7, 1, 14], [1, 3, 1, 5, 1, 7] * 3, [1, 3, 1, 3, 1]],
+             n_win=None, lr=7.5e-05, weight_decay=0.05, no_decay=['norm', 'rpb'], loss_scale=None, warmup=(500, 0.001),
+             schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
+    'detection/dinat/cascade-mask-rcnn_dinat-mini_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py': (
+        NAT_REPO, 'detection/configs/dinat/cascade_mask_rcnn_dinat_mini_3x_coco.py',
+        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_mini_in1k_224.pth',
+             drop_path_rate=0.2, dilations=[[1, 28, 1], [1, 7, 1, 14], [1, 3, 1, 5, 1, 7], [1, 3, 1, 3, 1]], n_win=None,
+             lr=0.0001, weight_decay=0.05, no_decay=['norm', 'rpb'], loss_scale=512.0, warmup=(500, 0.001),
+             schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
+    'detection/dinat/cascade-mask-rcnn_dinat-small_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py': (
+        NAT_REPO, 'detection/configs/dinat/cascade_mask_rcnn_dinat_small_3x_coco.py',
+        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_small_in1k_224.pth',
+             drop_path_rate=0.5, dilations=[[1, 28, 1], [1, 7, 1, 14], [1, 3, 1, 5, 1, 7] * 3, [1, 3, 1, 3, 1]],
+             n_win=None, lr=0.0001, weight_decay=0.05, no_decay=['norm', 'rpb'], loss_scale=512.0, warmup=(500, 0.001),
+             schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
+    'detection/dinat/cascade-mask-rcnn_dinat-tiny_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py': (
+        NAT_REPO, 'detection/configs/dinat/cascade_mask_rcnn_dinat_tiny_3x_coco.py',
+        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_tiny_in1k_224.pth',
+             drop_path_rate=0.3, dilations=[[1, 28, 1], [1, 7, 1, 14], [1, 3, 1, 5, 1, 7] * 3, [1, 3, 1, 3, 1]],
+             n_win=None, lr=0.0001, weight_decay=0.05, no_decay=['norm', 'rpb'], loss_scale=512.0, warmup=(500, 0.001),
+             schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
+    'detection/dinat/mask-rcnn_dinat-mini_fpn_amp-ms-crop-3x_coco.py': (
+        NAT_REPO, 'detection/configs/dinat/mask_rcnn_dinat_mini_3x_coco.py',
+        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_mini_in1k_224.pth',
+             drop_path_rate=0.2, dilations=[[1, 28, 1], [1, 7, 1, 14], [1, 3, 1, 5, 1, 7], [1, 3, 1, 3, 1]], n_win=None,
+             lr=0.0001, weight_decay=0.05, no_decay=['norm', 'rpb'], loss_scale=512.0, warmup=(500, 0.001),
+             schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
+    'detection/dinat/mask-rcnn_dinat-small_fpn_amp-ms-crop-3x_coco.py': (
+        NAT_REPO, 'detection/configs/dinat/mask_rcnn_dinat_small_3x_coco.py',
+        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_small_in1k_224.pth',
+             drop_path_rate=0.35, dilations=[[1, 28, 1], [1, 7, 1, 14], [1, 3, 1, 5, 1, 7] * 3, [1, 3, 1, 3, 1]],
+             n_win=None, lr=0.0001, weight_decay=0.05, no_decay=['norm', 'rpb'], loss_scale=512.0, warmup=(500, 0.001),
+             schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
+    'detection/dinat/mask-rcnn_dinat-tiny_fpn_amp-ms-crop-3x_coco.py': (
+        NAT_REPO, 'detection/configs/dinat/mask_rcnn_dinat_tiny_3x_coco.py',
+        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_tiny_in1k_224.pth',
+             drop_path_rate=0.2, dilations=[[1, 28, 1], [1, 7, 1, 14], [1, 3, 1, 5, 1, 7] * 3, [1, 3, 1, 3, 1]],
+             n_win=None, lr=0.0001, weight_decay=0.05, no_decay=['norm', 'rpb'], loss_scale=512.0, warmup=(500, 0.001),
+             schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
+    'detection/dinat_s/cascade-mask-rcnn_dinat-s-base_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py': (
+        NAT_REPO, 'detection/configs/dinat_s/cascade_mask_rcnn_dinat_s_base_3x_coco.py',
+        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_s_base_in1k_224.pth',
+             drop_path_rate=0.6, dilations=[[1, 28], [1, 14], [1, 3, 1, 5, 1, 7] * 3, [1, 3]], n_win=None, lr=7.5e-05,
+             weight_decay=0.05, no_decay=['absolute_pos_embed', 'norm', 'rpb'], loss_scale=512.0, warmup=(500, 0.001),
+             schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
+    'detection/dinat_s/cascade-mask-rcnn_dinat-s-large_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py': (
+        NAT_REPO, 'detection/configs/dinat_s/cascade_mask_rcnn_dinat_s_large_3x_coco.py',
+        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet22k/dinat_s_large_in22k_224.pth',
+             drop_path_rate=0.6, dilations=[[1, 28], [1, 14], [1, 3, 1, 5, 1, 7] * 3, [1, 3]], n_win=None, lr=5e-05,
+             weight_decay=0.05, no_decay=['norm', 'rpb'], loss_scale=512.0, warmup=(500, 0.001),
+             schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
+    'detection/dinat_s/cascade-mask-rcnn_dinat-s-small_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py': (
+        NAT_REPO, 'detection/configs/dinat_s/cascade_mask_rcnn_dinat_s_small_3x_coco.py',
+        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_s_small_in1k_224.pth',
+             drop_path_rate=0.5, dilations=[[1, 28], [1, 14], [1, 3, 1, 5, 1, 7] * 3, [1, 3]], n_win=None, lr=0.0001,
+             weight_decay=0.05, no_decay=['absolute_pos_embed', 'norm', 'rpb'], loss_scale=512.0, warmup=(500, 0.001),
+             schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
+    'detection/dinat_s/cascade-mask-rcnn_dinat-s-tiny_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py': (
+        NAT_REPO, 'detection/configs/dinat_s/cascade_mask_rcnn_dinat_s_tiny_3x_coco.py',
+        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_s_tiny_in1k_224.pth',
+             drop_path_rate=0.3, dilations=[[1, 28], [1, 14], [1, 3, 1, 5, 1, 7], [1, 3]], n_win=None, lr=0.0001,
+             weight_decay=0.05, no_decay=['absolute_pos_embed', 'norm', 'rpb'], loss_scale=512.0, warmup=(500, 0.001),
+             schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
+    'detection/dinat_s/mask-rcnn_dinat-s-small_fpn_amp-ms-crop-3x_coco.py': (
+        NAT_REPO, 'detection/configs/dinat_s/mask_rcnn_dinat_s_small_3x_coco.py',
+        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_s_small_in1k_224.pth',
+             drop_path_rate=0.35, dilations=[[1, 28], [1, 14], [1, 3, 1, 5, 1, 7] * 3, [1, 3]], n_win=None, lr=0.0001,
+             weight_decay=0.05, no_decay=['absolute_pos_embed', 'norm', 'rpb'], loss_scale=512.0, warmup=(500, 0.001),
+             schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
+    'detection/dinat_s/mask-rcnn_dinat-s-tiny_fpn_amp-ms-crop-3x_coco.py': (
+        NAT_REPO, 'detection/configs/dinat_s/mask_rcnn_dinat_s_tiny_3x_coco.py',
+        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_s_tiny_in1k_224.pth',
+             drop_path_rate=0.2, dilations=[[1, 28], [1, 14], [1, 3, 1, 5, 1, 7], [1, 3]], n_win=None, lr=0.0001,
+             weight_decay=0.05, no_decay=['absolute_pos_embed', 'norm', 'rpb'], loss_scale=512.0, warmup=(500, 0.001),
+             schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
+    'detection/nat/cascade-mask-rcnn_nat-base_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py': (
+        NAT_REPO, 'detection/configs/nat/cascade_mask_rcnn_nat_base_3x_coco.py',
+        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_base.pth', drop_path_rate=0.5,
+             dilations=None, n_win=None, lr=0.0001, weight_decay=0.05, no_decay=['norm', 'rpb'], loss_scale=512.0,
+             warmup=(500, 0.001), schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
+    'detection/nat/cascade-mask-rcnn_nat-mini_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py': (
+        NAT_REPO, 'detection/configs/nat/cascade_mask_rcnn_nat_mini_3x_coco.py',
+        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_mini.pth', drop_path_rate=0.2,
+             dilations=None, n_win=None, lr=0.0001, weight_decay=0.05, no_decay=['norm', 'rpb'], loss_scale=512.0,
+             warmup=(500, 0.001), schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
+    'detection/nat/cascade-mask-rcnn_nat-small_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py': (
+        NAT_REPO, 'detection/configs/nat/cascade_mask_rcnn_nat_small_3x_coco.py',
+        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_small.pth', drop_path_rate=0.3,
+             dilations=None, n_win=None, lr=0.0001, weight_decay=0.05, no_decay=['norm', 'rpb'], loss_scale=512.0,
+             warmup=(500, 0.001), schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
+    'detection/nat/cascade-mask-rcnn_nat-tiny_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py': (
+        NAT_REPO, 'detection/configs/nat/cascade_mask_rcnn_nat_tiny_3x_coco.py',
+        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_tiny.pth', drop_path_rate=0.3,
+             dilations=None, n_win=None, lr=0.0001, weight_decay=0.05, no_decay=['norm', 'rpb'], loss_scale=512.0,
+             warmup=(500, 0.001), schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
+    'detection/nat/mask-rcnn_nat-mini_fpn_amp-ms-crop-3x_coco.py': (
+        NAT_REPO, 'detection/configs/nat/mask_rcnn_nat_mini_3x_coco.py',
+        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_mini.pth', drop_path_rate=0.2,
+             dilations=None, n_win=None, lr=0.0001, weight_decay=0.05, no_decay=['norm', 'rpb'], loss_scale=512.0,
+             warmup=(500, 0.001), schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
+    'detection/nat/mask-rcnn_nat-small_fpn_amp-ms-crop-3x_coco.py': (
+        NAT_REPO, 'detection/configs/nat/mask_rcnn_nat_small_3x_coco.py',
+        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_small.pth', drop_path_rate=0.35,
+             dilations=None, n_win=None, lr=0.0001, weight_decay=0.05, no_decay=['norm', 'rpb'], loss_scale=512.0,
+             warmup=(500, 0.001), schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
+    'detection/nat/mask-rcnn_nat-tiny_fpn_amp-ms-crop-3x_coco.py': (
+        NAT_REPO, 'detection/configs/nat/mask_rcnn_nat_tiny_3x_coco.py',
+        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_tiny.pth', drop_path_rate=0.2,
+             dilations=None, n_win=None, lr=0.0001, weight_decay=0.05, no_decay=['norm', 'rpb'], loss_scale=512.0,
+             warmup=(500, 0.001), schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
+    'segmentation/biformer/biformer-b_fpn_8xb4-amp-80k_ade20k-512x512.py': (
+        BIFORMER_REPO, 'semantic_segmentation/configs/ade20k/sfpn.biformer_base.py',
+        dict(checkpoint='https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvChHI_XPhoadjaNxtO/root/content',
+             drop_path_rate=0.3, dilations=None, n_win=8, lr=0.0002, weight_decay=0.0001, no_decay=[], loss_scale=512.0,
+             warmup=(1000, 0.1), schedule=('cosine', 80000, 1e-08), norm_eval=False, sync_bn=True, batch_size=4,
+             crop=512)),
+    'segmentation/biformer/biformer-b_upernet_8xb2-amp-160k_ade20k-512x512.py': (
+        BIFORMER_REPO, 'semantic_segmentation/configs/ade20k/upernet.biformer_base.py',
+        dict(checkpoint='https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvChHI_XPhoadjaNxtO/root/content',
+             drop_path_rate=0.4, dilations=None, n_win=8, lr=6e-05, weight_decay=0.01,
+             no_decay=['absolute_pos_embed', 'norm', 'relative_position_bias_table'], loss_scale=512.0,
+             warmup=(1500, 1e-06), schedule=('poly', 160000), norm_eval=False, sync_bn=True, batch_size=2, crop=512)),
+    'segmentation/biformer/biformer-s_fpn_8xb4-amp-80k_ade20k-512x512.py': (
+        BIFORMER_REPO, 'semantic_segmentation/configs/ade20k/sfpn.biformer_small.py',
+        dict(checkpoint='https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvChHDyM-x9KWRBZ832/root/content',
+             drop_path_rate=0.15, dilations=None, n_win=8, lr=0.0002, weight_decay=0.0001, no_decay=[],
+             loss_scale=512.0, warmup=(1000, 0.1), schedule=('cosine', 80000, 1e-08), norm_eval=False, sync_bn=True,
+             batch_size=4, crop=512)),
+    'segmentation/biformer/biformer-s_upernet_8xb2-amp-160k_ade20k-512x512.py': (
+        BIFORMER_REPO, 'semantic_segmentation/configs/ade20k/upernet.biformer_small.py',
+        dict(checkpoint='https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvChHDyM-x9KWRBZ832/root/content',
+             drop_path_rate=0.3, dilations=None, n_win=8, lr=6e-05, weight_decay=0.01,
+             no_decay=['absolute_pos_embed', 'norm', 'relative_position_bias_table'], loss_scale=512.0,
+             warmup=(1500, 1e-06), schedule=('poly', 160000), norm_eval=False, sync_bn=True, batch_size=2, crop=512)),
+    'segmentation/dinat/dinat-base_upernet_8xb2-amp-160k_ade20k-512x512.py': (
+        NAT_REPO, 'segmentation/configs/dinat/upernet_dinat_base_512x512_160k_ade20k.py',
+        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_base_in1k_224.pth',
+             drop_path_rate=0.5, dilations=[[1, 16, 1], [1, 4, 1, 8], [1, 2, 1, 3, 1, 4] * 3, [1, 2, 1, 2, 1]],
+             n_win=None, lr=6e-05, weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=512.0, warmup=(1500, 1e-06),
+             schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=512)),
+    'segmentation/dinat/dinat-large_upernet_8xb2-160k_ade20k-640x640.py': (
+        NAT_REPO, 'segmentation/configs/dinat/upernet_dinat_large_640x640_160k_ade20k.py',
+        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet22k/dinat_large_in22k_224.pth',
+             drop_path_rate=0.3,
+             dilations=[[1, 20, 1], [1, 5, 1, 10], [1, 2, 1, 3, 1, 4, 1, 5] * 2 + [1, 5], [1, 2, 1, 2, 1]], n_win=None,
+             lr=6e-05, weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=None, warmup=(1500, 1e-06),
+             schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=640)),
+    'segmentation/dinat/dinat-mini_upernet_8xb2-amp-160k_ade20k-512x512.py': (
+        NAT_REPO, 'segmentation/configs/dinat/upernet_dinat_mini_512x512_160k_ade20k.py',
+        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_mini_in1k_224.pth',
+             drop_path_rate=0.2, dilations=[[1, 16, 1], [1, 4, 1, 8], [1, 2, 1, 3, 1, 4], [1, 2, 1, 2, 1]], n_win=None,
+             lr=6e-05, weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=512.0, warmup=(1500, 1e-06),
+             schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=512)),
+    'segmentation/dinat/dinat-small_upernet_8xb2-amp-160k_ade20k-512x512.py': (
+        NAT_REPO, 'segmentation/configs/dinat/upernet_dinat_small_512x512_160k_ade20k.py',
+        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_small_in1k_224.pth',
+             drop_path_rate=0.5, dilations=[[1, 16, 1], [1, 4, 1, 8], [1, 2, 1, 3, 1, 4] * 3, [1, 2, 1, 2, 1]],
+             n_win=None, lr=6e-05, weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=512.0, warmup=(1500, 1e-06),
+             schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=512)),
+    'segmentation/dinat/dinat-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py': (
+        NAT_REPO, 'segmentation/configs/dinat/upernet_dinat_tiny_512x512_160k_ade20k.py',
+        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_tiny_in1k_224.pth',
+             drop_path_rate=0.3, dilations=[[1, 16, 1], [1, 4, 1, 8], [1, 2, 1, 3, 1, 4] * 3, [1, 2, 1, 2, 1]],
+             n_win=None, lr=6e-05, weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=512.0, warmup=(1500, 1e-06),
+             schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=512)),
+    'segmentation/dinat_s/dinat-s-base_upernet_8xb2-amp-160k_ade20k-512x512.py': (
+        NAT_REPO, 'segmentation/configs/dinat_s/upernet_dinat_s_base_512x512_160k_ade20k.py',
+        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_s_base_in1k_224.pth',
+             drop_path_rate=0.3, dilations=[[1, 16], [1, 8], [1, 2, 1, 3, 1, 4] * 3, [1, 2]], n_win=None, lr=6e-05,
+             weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=512.0, warmup=(1500, 1e-06),
+             schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=512)),
+    'segmentation/dinat_s/dinat-s-large_upernet_8xb2-amp-160k_ade20k-640x640.py': (
+        NAT_REPO, 'segmentation/configs/dinat_s/upernet_dinat_s_large_640x640_160k_ade20k.py',
+        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet22k/dinat_s_large_in22k_224.pth',
+             drop_path_rate=0.3, dilations=[[1, 20], [1, 10], [1, 2, 1, 3, 1, 4, 1, 5] * 2 + [1, 5], [1, 2]],
+             n_win=None, lr=6e-05, weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=512.0, warmup=(1500, 1e-06),
+             schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=640)),
+    'segmentation/dinat_s/dinat-s-small_upernet_8xb2-amp-160k_ade20k-512x512.py': (
+        NAT_REPO, 'segmentation/configs/dinat_s/upernet_dinat_s_small_512x512_160k_ade20k.py',
+        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_s_small_in1k_224.pth',
+             drop_path_rate=0.3, dilations=[[1, 16], [1, 8], [1, 2, 1, 3, 1, 4] * 3, [1, 2]], n_win=None, lr=6e-05,
+             weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=512.0, warmup=(1500, 1e-06),
+             schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=512)),
+    'segmentation/dinat_s/dinat-s-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py': (
+        NAT_REPO, 'segmentation/configs/dinat_s/upernet_dinat_s_tiny_512x512_160k_ade20k.py',
+        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_s_tiny_in1k_224.pth',
+             drop_path_rate=0.3, dilations=[[1, 16], [1, 8], [1, 2, 1, 3, 1, 4], [1, 2]], n_win=None, lr=6e-05,
+             weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=512.0, warmup=(1500, 1e-06),
+             schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=512)),
+    'segmentation/nat/nat-base_upernet_8xb2-amp-160k_ade20k-512x512.py': (
+        NAT_REPO, 'segmentation/configs/nat/upernet_nat_base_512x512_160k_ade20k.py',
+        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_base.pth', drop_path_rate=0.5,
+             dilations=None, n_win=None, lr=6e-05, weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=512.0,
+             warmup=(1500, 1e-06), schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=512)),
+    'segmentation/nat/nat-mini_upernet_8xb2-amp-160k_ade20k-512x512.py': (
+        NAT_REPO, 'segmentation/configs/nat/upernet_nat_mini_512x512_160k_ade20k.py',
+        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_mini.pth', drop_path_rate=0.2,
+             dilations=None, n_win=None, lr=6e-05, weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=512.0,
+             warmup=(1500, 1e-06), schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=512)),
+    'segmentation/nat/nat-small_upernet_8xb2-amp-160k_ade20k-512x512.py': (
+        NAT_REPO, 'segmentation/configs/nat/upernet_nat_small_512x512_160k_ade20k.py',
+        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_small.pth', drop_path_rate=0.5,
+             dilations=None, n_win=None, lr=6e-05, weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=512.0,
+             warmup=(1500, 1e-06), schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=512)),
+    'segmentation/nat/nat-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py': (
+        NAT_REPO, 'segmentation/configs/nat/upernet_nat_tiny_512x512_160k_ade20k.py',
+        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_tiny.pth', drop_path_rate=0.3,
+             dilations=None, n_win=None, lr=6e-05, weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=512.0,
+             warmup=(1500, 1e-06), schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=512)),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _param_names(backbone_type: str, model_name: str) -> List[str]:
+    with torch.device('meta'):  # names only
+        return [n for n, _ in MODELS.build(dict(type=backbone_type, model_name=model_name)).named_parameters()]
+
+
+def _config_values(cfg: Config) -> Dict:
+    bb, ow = cfg.model.backbone, cfg.optim_wrapper
+    warmup = next(s for s in cfg.param_scheduler if s.type == 'LinearLR')
+    (main,) = [s for s in cfg.param_scheduler if s.type != 'LinearLR']
+    det = cfg.default_scope == 'mmdet'
+    if det:
+        schedule = ('step', cfg.train_cfg.max_epochs, list(main.milestones))
+    elif main.type == 'PolyLR':
+        schedule = ('poly', cfg.train_cfg.max_iters)
+    else:
+        schedule = ('cosine', cfg.train_cfg.max_iters, main.eta_min_ratio)
+    keys = (ow.get('paramwise_cfg') or {}).get('custom_keys', {})
+    values = dict(
+        checkpoint=bb.init_cfg.checkpoint, drop_path_rate=bb.drop_path_rate, dilations=bb.get('dilations'),
+        n_win=bb.get('n_win'), lr=ow.optimizer.lr, weight_decay=ow.optimizer.weight_decay,
+        no_decay=sorted(k for k, v in keys.items() if v.get('decay_mult') == 0),
+        loss_scale=ow.get('loss_scale', 'dynamic') if ow.type == 'AmpOptimWrapper' else None,
+        warmup=(warmup.end, warmup.start_factor), schedule=schedule, norm_eval=bool(bb.get('norm_eval', False)),
+        sync_bn=cfg.get('sync_bn') == 'torch', batch_size=cfg.train_dataloader.batch_size)
+    if not det:
+        values['crop'] = cfg.crop_size[0]
+    return values
+
+
+@pytest.mark.parametrize('rel', sorted(OFFICIAL))
+def test_config_values_match_the_official_file(rel):
+    repo, official_file, official = OFFICIAL[rel]
+    path = os.path.join(ROOT, rel)
+    cfg = Config.fromfile(path)
+    ours = _config_values(cfg)
+    # no_decay: the keys that match a parameter name of this backbone family
+    names = _param_names(cfg.model.backbone.type, _tiny_backbone(cfg.model.backbone)['model_name'])
+    official = dict(official, no_decay=[k for k in official['no_decay'] if any(k in n for n in names)])
+    ours['no_decay'] = [k for k in ours['no_decay'] if any(k in n for n in names)]
+    drift = {k: (ours[k], v) for k, v in official.items() if ours[k] != v}
+    assert not drift, f'{rel} differs from {repo} {official_file} (ours, official): {drift}'
+
+
 # The official DaViT-T dense configs (dingmyu/davit mmdet/configs/davit_{maskrcnn,retinanet}_{1x,3x}_coco.py on mmdet 2's
 # schedule_1x.py, mmseg/configs/upernet_davit_512x512_160k_ade20k.py): drop path, epochs and LR steps per file.
 DAVIT_TINY_OFFICIAL = {
@@ -247,6 +564,66 @@ def test_davit_tiny_upernet_config_follows_the_official_file():
     bb = cfg.model.backbone
     assert (bb.model_name, bb.drop_path_rate) == ('davit_tiny', 0.3)
     assert list(cfg.model.decode_head.in_channels) == [96, 192, 384, 768] and cfg.model.auxiliary_head.in_channels == 384
+    opt = cfg.optim_wrapper
+    assert opt.type == 'OptimWrapper' and 'paramwise_cfg' not in opt
+    assert (opt.optimizer.type, opt.optimizer.lr, opt.optimizer.weight_decay) == ('AdamW', 6e-5, 0.01)
+    warmup, poly = cfg.param_scheduler
+    assert (warmup.start_factor, warmup.end) == (1e-6, 1500)
+    assert (poly.type, poly.power, poly.eta_min, poly.end) == ('PolyLR', 1.0, 0.0, 160000)
+    assert cfg.train_cfg.max_iters == 160000 and cfg.train_dataloader.batch_size == 2
+
+
+# The official L²ViT dense configs (ChuanyangZheng/L2ViT@fad0341 object_detection/configs/L2ViT/
+# {maskrcnn,retinanet}_{1x,3x}_l2vit_v0_{tiny,small,base}_coco.py on its mmdet 2 schedule_1x.py, and
+# semantic_segmentation/configs/novel/upernet_l2vit_{size}_512x512_160k_ade20k.py): drop path per file; every
+# detector AdamW lr 1e-4 wd 0.05, no clipping, fp32, the DETR-style multi-scale + crop pipeline; RetinaNet outputs 1-3.
+L2VIT_DROP_PATH = {
+    ('maskrcnn', '1x'): dict(tiny=0.1, small=0.1, base=0.2), ('maskrcnn', '3x'): dict(tiny=0.2, small=0.2, base=0.3),
+    ('retinanet', '1x'): dict(tiny=0.1, small=0.1, base=0.2), ('retinanet', '3x'): dict(tiny=0.2, small=0.2, base=0.3),
+}
+L2VIT_WIDTHS = dict(tiny=[96, 192, 384, 768], small=[96, 192, 384, 768], base=[128, 256, 512, 1024])
+L2VIT_RELEASE = 'https://github.com/ChuanyangZheng/L2ViT/releases/download/v1.0/L2ViT-{}-checkpoint-best-ema.pth'
+
+
+@pytest.mark.parametrize('size', ['tiny', 'small', 'base'])
+@pytest.mark.parametrize('det,sched', sorted(L2VIT_DROP_PATH))
+def test_l2vit_detection_configs_follow_the_official_files(det, sched, size):
+    name = 'mask-rcnn' if det == 'maskrcnn' else 'retinanet'
+    cfg = Config.fromfile(os.path.join(ROOT, f'detection/l2vit/{name}_l2vit-{size}_fpn_ms-crop-{sched}_coco.py'))
+    bb = cfg.model.backbone
+    assert (bb.type, bb.model_name, bb.drop_path_rate) == ('hiervit.L2ViT', f'l2vit_{size}',
+                                                           L2VIT_DROP_PATH[(det, sched)][size])
+    assert bb.init_cfg.checkpoint == L2VIT_RELEASE.format(size.capitalize())
+    widths = L2VIT_WIDTHS[size]
+    if det == 'retinanet':
+        assert tuple(bb.out_indices) == (1, 2, 3) and list(cfg.model.neck.in_channels) == widths[1:]
+        assert (cfg.model.neck.start_level, cfg.model.neck.add_extra_convs, cfg.model.neck.num_outs) == (
+            0, 'on_input', 5)
+    else:
+        assert list(cfg.model.neck.in_channels) == widths
+    opt = cfg.optim_wrapper
+    assert opt.type == 'OptimWrapper' and 'paramwise_cfg' not in opt and opt.get('clip_grad') is None
+    assert (opt.optimizer.type, opt.optimizer.lr, opt.optimizer.weight_decay) == ('AdamW', 1e-4, 0.05)
+    warmup, step = cfg.param_scheduler
+    assert (warmup.type, warmup.start_factor, warmup.end, warmup.by_epoch) == ('LinearLR', 0.001, 500, False)
+    epochs, steps = (36, [27, 33]) if sched == '3x' else (12, [8, 11])
+    assert step.milestones == steps and cfg.train_cfg.max_epochs == epochs
+    assert cfg.train_dataloader.batch_size == 2  # x 8 GPUs
+    choice = next(t for t in cfg.train_dataloader.dataset.pipeline if t.type == 'RandomChoice')
+    resize, (small, crop, again) = choice.transforms
+    assert [tuple(s) for s in resize[0].scales] == DETR_SCALES == [tuple(s) for s in again.scales]
+    assert [tuple(s) for s in small.scales] == [(400, 1333), (500, 1333), (600, 1333)]
+    assert (crop.crop_type, tuple(crop.crop_size)) == ('absolute_range', (384, 600))
+
+
+@pytest.mark.parametrize('size', ['tiny', 'small', 'base'])
+def test_l2vit_upernet_configs_follow_the_official_files(size):
+    cfg = Config.fromfile(os.path.join(ROOT, f'segmentation/l2vit/l2vit-{size}_upernet_8xb2-160k_ade20k-512x512.py'))
+    bb = cfg.model.backbone
+    assert (bb.model_name, bb.drop_path_rate) == (f'l2vit_{size}', 0.3)
+    assert bb.init_cfg.checkpoint == L2VIT_RELEASE.format(size.capitalize())
+    widths = L2VIT_WIDTHS[size]
+    assert list(cfg.model.decode_head.in_channels) == widths and cfg.model.auxiliary_head.in_channels == widths[2]
     opt = cfg.optim_wrapper
     assert opt.type == 'OptimWrapper' and 'paramwise_cfg' not in opt
     assert (opt.optimizer.type, opt.optimizer.lr, opt.optimizer.weight_decay) == ('AdamW', 6e-5, 0.01)

@@ -478,12 +478,17 @@ def test_dense_checkpoint_loads_into_features_model():
 
 
 def test_classification_checkpoint_into_features_model_starts_identity_norms():
+    """Every output norm starts fresh, the last level's (`norm`) too: the official dense backbone's `norm3` does not
+    take the classifier's final `norm` (its non-strict load drops `norm.*`)."""
     sd = _randomize(OfficialNAT(**OFFICIAL_TINY))
     features = timm.create_model('nat_mini', features_only=True, **OFFICIAL_TINY)
     features.model.load_state_dict(checkpoint_filter_fn(sd, features.model))
-    for i, ln in enumerate(features.model.out_norms):
+    for i, ln in enumerate([*features.model.out_norms, features.model.norm]):
         assert torch.equal(ln.weight, torch.ones(16 * 2 ** i)) and torch.equal(ln.bias, torch.zeros(16 * 2 ** i))
-    torch.testing.assert_close(features.model.norm.weight, sd['norm.weight'])
+    torch.testing.assert_close(features.model.levels[3].blocks[0].norm1.weight, sd['levels.3.blocks.0.norm1.weight'])
+    classifier = timm.create_model('nat_mini', **OFFICIAL_TINY)  # the classifier keeps its final norm
+    classifier.load_state_dict(checkpoint_filter_fn(sd, classifier))
+    torch.testing.assert_close(classifier.norm.weight, sd['norm.weight'])
 
 
 def _assert_same_function(model: nn.Module, official: nn.Module, x: torch.Tensor, filter_fn) -> None:

@@ -8,8 +8,8 @@ from hiervit.kernels import BackendError
 from hiervit.kernels.neighborhood import na_dispatcher, neighborhood_attention, neighborhood_attention_flops
 from hiervit.kernels.neighborhood.reference import neighbor_index, window_start
 
-# The CPU fast paths; their randomized sweep against the reference is in test_kernel_sweeps.py.
-FAST_BACKENDS = ['cpu']
+# The CPU fast paths (the randomized sweep of `cpu` against the reference is in test_kernel_sweeps.py).
+FAST_BACKENDS = ['cpp', 'cpu']
 
 
 def _keys_1d(length, kernel, dilation=1):
@@ -129,6 +129,15 @@ SWEEP = [
 ]
 
 
+def _need(backend):
+    """The cpp backend needs its library built on this machine; where it cannot be, say why (the cpu path runs)."""
+    if backend == 'cpp':
+        from hiervit.kernels.neighborhood.cpp import availability
+        reason = availability()
+        if reason is not None:
+            pytest.skip(f'cpp backend unavailable here: {reason}')
+
+
 def _inputs(B, spatial, heads, d, dv, kernel, rpb, dtype=torch.float32, scale=1.0):
     q, k = (torch.randn(B, *spatial, heads, d, dtype=dtype) * scale for _ in range(2))
     v = torch.randn(B, *spatial, heads, dv, dtype=dtype)
@@ -147,6 +156,7 @@ def _run(backend, tensors, kernel, dilation, dout):
 @pytest.mark.parametrize('backend', FAST_BACKENDS)
 @pytest.mark.parametrize('spatial,kernel,dilation,heads,d,dv', SWEEP)
 def test_backend_matches_reference(backend, spatial, kernel, dilation, heads, d, dv):
+    _need(backend)
     for rpb in (True, False):
         tensors = _inputs(2, spatial, heads, d, dv, kernel, rpb, scale=2.0)
         dout = torch.randn(2, *spatial, heads, dv)
@@ -178,6 +188,8 @@ def test_cpu_batch_chunks_and_low_precision(monkeypatch, dtype):
 
 @pytest.mark.parametrize('backend', ['reference'] + FAST_BACKENDS)
 def test_gradcheck(backend):
+    """float64 inputs: the reference and cpu compute in float64, and so does the cpp kernel (its float64 path)."""
+    _need(backend)
     torch.manual_seed(1)
     q, k, v, rpb = _inputs(1, (5, 4), 2, 3, 2, (3, 2), True, dtype=torch.float64)
     fn = lambda q, k, v, rpb: neighborhood_attention(q, k, v, (3, 2), (1, 2), rpb=rpb, backend=backend)
@@ -246,11 +258,11 @@ def test_dispatcher_explains_and_env_override(monkeypatch):
         neighborhood_attention(q, k, v, 3)
 
 
-def test_auto_picks_cpu_on_cpu():
+def test_auto_picks_cpp_or_cpu_on_cpu():
     from hiervit.kernels.neighborhood import NAProblem
+    from hiervit.kernels.neighborhood.cpp import availability
     p = NAProblem(torch.device('cpu'), torch.float32, 1, (8, 8), 2, 8, 8, (3, 3), (1, 1), True, True)
-    name = na_dispatcher.select(p)
-    assert name == 'cpu'
+    assert na_dispatcher.select(p) == ('cpp' if availability() is None else 'cpu')
     reason = na_dispatcher.explain(p)['triton']
     assert reason is None or 'TRITON_INTERPRET' in reason
 

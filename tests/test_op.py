@@ -159,7 +159,7 @@ def test_one_triton_precision_rule(monkeypatch):
 
 
 def test_every_declared_backend_is_listed():
-    assert NEIGHBORHOOD.dispatcher.names == ['cpu', 'triton', 'reference', 'natten', 'flex']
+    assert NEIGHBORHOOD.dispatcher.names == ['cpp', 'cpu', 'triton', 'reference', 'natten', 'flex']
     assert ROUTED.dispatcher.names == ['cpu', 'triton', 'reference']
     q = torch.randn(1, 6, 7, 2, 8)
     with pytest.raises(BackendError, match="'natten' (runs outside the custom op|.*natten is not installed)"):

@@ -31,12 +31,15 @@ def _add_data_args(parser: argparse.ArgumentParser, training: bool) -> None:
     group.add_argument('--input-img-mode', default=None, type=str, help='PIL mode the images are converted to')
 
 
-def _add_model_args(parser: argparse.ArgumentParser) -> None:
+def _add_model_args(parser: argparse.ArgumentParser, training: bool) -> None:
     group = parser.add_argument_group('Model')
     group.add_argument('--model', default=None, type=str, metavar='MODEL', help='name of the model to create')
     group.add_argument('--pretrained', action='store_true', default=False, help='start from pretrained weights')
     group.add_argument('--pretrained-path', default=None, type=str, help='local file overriding the pretrained_cfg')
-    group.add_argument('--initial-checkpoint', default='', type=str, metavar='PATH', help='load these weights first')
+    # hiervit-validate takes the weights with --checkpoint; it keeps this flag only to refuse it by name
+    group.add_argument('--initial-checkpoint', default='', type=str, metavar='PATH',
+                       help='load these weights first (EMA weights when the file has them, as timm)' if training
+                       else argparse.SUPPRESS)
     group.add_argument('--num-classes', type=int, default=None, metavar='N', help='number of label classes')
     group.add_argument('--in-chans', type=int, default=None, metavar='N', help='image input channels')
     group.add_argument('--img-size', type=int, default=None, metavar='N', help='image size (square)')
@@ -61,7 +64,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
                             'a busy machine')
     group.add_argument('-j', '--workers', type=int, default=4, metavar='N', help='data loading worker processes')
     group.add_argument('--pin-mem', action='store_true', default=False, help='pin loader memory (GPU)')
-    group.add_argument('--log-interval', type=int, default=50, metavar='N', help='batches between log lines')
+    group.add_argument('--log-interval', type=int, default=50, metavar='N',
+                       help='log a line every N optimizer updates (training) or batches (validation)')
 
 
 def build_train_parser() -> argparse.ArgumentParser:
@@ -70,7 +74,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
                         help='YAML recipe (keys are flag dests) or the name of a bundled recipe')
     _add_data_args(parser, training=True)
-    _add_model_args(parser)
+    _add_model_args(parser, training=True)
 
     group = parser.add_argument_group('Model extras')
     group.add_argument('--grad-checkpointing', action='store_true', default=False, help='activation checkpointing')
@@ -87,6 +91,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     group.add_argument('--momentum', type=float, default=0.9, metavar='M', help='SGD momentum')
     group.add_argument('--weight-decay', type=float, default=2e-5, help='weight decay (norms/biases/no_weight_decay '
                                                                         'exempt)')
+    group.add_argument('--model-wd-exempt', dest='model_wd_exempt', action=argparse.BooleanOptionalAction,
+                       default=True, help="exempt the model's no_weight_decay() parameters from weight decay (timm); "
+                                          "--no-model-wd-exempt exempts only 1-D parameters and biases")
     group.add_argument('--clip-grad', type=float, default=None, metavar='NORM', help='clip gradient (off if unset)')
     group.add_argument('--clip-mode', type=str, default='norm', help="'norm', 'value' or 'agc'")
     group.add_argument('--layer-decay', type=float, default=None, help='layer-wise lr decay (uses group_matcher)')
@@ -94,8 +101,12 @@ def build_train_parser() -> argparse.ArgumentParser:
                        help='extra optimizer kwargs, k=v ...')
 
     group = parser.add_argument_group('Learning rate schedule')
-    group.add_argument('--sched', type=str, default='cosine', metavar='SCHEDULER', help='timm scheduler name')
+    group.add_argument('--sched', type=str, default='cosine', metavar='SCHEDULER',
+                       help="timm scheduler name ('none': constant --lr)")
     group.add_argument('--sched-on-updates', action='store_true', default=False, help='step the schedule per update')
+    group.add_argument('--sched-epoch-offset', type=int, default=1, choices=(0, 1),
+                       help='after epoch e the per-epoch schedule steps to e + OFFSET: 1 as timm (epoch e trains at '
+                            'lr(e)), 0 as DeiT/BiFormer main.py\'s lr_scheduler.step(epoch) (epoch e > 0 at lr(e - 1))')
     group.add_argument('--lr', type=float, default=None, metavar='LR', help='learning rate (overrides --lr-base)')
     group.add_argument('--lr-base', type=float, default=0.1, metavar='LR',
                        help='base lr at --lr-base-size global batch, scaled to the actual global batch')
@@ -132,7 +143,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     group.add_argument('--vflip', type=float, default=0., help='vertical flip probability')
     group.add_argument('--color-jitter', type=float, default=0.4, metavar='PCT', help='color jitter factor')
     group.add_argument('--aa', type=str, default=None, metavar='NAME', help="auto-augment, e.g. 'rand-m9-mstd0.5-inc1'")
-    group.add_argument('--aug-repeats', type=float, default=0, help='repeated-augmentation count (distributed)')
+    group.add_argument('--aug-repeats', type=float, default=0,
+                       help='repeated-augmentation count, a whole number (distributed runs only; 0: off)')
     group.add_argument('--reprob', type=float, default=0., metavar='PCT', help='random erasing probability')
     group.add_argument('--remode', type=str, default='pixel', help='random erasing mode')
     group.add_argument('--recount', type=int, default=1, help='random erasing count')
@@ -152,6 +164,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     group.add_argument('--model-ema', action='store_true', default=False, help='track an EMA of the weights')
     group.add_argument('--model-ema-decay', type=float, default=0.9998, help='EMA decay')
     group.add_argument('--model-ema-warmup', action='store_true', help='EMA decay warmup')
+    group.add_argument('--model-ema-best', dest='model_ema_best', action=argparse.BooleanOptionalAction, default=True,
+                       help="pick model_best by the EMA's eval metric when an EMA is tracked (timm); "
+                            "--no-model-ema-best uses the live model's (DeiT/BiFormer main.py)")
 
     group = parser.add_argument_group('Misc')
     group.add_argument('--seed', type=int, default=42, metavar='S', help='random seed')
@@ -164,7 +179,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     group.add_argument('--no-eval', action='store_true', default=False, help='skip the per-epoch validation')
     group.add_argument('--log-tb', dest='log_tb', action=argparse.BooleanOptionalAction, default=True,
                        help='TensorBoard logs (when tensorboard is installed)')
-    group.add_argument('--no-progress', action='store_true', default=False, help='no tqdm bars (plain log lines)')
+    group.add_argument('--no-progress', action='store_true', default=False,
+                       help='plain log lines even on a terminal (without a terminal there are never bars)')
     group.add_argument('--deterministic', action='store_true', default=False,
                        help='deterministic algorithms (cudnn / torch.use_deterministic_algorithms)')
     group.add_argument('--stop-after-steps', type=int, default=None, metavar='N',
@@ -177,9 +193,10 @@ def build_validate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='hiervit-validate', description='Validate a hiervit (or any timm) model')
     parser.add_argument('-c', '--config', default='', type=str, metavar='FILE', help='YAML file of flag dests')
     _add_data_args(parser, training=False)
-    _add_model_args(parser)
+    _add_model_args(parser, training=False)
     parser.add_argument('--checkpoint', default='', type=str, metavar='PATH',
-                        help='weights (a hiervit-train checkpoint brings its model and data args along)')
+                        help='weights: .pth/.pth.tar/.safetensors of hiervit-train, timm, DeiT/BiFormer or NAT '
+                             '(its stored args bring the model and data settings along)')
     parser.add_argument('--use-ema', dest='use_ema', action='store_true', help='use the checkpoint\'s EMA weights')
     parser.add_argument('--num-samples', type=int, default=None, metavar='N', help='validate on the first N samples')
     parser.add_argument('--results-file', default='', type=str, metavar='FILENAME', help='write results JSON here')

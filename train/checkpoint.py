@@ -1,20 +1,40 @@
-"""Checkpoints that survive a crash mid-write, and the state needed to resume a run exactly.
+"""Checkpoints that survive a crash mid-write, the state needed to resume a run exactly, and weight loading.
 
 Every file is written to a temporary name in the same folder, flushed to disk and moved into place with `os.replace`,
 so a reader (or a resumed run) sees the old file or the new one, never half of one. RNG states are stored as tensors
-and plain tuples, so checkpoints load with `torch.load(weights_only=True)`.
+and plain tuples and args as a dict, so our own checkpoints load with `torch.load(weights_only=True)`
+(`load_resume_state`).
+
+Model weights from other trainers go through timm's `load_state_dict` (`load_weights`): `.safetensors`, EMA keys
+(`state_dict_ema` / `model_ema`), `state_dict` / `model` wrappers and `module.` / `_orig_mod.` prefixes. Checkpoints
+of timm's `CheckpointSaver`, DeiT/BiFormer `main.py` and NAT's `train.py` store `args` as an `argparse.Namespace`,
+which is allowed in the safe (weights-only) unpickler; a file needing any other class is unpickled in full, with a
+warning, as timm's train.py does for local checkpoints.
 """
+import argparse
 import contextlib
+import csv
+import logging
 import os
+import pickle
 import random
+import re
 import shutil
+import sys
 import tempfile
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+from timm.models import load_state_dict
 
-__all__ = ['atomic_save', 'load_file', 'rng_state', 'set_rng_state', 'CheckpointManager', 'model_state_from_file']
+__all__ = ['atomic_save', 'load_resume_state', 'read_checkpoint', 'load_weights', 'rng_state', 'set_rng_state',
+           'CheckpointManager', 'trim_summary', 'has_ema', 'adapt_to_model', 'RESUME_KEYS']
+
+_logger = logging.getLogger('hiervit.train')
+
+# the keys that make a file a hiervit-train resume state (anything else is foreign: weights only)
+RESUME_KEYS = ('resume_epoch', 'resume_batch', 'num_updates', 'state_dict', 'optimizer', 'rng')
 
 
 def _atomic_write(path: str, write: Any) -> None:
@@ -42,14 +62,69 @@ def _atomic_copy(src: str, dst: str) -> None:
         _atomic_write(dst, lambda f: shutil.copyfileobj(fsrc, f))
 
 
-def load_file(path: str) -> Dict[str, Any]:
-    """Load a checkpoint on the CPU (weights only: no arbitrary pickles)."""
+def _check_exists(path: str, flag: str) -> None:
     if not os.path.isfile(path):
-        raise ValueError(f'checkpoint {path} does not exist')
+        raise ValueError(f'{flag} {path}: no such file')
+
+
+def _refused(e: Exception) -> bool:
+    """The weights-only unpickler refused a class (timm >= 1.0.31 re-raises this as a RuntimeError)."""
+    return isinstance(e, pickle.UnpicklingError) or 'weights_only' in str(e) or 'Weights only' in str(e)
+
+
+def _with_fallback(load: Callable[[bool], Any], path: str, flag: str) -> Any:
+    """Run `load(weights_only)` safely first (argparse.Namespace allowed), in full only if that is refused."""
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return load(True)
     except Exception as e:  # torch raises several types for truncated or foreign files
-        raise ValueError(f'cannot load checkpoint {path}: {e}') from e
+        if not _refused(e):
+            raise ValueError(f'{flag} {path}: cannot load this checkpoint ({e})') from e
+        classes = sorted(set(re.findall(r'GLOBAL ([\w.]+)', str(e)))) or ['unknown']
+        _logger.warning(f'{flag} {path} pickles {", ".join(classes)}, which the weights-only unpickler refuses; '
+                        f'unpickling it in full: load only checkpoints you trust')
+    try:
+        return load(False)
+    except Exception as e:
+        raise ValueError(f'{flag} {path}: cannot load this checkpoint ({e})') from e
+
+
+def load_resume_state(path: str, flag: str = '--resume') -> Optional[Dict[str, Any]]:
+    """A hiervit-train resume state loaded weights-only, or None when `path` is some other checkpoint."""
+    _check_exists(path, flag)
+    if path.endswith('.safetensors'):
+        return None
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError:  # pickles other objects (e.g. an argparse.Namespace): not ours
+        return None
+    except Exception as e:
+        raise ValueError(f'{flag} {path}: cannot load this checkpoint ({e})') from e
+    if not isinstance(state, dict) or not all(k in state for k in RESUME_KEYS):
+        return None
+    return state
+
+
+def read_checkpoint(path: str, flag: str) -> Any:
+    """The whole object in a checkpoint file (a dict of tensors for `.safetensors`)."""
+    _check_exists(path, flag)
+    if path.endswith('.safetensors'):
+        from safetensors.torch import load_file  # a timm dependency
+        return load_file(path, device='cpu')
+    return _with_fallback(lambda weights_only: torch.load(path, map_location='cpu', weights_only=weights_only),
+                          path, flag)
+
+
+def has_ema(checkpoint: Any) -> bool:
+    return isinstance(checkpoint, dict) and any(checkpoint.get(k) is not None for k in ('state_dict_ema', 'model_ema'))
+
+
+def load_weights(path: str, flag: str, use_ema: bool = False) -> Dict[str, torch.Tensor]:
+    """Model weights of any timm-style checkpoint through timm's `load_state_dict` (EMA weights with `use_ema`)."""
+    _check_exists(path, flag)
+    return _with_fallback(
+        lambda weights_only: load_state_dict(path, use_ema=use_ema, device='cpu', weights_only=weights_only),
+        path, flag)
 
 
 def rng_state() -> Dict[str, Any]:
@@ -76,18 +151,33 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state['cuda'])
 
 
-def model_state_from_file(checkpoint: Dict[str, Any], use_ema: bool = False) -> Dict[str, torch.Tensor]:
-    """The model weights of a hiervit/timm checkpoint dict (EMA weights with `use_ema`), `module.` prefixes removed."""
-    if use_ema:
-        for key in ('state_dict_ema', 'model_ema'):
-            if key in checkpoint:
-                state = checkpoint[key]
-                break
-        else:
-            raise ValueError('--use-ema: the checkpoint holds no EMA weights (train with --model-ema)')
-    else:
-        state = checkpoint.get('state_dict', checkpoint.get('model', checkpoint))
-    return {k[7:] if k.startswith('module.') else k: v for k, v in state.items()}
+def adapt_to_model(state: Dict[str, torch.Tensor], model: torch.nn.Module) -> Tuple[Dict[str, torch.Tensor], str]:
+    """`state` as is when its keys are the model's, else through the family's `checkpoint_filter_fn` (the official
+    NAT/DiNAT/BiFormer layouts), as timm's `load_checkpoint(filter_fn=...)`; returns it and why conversion failed."""
+    if not set(state) - set(model.state_dict()):
+        return state, ''
+    filter_fn = getattr(sys.modules.get(type(model).__module__), 'checkpoint_filter_fn', None)
+    if filter_fn is None:
+        return state, ''
+    try:
+        return filter_fn(state, model), ''
+    except ValueError as e:  # not an official layout either: the caller reports the key mismatch
+        return state, f'; read as an official checkpoint: {e}'
+
+
+def trim_summary(path: str, start_epoch: int) -> None:
+    """Drop the rows of epochs >= `start_epoch` from a summary CSV (they are about to be trained again)."""
+    if not os.path.exists(path):
+        return
+    with open(path, newline='') as f:
+        rows = list(csv.reader(f))
+    keep = [r for r in rows[1:] if r and int(float(r[0])) < start_epoch]
+    if len(keep) == len(rows) - 1:
+        return
+    with open(path, 'w', newline='') as f:
+        writer = csv.writer(f)
+        if keep:
+            writer.writerows([rows[0], *keep])
 
 
 class CheckpointManager:

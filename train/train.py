@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import time
 from datetime import datetime
 from functools import partial
@@ -24,16 +25,17 @@ import torch.nn as nn
 import timm
 from timm.data import Mixup, resolve_data_config
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.optim import create_optimizer_v2, optimizer_kwargs
+from timm.optim import create_optimizer_v2, optimizer_kwargs, param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.utils import (
-    AverageMeter, ModelEmaV3, accuracy, dispatch_clip_grad, distribute_bn, random_seed, reduce_tensor,
+    AverageMeter, ModelEmaV3, accuracy, dispatch_clip_grad, distribute_bn, random_seed,
     setup_default_logging, update_summary)
-from timm.utils.summary import trim_summary
 
 import hiervit
 from .args import build_train_parser, parse_with_config
-from .checkpoint import CheckpointManager, load_file, model_state_from_file, rng_state, set_rng_state
+from .checkpoint import (
+    RESUME_KEYS, CheckpointManager, adapt_to_model, load_resume_state, load_weights, rng_state, set_rng_state,
+    trim_summary)
 from .data import create_eval_loader, create_source, create_train_loader, source_num_classes
 
 try:
@@ -46,7 +48,7 @@ try:
 except ImportError:
     SummaryWriter = None
 
-__all__ = ['main', 'train', 'evaluate', 'create_model_from_args', 'check_num_classes', 'cpu_threads']
+__all__ = ['main', 'train', 'evaluate', 'create_model_from_args', 'check_num_classes', 'cpu_threads', 'check_args']
 
 _logger = logging.getLogger('hiervit.train')
 
@@ -73,9 +75,11 @@ def _init_distributed(args) -> Dict[str, Any]:
         device = torch.device('cuda', local_rank)
     if device.type == 'cuda':
         torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
+    owns_group = world_size > 1 and not dist.is_initialized()  # a caller's group is left to the caller
+    if owns_group:
         dist.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo')
-    return dict(world_size=world_size, rank=rank, local_rank=local_rank, device=device, distributed=world_size > 1)
+    return dict(world_size=world_size, rank=rank, local_rank=local_rank, device=device, distributed=world_size > 1,
+                owns_group=owns_group)
 
 
 def check_num_classes(source: torch.utils.data.Dataset, num_classes: int, flag: str, split: str) -> None:
@@ -121,18 +125,21 @@ def _check_classes(model: nn.Module, state: Dict[str, torch.Tensor], flag: str, 
                          f'{classifier}.* keys to fine-tune a fresh classifier')
 
 
-def _load_initial(model: nn.Module, path: str) -> None:
-    """Load `--initial-checkpoint`; without classifier keys (e.g. a dropped 21k head) the fresh classifier stays."""
-    state = model_state_from_file(load_file(path))
-    _check_classes(model, state, '--initial-checkpoint', path)
+def _load_weights_into(model: nn.Module, state: Dict[str, torch.Tensor], flag: str, path: str) -> None:
+    """Load weights whose classifier may be missing (e.g. a dropped 21k head: the fresh classifier stays)."""
+    state, note = adapt_to_model(state, model)
+    _check_classes(model, state, flag, path)
     classifier, head_keys = _classifier_keys(model)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except ValueError as e:  # the model's load pre-hook read it as an official layout and refused it
+        raise ValueError(f'{flag} {path} does not fit --model {model.default_cfg.get("architecture")}: {e}') from e
     if unexpected or set(missing) - head_keys:
-        raise ValueError(f'--initial-checkpoint {path} does not fit --model {model.default_cfg.get("architecture")}: '
+        raise ValueError(f'{flag} {path} does not fit --model {model.default_cfg.get("architecture")}: '
                          f'missing keys {sorted(set(missing) - head_keys)[:8]}, '
-                         f'unexpected keys {sorted(unexpected)[:8]}')
+                         f'unexpected keys {sorted(unexpected)[:8]}{note}')
     if missing:
-        _logger.info(f'--initial-checkpoint {path} has no {classifier}: the classifier keeps its initialisation')
+        _logger.info(f'{flag} {path} has no {classifier}: the classifier keeps its initialisation')
 
 
 def _weights_digest(model: nn.Module, buffers: bool = True) -> str:
@@ -144,16 +151,38 @@ def _weights_digest(model: nn.Module, buffers: bool = True) -> str:
     return h.hexdigest()[:16]
 
 
-def _make_output_dir(args, data_config: dict) -> str:
-    if args.experiment:
-        name = args.experiment
-    elif args.resume:
-        return os.path.dirname(os.path.abspath(args.resume))
-    else:
-        name = '-'.join([datetime.now().strftime('%Y%m%d-%H%M%S'), args.model, str(data_config['input_size'][-1])])
-    path = os.path.abspath(os.path.join(args.output or './output/train', name))
-    os.makedirs(path, exist_ok=True)
+def _make_output_dir(args, data_config: dict, continue_in: Optional[str], env: Dict[str, Any]) -> str:
+    """The run folder, made on the primary rank only and shared with the others (their clocks may differ)."""
+    path = None
+    if env['rank'] == 0:
+        if args.experiment:
+            path = os.path.abspath(os.path.join(args.output or './output/train', args.experiment))
+        elif continue_in:
+            path = continue_in
+        else:
+            name = '-'.join([datetime.now().strftime('%Y%m%d-%H%M%S'), args.model.replace('/', '_'),
+                             str(data_config['input_size'][-1])])
+            path = os.path.abspath(os.path.join(args.output or './output/train', name))
+        os.makedirs(path, exist_ok=True)
+    if env['distributed']:
+        shared = [path]
+        dist.broadcast_object_list(shared, src=0)
+        path = shared[0]
     return path
+
+
+def _is_terminal(stream: Any) -> bool:
+    return bool(getattr(stream, 'isatty', None)) and stream.isatty()
+
+
+class _SumMeter:
+    """Running sums kept on the device (no host sync per step); read with `values()` at a log point."""
+
+    def __init__(self, device: torch.device, size: int = 3):
+        self.sums = torch.zeros(size, dtype=torch.float64, device=device)
+
+    def add(self, *values: torch.Tensor) -> None:
+        self.sums += torch.stack([v.detach().to(torch.float64) for v in values])
 
 
 @torch.no_grad()
@@ -165,12 +194,16 @@ def evaluate(
         channels_last: bool = False,
         distributed: bool = False,
         world_size: int = 1,
+        log_interval: int = 0,
+        log_prefix: str = 'Test',
 ) -> Dict[str, float]:
-    """Loss, top-1 and top-5 (in %) of `model` on `loader`."""
+    """Loss, top-1 and top-5 (in %) of `model` on `loader`; a log line every `log_interval` batches (0: none)."""
     model.eval()
-    meters = {k: AverageMeter() for k in ('loss', 'top1', 'top5')}
+    sums = _SumMeter(device, 4)  # loss x n, top-1 x n, top-5 x n, n
     loss_fn = nn.CrossEntropyLoss()
-    for images, target in loader:
+    num_batches = len(loader)
+    start = time.time()
+    for batch_idx, (images, target) in enumerate(loader):
         images = images.to(device, non_blocking=True)
         target = target.to(device, non_blocking=True)
         if channels_last:
@@ -180,11 +213,21 @@ def evaluate(
         output = output.float()
         loss = loss_fn(output, target)
         top1, top5 = accuracy(output, target, topk=(1, min(5, output.shape[-1])))
-        if distributed:
-            loss, top1, top5 = (reduce_tensor(t, world_size) for t in (loss, top1, top5))
-        for key, value in (('loss', loss), ('top1', top1), ('top5', top5)):
-            meters[key].update(value.item(), images.shape[0])
-    return {k: m.avg for k, m in meters.items()}
+        n = torch.tensor(float(images.shape[0]), device=device)
+        sums.add(loss * n, top1 * n, top5 * n, n)
+        last = batch_idx == num_batches - 1
+        if log_interval and (batch_idx % log_interval == 0 or last) and not distributed:
+            loss_sum, top1_sum, top5_sum, count = sums.sums.tolist()
+            _logger.info(f'{log_prefix}: [{batch_idx:>4d}/{num_batches}]  Time: {time.time() - start:.1f}s  '
+                         f'Loss: {loss.item():>7.3f} ({loss_sum / count:>6.3f})  '
+                         f'Acc@1: {top1.item():>7.3f} ({top1_sum / count:>7.3f})  '
+                         f'Acc@5: {top5.item():>7.3f} ({top5_sum / count:>7.3f})')
+    totals = sums.sums
+    if distributed:
+        totals = totals.clone()
+        dist.all_reduce(totals)
+    loss_sum, top1_sum, top5_sum, count = totals.tolist()
+    return {'loss': loss_sum / count, 'top1': top1_sum / count, 'top5': top5_sum / count}
 
 
 @contextlib.contextmanager
@@ -206,24 +249,57 @@ def train(argv=None) -> Dict[str, Any]:
         return _train(args, args_text)
 
 
-def _train(args, args_text: str) -> Dict[str, Any]:
-    env = _init_distributed(args)
-    device, rank, world_size, distributed = env['device'], env['rank'], env['world_size'], env['distributed']
-    primary = rank == 0
-    if args.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    random_seed(args.seed, rank)
-
+def check_args(args, distributed: bool, device: torch.device) -> None:
+    """Refuse flag values (and combinations) that would train something other than what they say."""
     if args.amp and args.amp_dtype == 'float16' and device.type != 'cuda':
         raise ValueError('--amp-dtype float16 needs a CUDA device (it uses a GradScaler); use --amp-dtype bfloat16')
     if args.grad_accum_steps < 1:
         raise ValueError(f'--grad-accum-steps must be >= 1, got {args.grad_accum_steps}')
+    if args.log_interval < 1:
+        raise ValueError(f'--log-interval must be >= 1, got {args.log_interval}')
+    if args.aug_repeats:
+        if args.aug_repeats != int(args.aug_repeats) or args.aug_repeats < 2:
+            raise ValueError(f'--aug-repeats must be a whole number of repeats >= 2 (DeiT uses 3) or 0 for off, got '
+                             f'{args.aug_repeats:g}')
+        if not distributed:
+            raise ValueError(f'--aug-repeats {args.aug_repeats:g} needs a distributed run (torchrun): in one process '
+                             f'each image would fill {int(args.aug_repeats)} places of a batch and an epoch would see '
+                             f'1/{int(args.aug_repeats)} of the data; set --aug-repeats 0')
+    if not args.model_wd_exempt and args.layer_decay is not None:
+        raise ValueError('--no-model-wd-exempt builds its own parameter groups and cannot be combined with '
+                         '--layer-decay; drop one of them')
+
+
+def _create_optimizer(model: nn.Module, args) -> torch.optim.Optimizer:
+    kwargs = optimizer_kwargs(cfg=args)
+    if not args.model_wd_exempt:
+        # timm's groups minus the model's no_weight_decay() list: 1-D parameters and biases stay exempt
+        kwargs['param_group_fn'] = lambda m: param_groups_weight_decay(m, args.weight_decay, no_weight_decay_list=())
+    return create_optimizer_v2(model, **kwargs)
+
+
+def _train(args, args_text: str) -> Dict[str, Any]:
+    env = _init_distributed(args)
+    device, rank, world_size, distributed = env['device'], env['rank'], env['world_size'], env['distributed']
+    primary = rank == 0
+    check_args(args, distributed, device)
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    random_seed(args.seed, rank)
     amp_dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
     autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype) if args.amp \
         else contextlib.nullcontext
 
-    resume = load_file(args.resume) if args.resume else None
+    # --resume of our own checkpoint continues the run (in its folder); with --no-resume-opt, or for another
+    # trainer's checkpoint, only its weights are taken and a new run (and folder) starts, as in timm
+    resume = load_resume_state(args.resume) if args.resume else None
+    if args.resume and resume is None and not args.no_resume_opt:
+        raise ValueError(f'--resume {args.resume} is not a hiervit-train checkpoint (it lacks one of '
+                         f'{", ".join(RESUME_KEYS)}), '
+                         f'so the optimizer, schedule and data position cannot continue; start from its weights with '
+                         f'--initial-checkpoint {args.resume} (or add --no-resume-opt)')
+    continuing = resume is not None and not args.no_resume_opt
     data_root = args.data_dir
     source_train = create_source(args.dataset, data_root, args.train_split, True, args.class_map,
                                  args.dataset_download, args.input_img_mode)
@@ -236,7 +312,9 @@ def _train(args, args_text: str) -> Dict[str, Any]:
     if source_eval is not None:
         check_num_classes(source_eval, num_classes, '--num-classes', args.val_split)
     if args.initial_checkpoint:
-        _load_initial(model, args.initial_checkpoint)
+        # timm's train.py takes the EMA weights of a checkpoint that has them
+        _load_weights_into(model, load_weights(args.initial_checkpoint, '--initial-checkpoint', use_ema=True),
+                           '--initial-checkpoint', args.initial_checkpoint)
     data_config = resolve_data_config(vars(args), model=model, verbose=primary)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(enable=True)
@@ -260,28 +338,43 @@ def _train(args, args_text: str) -> Dict[str, Any]:
         if primary:
             _logger.info(f'lr {args.lr:.3g} = lr_base {args.lr_base:g} x ({global_batch}/{args.lr_base_size}) '
                          f'{scale} scaling')
-    optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args))
+    optimizer = _create_optimizer(model, args)
     scaler = torch.amp.GradScaler('cuda') if args.amp and amp_dtype == torch.float16 else None
 
     start_epoch, start_batch, num_updates = 0, 0, 0
+    epoch_sums = None
     if resume is not None:
-        resume_state = model_state_from_file(resume)
-        _check_classes(model, resume_state, '--resume', args.resume)
-        model.load_state_dict(resume_state)
-        if not args.no_resume_opt:
-            optimizer.load_state_dict(resume['optimizer'])
-            if scaler is not None and 'scaler' in resume:
-                scaler.load_state_dict(resume['scaler'])
-            start_epoch, start_batch = resume['resume_epoch'], resume['resume_batch']
-            num_updates = resume['num_updates']
+        _check_classes(model, resume['state_dict'], '--resume', args.resume)
+        model.load_state_dict(resume['state_dict'])
+    elif args.resume:
+        _load_weights_into(model, load_weights(args.resume, '--resume'), '--resume', args.resume)
+    if continuing:
+        optimizer.load_state_dict(resume['optimizer'])
+        if scaler is not None and 'scaler' in resume:
+            scaler.load_state_dict(resume['scaler'])
+        start_epoch, start_batch = resume['resume_epoch'], resume['resume_batch']
+        num_updates = resume['num_updates']
+        epoch_sums = resume.get('epoch_sums')
+        if epoch_sums is not None:
+            if len(epoch_sums) != world_size:
+                raise ValueError(f'--resume {args.resume} was written by {len(epoch_sums)} process(es), this run has '
+                                 f'{world_size}; the data order and RNG streams cannot continue exactly')
+            epoch_sums = epoch_sums[rank]
     if args.start_epoch is not None:
         start_epoch, start_batch = args.start_epoch, 0
 
     model_ema = None
     if args.model_ema:
         model_ema = ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup)
-        if resume is not None and 'state_dict_ema' in resume:
-            model_ema.module.load_state_dict(model_state_from_file(resume, use_ema=True))
+        if resume is not None and resume.get('state_dict_ema') is not None:
+            model_ema.module.load_state_dict(resume['state_dict_ema'])
+            if continuing and 'ema_buffers' in resume and len(resume['ema_buffers']) == world_size:
+                # mid-epoch each rank's EMA has tracked its own BatchNorm statistics
+                for name, buf in model_ema.module.named_buffers():
+                    buf.copy_(resume['ema_buffers'][rank][name])
+        elif args.resume:  # another trainer's checkpoint: its EMA weights when it has them (timm's fallback)
+            _load_weights_into(model_ema.module, load_weights(args.resume, '--resume', use_ema=True), '--resume',
+                               args.resume)
 
     train_model = model
     if distributed:
@@ -304,12 +397,13 @@ def _train(args, args_text: str) -> Dict[str, Any]:
     scheduler, num_epochs = create_scheduler_v2(
         optimizer, **scheduler_kwargs(args, decreasing_metric=args.eval_metric == 'loss'),
         updates_per_epoch=updates_per_epoch)
-    if resume is not None and 'scheduler' in resume and not args.no_resume_opt:
-        scheduler.load_state_dict(resume['scheduler'])
-    # the scheduler sets the lr of a fresh optimizer at construction; recompute it for where this run starts
-    scheduler.step(start_epoch)
-    if args.sched_on_updates:
-        scheduler.step_update(num_updates)
+    if scheduler is not None:
+        if continuing and resume.get('scheduler') is not None:
+            scheduler.load_state_dict(resume['scheduler'])
+        # a fresh scheduler sets the lr of epoch 0; recompute it for where this run starts
+        scheduler.step(max(start_epoch + args.sched_epoch_offset - 1, 0))
+        if args.sched_on_updates:
+            scheduler.step_update(num_updates)
 
     mixup_fn = None
     if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
@@ -322,18 +416,17 @@ def _train(args, args_text: str) -> Dict[str, Any]:
     else:
         loss_fn = nn.CrossEntropyLoss()
 
-    output_dir = _make_output_dir(args, data_config)
+    continue_in = os.path.dirname(os.path.abspath(args.resume)) if continuing else None
+    output_dir = _make_output_dir(args, data_config, continue_in, env)
     manager = CheckpointManager(output_dir, args.checkpoint_hist, decreasing=args.eval_metric == 'loss')
-    if resume is not None and 'checkpoint_manager' in resume and os.path.dirname(
-            os.path.abspath(args.resume)) == output_dir:
+    if continuing and 'checkpoint_manager' in resume and continue_in == output_dir:
         manager.load_state_dict(resume['checkpoint_manager'])
     summary_path = os.path.join(output_dir, 'summary.csv')
     writer = None
     if primary:
         with open(os.path.join(output_dir, 'args.yaml'), 'w') as f:
             f.write(args_text)
-        if os.path.exists(summary_path):  # rows of epochs this run is about to (re)train are stale
-            trim_summary(summary_path, start_epoch)
+        trim_summary(summary_path, start_epoch)  # rows of epochs this run is about to (re)train are stale
         if args.log_tb and SummaryWriter is not None:
             writer = SummaryWriter(log_dir=os.path.join(output_dir, 'tb'))
         n_params = sum(p.numel() for p in model.parameters())
@@ -341,7 +434,7 @@ def _train(args, args_text: str) -> Dict[str, Any]:
                      f'{tuple(data_config["input_size"])}; {len(source_train)} train images, {world_size} process(es), '
                      f'{batches_per_epoch} batches/epoch; output {output_dir}')
 
-    if resume is not None and not args.no_resume_opt and 'rng' in resume:
+    if continuing and 'rng' in resume:
         states = resume['rng']
         if len(states) != world_size:
             raise ValueError(f'--resume {args.resume} was written by {len(states)} process(es), this run has '
@@ -350,31 +443,45 @@ def _train(args, args_text: str) -> Dict[str, Any]:
 
     stop = _Stop()
     previous_handlers = {signal.SIGTERM: signal.signal(signal.SIGTERM, stop.request)}
+    sums = _SumMeter(device)  # this rank's loss x n, n and the stop flag, reduced at log points only
 
     def checkpoint_state(epoch: int, batch: int) -> Dict[str, Any]:
-        rng = [rng_state()]
+        rng, epoch_sums = [rng_state()], [sums.sums[:2].cpu()]
+        ema_buffers = None
         if distributed:
-            rng = [None] * world_size
+            rng, epoch_sums = [None] * world_size, [None] * world_size
             dist.all_gather_object(rng, rng_state())
+            dist.all_gather_object(epoch_sums, sums.sums[:2].cpu())
+            if model_ema is not None:
+                ema_buffers = [None] * world_size
+                dist.all_gather_object(ema_buffers, {k: v.cpu() for k, v in model_ema.module.named_buffers()})
         state = {
             'arch': args.model, 'args': vars(args), 'version': hiervit.__version__,
             'resume_epoch': epoch, 'resume_batch': batch, 'num_updates': num_updates,
             'state_dict': model.state_dict(), 'optimizer': optimizer.state_dict(),
-            'scheduler': scheduler.state_dict(), 'rng': rng,
+            'scheduler': scheduler.state_dict() if scheduler is not None else None, 'rng': rng,
+            'epoch_sums': epoch_sums if batch else None,  # the running train loss of a stopped epoch
         }
         if model_ema is not None:
             state['state_dict_ema'] = model_ema.module.state_dict()
+            if ema_buffers is not None:
+                state['ema_buffers'] = ema_buffers
         if scaler is not None:
             state['scaler'] = scaler.state_dict()
         return state
 
-    def should_stop() -> bool:
-        flag = stop.requested or (args.stop_after_steps is not None and num_updates >= args.stop_after_steps)
-        if distributed:  # every rank must stop at the same update
-            t = torch.tensor([float(flag)], device=device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            flag = bool(t.item())
-        return flag
+    def reduced_sums(sync: bool) -> Tuple[float, float, bool]:
+        """(loss sum, sample count, stop requested) over all ranks; the one host sync of a log point."""
+        sums.sums[2] = float(stop.requested)
+        totals = sums.sums
+        if distributed and sync:
+            totals = totals.clone()
+            dist.all_reduce(totals)
+        loss_sum, count, stop_flag = totals.tolist()
+        return loss_sum, count, stop_flag > 0
+
+    def steps_done() -> bool:  # the same on every rank: needs no agreement
+        return args.stop_after_steps is not None and num_updates >= args.stop_after_steps
 
     metrics: Dict[str, Any] = {}
     epoch = start_epoch
@@ -386,13 +493,17 @@ def _train(args, args_text: str) -> Dict[str, Any]:
             first_batch = start_batch if epoch == start_epoch else 0
             sampler_train.set_epoch(epoch, first_batch * args.batch_size)
             train_model.train()
-            loss_meter, data_time, step_time = AverageMeter(), AverageMeter(), AverageMeter()
+            sums.sums.zero_()
+            if first_batch and epoch_sums is not None:
+                sums.sums[:2] = epoch_sums.to(sums.sums)
+            data_time, update_time = AverageMeter(), AverageMeter()
             accum = args.grad_accum_steps
             last_accum = batches_per_epoch % accum or accum
-            show_bar = primary and tqdm is not None and not args.no_progress
+            show_bar = primary and tqdm is not None and not args.no_progress and _is_terminal(sys.stderr)
             bar = tqdm(total=batches_per_epoch, initial=first_batch, desc=f'epoch {epoch}/{num_epochs}',
-                       dynamic_ncols=True, disable=not show_bar)
-            end = time.time()
+                       dynamic_ncols=True, file=sys.stderr) if show_bar else None
+            end = update_start = time.time()
+            update_samples = 0
             for batch_idx, (images, target) in enumerate(loader_train, start=first_batch):
                 if batch_idx >= batches_per_epoch:
                     break
@@ -414,37 +525,59 @@ def _train(args, args_text: str) -> Dict[str, Any]:
                         loss = loss_fn(output, target)
                     scaled = loss / accum_steps
                     (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                if need_update:
-                    if scaler is not None and args.clip_grad is not None:
-                        scaler.unscale_(optimizer)
-                    if args.clip_grad is not None:
-                        dispatch_clip_grad(model.parameters(), value=args.clip_grad, mode=args.clip_mode)
-                    if scaler is not None:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    num_updates += 1
-                    if model_ema is not None:
-                        model_ema.update(model, step=num_updates)
-                    scheduler.step_update(num_updates=num_updates, metric=loss_meter.avg)
-                loss_meter.update(loss.item(), images.shape[0])
-                step_time.update(time.time() - end)
-                lr = optimizer.param_groups[0]['lr']
-                rate = images.shape[0] * world_size / max(step_time.val, 1e-9)
-                bar.update(1)
-                bar.set_postfix(loss=f'{loss_meter.val:.4f}', lr=f'{lr:.3g}', img_s=f'{rate:.0f}', refresh=False)
-                if primary and (batch_idx % args.log_interval == 0 or last_batch):
-                    if not show_bar:
-                        _logger.info(f'epoch {epoch} [{batch_idx + 1}/{batches_per_epoch}] loss {loss_meter.val:.4f} '
-                                     f'({loss_meter.avg:.4f}) lr {lr:.3g} {rate:.0f} img/s '
-                                     f'(data {data_time.avg:.3f}s)')
+                n = images.shape[0]
+                sums.sums[0] += loss.detach().to(torch.float64) * n
+                sums.sums[1] += n
+                update_samples += n * world_size
+                if bar is not None:
+                    bar.update(1)
+                end = time.time()
+                if not need_update:
+                    continue
+                if scaler is not None and args.clip_grad is not None:
+                    scaler.unscale_(optimizer)
+                if args.clip_grad is not None:
+                    dispatch_clip_grad(model.parameters(), value=args.clip_grad, mode=args.clip_mode)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                num_updates += 1
+                if model_ema is not None:
+                    model_ema.update(model, step=num_updates)
+                if scheduler is not None:
+                    scheduler.step_update(num_updates=num_updates)
+                update_idx = batch_idx // accum
+                update_time.update(time.time() - update_start)
+                update_start = time.time()
+                log_point = update_idx % args.log_interval == 0 or last_batch
+                stop_now = not last_batch and steps_done()
+                if log_point:
+                    loss_sum, count, stop_flag = reduced_sums(sync=True)
+                    stop_now = stop_now or (stop_flag and not last_batch)
+                    lr = optimizer.param_groups[0]['lr']
+                    rate = update_samples / max(update_time.val, 1e-9)
+                    loss_now = loss.item()
+                    if bar is not None:
+                        bar.set_postfix(loss=f'{loss_sum / count:.4f}', lr=f'{lr:.3g}', img_s=f'{rate:.0f}')
+                    elif primary:
+                        _logger.info(
+                            f'Train: {epoch} [{update_idx:>4d}/{updates_per_epoch} '
+                            f'({100. * (update_idx + 1) / updates_per_epoch:>3.0f}%)]  '
+                            f'Loss: {loss_now:#.3g} ({loss_sum / count:#.3g})  '
+                            f'Time: {update_time.val:.3f}s, {rate:>7.2f}/s  LR: {lr:.3e}  '
+                            f'Data: {data_time.val:.3f} ({data_time.avg:.3f})')
                     if writer is not None:
-                        writer.add_scalar('train/loss', loss_meter.val, num_updates)
+                        writer.add_scalar('train/loss', loss_now, num_updates)
                         writer.add_scalar('train/lr', lr, num_updates)
-                if need_update and not last_batch and should_stop():
-                    bar.close()
+                elif not distributed and not last_batch:
+                    stop_now = stop_now or stop.requested
+                update_samples = 0
+                if stop_now:
+                    if bar is not None:
+                        bar.close()
                     path = _save_resumable(manager, checkpoint_state(epoch, batch_idx + 1), primary)
                     stopped = True
                     if primary:
@@ -454,12 +587,17 @@ def _train(args, args_text: str) -> Dict[str, Any]:
                 end = time.time()
             if stopped:
                 break
-            bar.close()
+            if bar is not None:
+                bar.close()
 
             if distributed and args.dist_bn:
-                # each rank's last forward updated its own BatchNorm statistics; make them agree before eval / save
+                # each rank's last forward updated its own BatchNorm statistics (and its EMA's copy of them): make
+                # them agree before eval / save, as timm does for both
                 distribute_bn(model, world_size, reduce=args.dist_bn == 'reduce')
-            train_metrics = {'loss': loss_meter.avg}
+                if model_ema is not None:
+                    distribute_bn(model_ema.module, world_size, reduce=args.dist_bn == 'reduce')
+            loss_sum, count, stop_flag = reduced_sums(sync=True)
+            train_metrics = {'loss': loss_sum / count}
             eval_metrics = None
             if loader_eval is not None:
                 eval_metrics = evaluate(model, loader_eval, device, autocast, args.channels_last, distributed,
@@ -471,21 +609,25 @@ def _train(args, args_text: str) -> Dict[str, Any]:
                 if primary:
                     _logger.info('epoch {} eval: '.format(epoch) + ', '.join(
                         f'{k} {v:.3f}' for k, v in eval_metrics.items()))
-            scheduler.step(epoch + 1, eval_metrics[args.eval_metric] if eval_metrics else None)
+            if scheduler is not None:
+                scheduler.step(epoch + args.sched_epoch_offset,
+                               eval_metrics[args.eval_metric] if eval_metrics else None)
             metric = None
             if eval_metrics:
-                metric = eval_metrics.get(f'ema_{args.eval_metric}', eval_metrics[args.eval_metric])
+                key = f'ema_{args.eval_metric}' if args.model_ema_best and model_ema is not None else args.eval_metric
+                metric = eval_metrics[key]
             state = checkpoint_state(epoch + 1, 0)
             if primary:
                 manager.save_epoch(state, epoch, metric)
                 update_summary(epoch, train_metrics, eval_metrics or {}, summary_path,
-                               lr=optimizer.param_groups[0]['lr'])
+                               lr=optimizer.param_groups[0]['lr'],
+                               write_header=not os.path.exists(summary_path) or os.path.getsize(summary_path) == 0)
                 if writer is not None:
                     for k, v in (eval_metrics or {}).items():
                         writer.add_scalar(f'eval/{k}', v, epoch)
                     writer.add_scalar('train/epoch_loss', train_metrics['loss'], epoch)
             metrics = {'train': train_metrics, 'eval': eval_metrics}
-            if should_stop():
+            if steps_done() or stop_flag:
                 stopped = epoch + 1 < num_epochs
                 if stopped and primary:
                     _logger.info(f'stopped after epoch {epoch}; continue with --resume {manager.last_path}')
@@ -495,6 +637,10 @@ def _train(args, args_text: str) -> Dict[str, Any]:
         if distributed:
             digests = [None] * world_size
             dist.all_gather_object(digests, digest)
+            if model_ema is not None:
+                ema_digests = [None] * world_size
+                dist.all_gather_object(ema_digests, _weights_digest(model_ema.module, buffers=not stopped))
+                digests = [d + e for d, e in zip(digests, ema_digests)]
             if len(set(digests)) != 1:
                 raise RuntimeError(f'ranks ended with different weights: {digests}')
             if primary:
@@ -508,7 +654,8 @@ def _train(args, args_text: str) -> Dict[str, Any]:
         _logger.info(f'best {args.eval_metric} {manager.best[0]:.3f} (epoch {manager.best[1]})')
     if distributed:
         dist.barrier()
-        dist.destroy_process_group()
+        if env['owns_group']:
+            dist.destroy_process_group()
     return {'output_dir': output_dir, 'epoch': epoch, 'num_updates': num_updates, 'stopped': stopped,
             'metrics': metrics, 'best': manager.best, 'weights_sha256': digest}
 

@@ -1,7 +1,9 @@
 """`hiervit-validate`: top-1 / top-5 and throughput of a model on a labelled split.
 
-With a `hiervit-train` checkpoint the model name, its kwargs, class count and input settings come from the checkpoint's
-stored args (flags given on the command line win); otherwise the model's `pretrained_cfg` decides the transforms.
+`--checkpoint` takes the weights of hiervit-train, timm's train.py, DeiT/BiFormer `main.py` or NAT's `train.py`
+(`.pth`, `.pth.tar` or `.safetensors`). When the checkpoint stores its training args (a dict or an
+`argparse.Namespace`) the model name, its kwargs and the input settings come from them (flags given on the command line
+win); otherwise the model's `pretrained_cfg` decides the transforms.
 """
 import argparse
 import contextlib
@@ -9,7 +11,7 @@ import json
 import logging
 import time
 from functools import partial
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import timm
 import torch
@@ -18,7 +20,7 @@ from timm.models import get_pretrained_cfg_value
 from timm.utils import setup_default_logging
 
 from .args import build_validate_parser, parse_with_config
-from .checkpoint import load_file, model_state_from_file
+from .checkpoint import adapt_to_model, has_ema, load_weights, read_checkpoint
 from .data import create_eval_loader, create_source
 from .train import check_num_classes, cpu_threads, create_model_from_args, evaluate
 
@@ -32,8 +34,11 @@ _FROM_CHECKPOINT = ('model', 'model_kwargs', 'in_chans', 'input_size', 'img_size
 
 
 def _fill_from_checkpoint(args: argparse.Namespace, saved: Dict[str, Any], parser: argparse.ArgumentParser) -> None:
+    saved = dict(saved)
+    if isinstance(saved.get('input_size'), int):  # DeiT/BiFormer main.py: --input-size is the square side
+        saved['img_size'] = saved.pop('input_size')
     for key in _FROM_CHECKPOINT:
-        if key in saved and getattr(args, key) == parser.get_default(key):
+        if saved.get(key) is not None and getattr(args, key) == parser.get_default(key):
             setattr(args, key, saved[key])
 
 
@@ -48,13 +53,24 @@ def validate(argv=None) -> Dict[str, Any]:
 def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Dict[str, Any]:
     device = torch.device(args.device) if args.device else torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 
-    checkpoint: Optional[Dict[str, Any]] = None
+    if args.initial_checkpoint:
+        raise ValueError(f'hiervit-validate evaluates the weights given with --checkpoint; pass --checkpoint '
+                         f'{args.initial_checkpoint} instead of --initial-checkpoint')
+    if args.use_ema and not args.checkpoint:
+        raise ValueError('--use-ema selects the EMA weights of a --checkpoint; pass one')
     state = None
     if args.checkpoint:
-        checkpoint = load_file(args.checkpoint)
-        if isinstance(checkpoint.get('args'), dict):
-            _fill_from_checkpoint(args, checkpoint['args'], parser)
-        state = model_state_from_file(checkpoint, use_ema=args.use_ema)
+        checkpoint = read_checkpoint(args.checkpoint, '--checkpoint')
+        saved = checkpoint.get('args') if isinstance(checkpoint, dict) else None
+        if isinstance(saved, argparse.Namespace):
+            saved = vars(saved)
+        if isinstance(saved, dict):
+            _fill_from_checkpoint(args, saved, parser)
+        if args.use_ema and not has_ema(checkpoint):
+            raise ValueError(f'--use-ema: --checkpoint {args.checkpoint} holds no EMA weights (state_dict_ema or '
+                             f'model_ema); drop --use-ema')
+        del checkpoint
+        state = load_weights(args.checkpoint, '--checkpoint', use_ema=args.use_ema)
 
     num_classes = args.num_classes
     if state is not None and args.model:
@@ -67,7 +83,14 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Dict
             num_classes = head.shape[0]
     model = create_model_from_args(args, num_classes, pretrained=args.pretrained and state is None)
     if state is not None:
-        model.load_state_dict(state)
+        state, note = adapt_to_model(state, model)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except ValueError as e:  # the model's load pre-hook read it as an official layout and refused it
+            raise ValueError(f'--checkpoint {args.checkpoint} does not fit --model {args.model}: {e}') from e
+        if missing or unexpected:
+            raise ValueError(f'--checkpoint {args.checkpoint} does not fit --model {args.model}: missing keys '
+                             f'{sorted(missing)[:8]}, unexpected keys {sorted(unexpected)[:8]}{note}')
     source = create_source(args.dataset, args.data_dir, args.val_split, False, args.class_map, args.dataset_download,
                            args.input_img_mode)
     check_num_classes(source, model.num_classes, '--num-classes or --checkpoint', args.val_split)
@@ -84,7 +107,7 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Dict
     loader = create_eval_loader(source, data_config, args.batch_size, args.workers, args.pin_mem, indices=indices)
 
     start = time.time()
-    metrics = evaluate(eval_model, loader, device, autocast, args.channels_last)
+    metrics = evaluate(eval_model, loader, device, autocast, args.channels_last, log_interval=args.log_interval)
     elapsed = time.time() - start
     num_images = len(loader.dataset)
     results = {

@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Ty
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
+from timm.layers import ClassifierHead, DropPath, Mlp, register_notrace_function, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq
 from timm.models.swin_transformer import PatchMerging
 
@@ -39,18 +39,29 @@ from hiervit.backbones._compat import feature_take_indices
 
 __all__ = [
     'MixerFactory', 'MixerBlock', 'LayoutLevel', 'HierarchicalTransformer', 'SwinLayout', 'CSWinLayout',
-    'SwinPatchEmbed', 'ConvStem', 'ConvMerge', 'build_layout_model',
+    'SwinPatchEmbed', 'ConvStem', 'ConvMerge', 'build_layout_model', 'stem_input',
 ]
 
 MixerFactory = Callable[[int, int, int], nn.Module]
 
 
-def _check_image(x: torch.Tensor, in_chans: int, model: str) -> None:
-    if x.ndim != 4 or x.shape[1] != in_chans:
-        raise ValueError(
-            f'{model} expects an NCHW image batch with {in_chans} channels (the model\'s in_chans), got shape '
-            f'{tuple(x.shape)}. Create the model with in_chans={x.shape[1] if x.ndim == 4 else "<C>"} or convert the '
-            f'input.')
+@register_notrace_function
+def stem_input(x: torch.Tensor, in_chans: int, model: str, minimum: int = 1) -> torch.Tensor:
+    """The stems' input check (a ValueError naming the fix unless x is an NCHW batch with `in_chans` channels), and
+    zero padding bottom/right to at least `minimum` px. An FX leaf: it decides on sizes."""
+    if not torch.jit.is_scripting():
+        if x.ndim != 4 or x.shape[1] != in_chans:
+            raise ValueError(
+                f'{model} expects an NCHW image batch with {in_chans} channels (the model\'s in_chans), got shape '
+                f'{tuple(x.shape)}. Create the model with in_chans={x.shape[1] if x.ndim == 4 else "<C>"} or convert '
+                f'the input.')
+    H, W = x.shape[2], x.shape[3]
+    if H < minimum or W < minimum:
+        x = F.pad(x, (0, max(0, minimum - W), 0, max(0, minimum - H)))
+    return x
+
+
+torch.fx.wrap('stem_input')  # a leaf for plain torch.fx.symbolic_trace too (timm's tracer knows it already)
 
 
 class SwinPatchEmbed(nn.Module):
@@ -68,8 +79,7 @@ class SwinPatchEmbed(nn.Module):
         self.norm = norm_layer(embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting():
-            _check_image(x, self.in_chans, 'This Swin-layout model')
+        x = stem_input(x, self.in_chans, 'This Swin-layout model')
         H, W = x.shape[2], x.shape[3]
         x = F.pad(x, (0, -W % self.patch_size, 0, -H % self.patch_size))
         x = self.proj(x).permute(0, 2, 3, 1)  # [B, C, H/4, W/4] -> [B, H/4, W/4, C]
@@ -90,11 +100,7 @@ class ConvStem(nn.Module):
         self.norm = norm_layer(embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting():
-            _check_image(x, self.in_chans, 'This CSWin-layout model')
-        H, W = x.shape[2], x.shape[3]
-        if H < 3 or W < 3:
-            x = F.pad(x, (0, max(0, 3 - W), 0, max(0, 3 - H)))
+        x = stem_input(x, self.in_chans, 'This CSWin-layout model', minimum=3)
         x = self.proj(x).permute(0, 2, 3, 1)  # [B, C, H/4, W/4] -> [B, H/4, W/4, C]
         return self.norm(x)
 

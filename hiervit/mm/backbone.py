@@ -7,9 +7,13 @@ The adapter builds the timm classification model, prunes its head, and returns t
   * `with_cp` -> `set_grad_checkpointing`; task overrides (`dilations`, `n_win`, `kernel_size`, `drop_path_rate`)
     are plain constructor kwargs of the model;
   * `init_cfg=dict(type='Pretrained', checkpoint=..., prefix=...)` loads classification (or detector) checkpoints
-    through the model family's `checkpoint_filter_fn`.
+    through the model family's `checkpoint_filter_fn`; without it `init_weights` logs that the backbone starts random;
+  * released detector/segmentor checkpoints (`load_from=`, `tools/test.py`) hold the official backbone layout under
+    `backbone.`; a `load_state_dict` pre-hook converts it with the same `checkpoint_filter_fn`, so a family gets
+    dense-checkpoint loading by declaring its official key mapping there, and keys that still do not fit raise.
 Only mmengine is imported here, so the adapter works without mmcv/mmdet/mmseg.
 """
+import logging
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
@@ -22,9 +26,10 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from timm.models import group_parameters
 
 import hiervit  # noqa: F401  (registers hiervit's models with timm)
+from hiervit.backbones._pretrained import cache_file_name, fetch_pretrained, registered_file_name
 from hiervit.registry import MODELS
 
-__all__ = ['TimmBackbone', 'NAT', 'DiNAT', 'DiNATs', 'BiFormer', 'S2AFormer', 'CSWin']
+__all__ = ['TimmBackbone', 'NAT', 'DiNAT', 'DiNATs', 'BiFormer', 'S2AFormer', 'CSWin', 'L2ViT']
 
 
 def _unwrap_state_dict(checkpoint: Any) -> Dict[str, torch.Tensor]:
@@ -111,6 +116,7 @@ class TimmBackbone(BaseModule):
         if with_cp:
             model.set_grad_checkpointing(True)
         self._freeze_stages()
+        self.register_load_state_dict_pre_hook(self._convert_loaded_state_dict)
 
     def _create_model(self) -> nn.Module:
         """The whole timm model; adapters of timm's own families add the dense-task modules timm lacks here."""
@@ -182,42 +188,97 @@ class TimmBackbone(BaseModule):
         fn = getattr(self.model, 'no_weight_decay', None)
         return {f'model.{n}' for n in fn()} if fn is not None else set()
 
+    def _to_model_state_dict(
+            self, state_dict: Dict[str, torch.Tensor], source: str,
+    ) -> Tuple[Dict[str, torch.Tensor], List[str], List[str]]:
+        """Convert a backbone state dict (this adapter's `model.*` keys or an official layout) to `self.model`'s keys.
+
+        Returns (state dict to load, keys that keep their initial value, ignored keys: the pruned head / final norm /
+        unused output norms). Raises a ValueError naming the keys that do not fit after conversion.
+        """
+        ours = bool(state_dict) and all(k.startswith('model.') for k in state_dict)  # saved from this adapter
+        if ours:
+            state_dict = {k[len('model.'):]: v for k, v in state_dict.items()}
+        with torch.device('meta'):
+            # The unpruned, headless twin (no memory, no init cost): what the filters and the "pruned part" test compare
+            # against. Headless, as dense-task checkpoints are; the filters drop a classification checkpoint's head.
+            template = self._create_model()
+            template.reset_classifier(0)
+        filter_fn = None if ours else self._filter_fn()
+        if filter_fn is not None:
+            # The filters convert and check a checkpoint against the *whole* model. Tensors they take from the twin
+            # (meta, and not one of the checkpoint's own) mean "keep the initial value", e.g. fresh output norms from
+            # a classification checkpoint, and are dropped.
+            given = {id(v) for v in state_dict.values()}
+            converted = filter_fn(state_dict, template)
+            keep = sorted(k for k, v in converted.items() if v.is_meta and id(v) not in given)
+            state_dict = {k: v for k, v in converted.items() if k not in keep}
+        else:
+            keep = []
+        target = self.model.state_dict()
+        full = template.state_dict()
+        classifier = (getattr(self.model, 'pretrained_cfg', None) or {}).get('classifier') or 'head'
+        pruned = [k for k in state_dict if k not in target and (k in full or k.startswith(classifier + '.'))]
+        ignored = sorted(pruned)
+        unexpected = sorted(k for k in state_dict if k not in target and k not in pruned)
+        missing = [k for k in target if k not in state_dict and k not in keep and not k.endswith('num_batches_tracked')]
+        mis_shaped = [
+            f'{k}: {tuple(v.shape)} vs {tuple(target[k].shape)}' for k, v in state_dict.items()
+            if k in target and v.shape != target[k].shape]
+        if unexpected or missing or mis_shaped:
+            raise ValueError(
+                f'{source} does not fit the {self.model_name} backbone ({type(self).__name__} model.*) after '
+                f'conversion: missing {missing[:6]} ({len(missing)}), unexpected {unexpected[:6]} ({len(unexpected)}), '
+                f'shape mismatches {mis_shaped[:6]} ({len(mis_shaped)}). Is it a checkpoint of {self.model_name} with '
+                f'these model kwargs?')
+        return {k: v for k, v in state_dict.items() if k in target}, keep, ignored
+
+    def _convert_loaded_state_dict(self, module, state_dict, prefix, local_metadata, strict, missing_keys,
+                                   unexpected_keys, error_msgs) -> None:
+        """`load_state_dict` pre-hook: released detector/segmentor checkpoints (`backbone.levels.*`, `backbone.norm0`,
+        `backbone.extra_norms.*`, ...) load into this adapter (`backbone.model.*`), for `load_from=`, `resume` and
+        `tools/test.py`; keys that still do not fit raise (mmengine would load non-strictly and leave them random)."""
+        own = [k for k in state_dict if k.startswith(prefix)]
+        if not own:
+            return
+        converted, _, _ = self._to_model_state_dict(
+            {k[len(prefix):]: state_dict.pop(k) for k in own}, f'The checkpoint\'s {prefix or "top-level"} keys')
+        state_dict.update({f'{prefix}model.{k}': v for k, v in converted.items()})
+
     def init_weights(self) -> None:
         cfg = self.init_cfg
         if not (isinstance(cfg, dict) and cfg.get('type') == 'Pretrained'):
+            print_log(
+                f'{self.model_name}: the backbone starts from random initialisation (no init_cfg=dict(type='
+                f'\'Pretrained\', checkpoint=...)) unless load_from / resume loads a checkpoint afterwards.',
+                logger='current', level=logging.WARNING)
             super().init_weights()
             return
         checkpoint = cfg.get('checkpoint')
         if not checkpoint:
             raise ValueError("init_cfg=dict(type='Pretrained') needs checkpoint=<path or URL>.")
-        state_dict = _unwrap_state_dict(CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu'))
+        path = checkpoint
+        if isinstance(checkpoint, str) and checkpoint.startswith(('http://', 'https://')):
+            # timm's cache, under the file name the family registers for the URL (released URLs may end alike)
+            file_name = registered_file_name(checkpoint) or cache_file_name(checkpoint)
+            path = fetch_pretrained(
+                (checkpoint, file_name), f'{self.model_name} init_cfg checkpoint',
+                f'pass the local copy with --cfg-options model.backbone.init_cfg.checkpoint=/path/to/{file_name}')
+        state_dict = _unwrap_state_dict(CheckpointLoader.load_checkpoint(path, map_location='cpu'))
         prefix = cfg.get('prefix')
         if prefix:
             prefix = prefix if prefix.endswith('.') else prefix + '.'
             state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
             if not state_dict:
                 raise ValueError(f'init_cfg prefix={prefix!r} matches no key of {checkpoint}.')
-        # Checkpoints saved from this adapter carry its `model.` prefix.
-        if all(k.startswith('model.') for k in state_dict):
-            state_dict = {k[len('model.'):]: v for k, v in state_dict.items()}
-        filter_fn = self._filter_fn()
-        if filter_fn is not None:
-            # The filters convert and check a checkpoint against the *whole* model; give them an unpruned twin
-            # (on the meta device: no memory, no init cost). Tensors they take from the twin mean "keep the initial
-            # value" and are dropped.
-            with torch.device('meta'):
-                template = self._create_model()
-            state_dict = {k: v for k, v in filter_fn(state_dict, template).items() if not v.is_meta}
-        target = self.model.state_dict()
-        # The classification head and final norm were pruned from the adapter's model.
-        ignored = sorted(k for k in state_dict if k not in target)
-        state_dict = {k: v for k, v in state_dict.items() if k in target}
-        if not state_dict:
-            raise ValueError(f'No key of {checkpoint} matches {self.model_name}; is it a checkpoint of this model?')
-        missing, _ = self.model.load_state_dict(state_dict, strict=False)
+        try:
+            state_dict, keep, ignored = self._to_model_state_dict(state_dict, str(checkpoint))
+        except ValueError as e:
+            raise ValueError(f'init_cfg checkpoint: {e}') from None
+        self.model.load_state_dict(state_dict, strict=False)  # checked above; `keep` keys keep their initial values
         print_log(
             f'{self.model_name}: loaded {len(state_dict)} tensors from {checkpoint}; kept initial values for '
-            f'{len(missing)} ({", ".join(missing[:8])}); ignored {len(ignored)} ({", ".join(ignored[:8])})',
+            f'{len(keep)} ({", ".join(keep[:8])}); ignored {len(ignored)} ({", ".join(ignored[:8])})',
             logger='current')
         self._is_init = True
 
@@ -242,3 +303,5 @@ S2AFormer = _family(
 CSWin = _family(
     'CSWin', 'cswin_tiny', dict(output_norms=True, seg_padding=True),
     'CSWin (cswin_*) with the segmentation backbone\'s per-output LayerNorms (norm1..norm4) and padding rule.')
+L2ViT = _family(
+    'L2ViT', 'l2vit_tiny', dict(out_norms=True), 'L2ViT (l2vit_*) with the released per-output LayerNorms (norm{i}).')

@@ -16,10 +16,12 @@ Semantics, per spatial axis of length L with kernel k and dilation d (an n-D nei
   also at the shifted borders); scale defaults to d ** -0.5. Softmax over the window, then the weighted sum of v.
 
 Backends (`na_dispatcher`; `backend=` argument, or env `HIERVIT_NEIGHBORHOOD_BACKEND` / `HIERVIT_BACKEND`):
-`triton` (CUDA, or CPU tensors under `TRITON_INTERPRET=1`), `cpu` (fast CPU path), `reference` (gathers all
-neighbours; accepts everything, the test oracle), and the peers `natten` / `flex` (NATTEN 0.21 itself, if installed:
-no rpb; on CPU uncompiled FlexAttention, forward only; called directly, not through the custom op, so that NATTEN's
-autograd works on CUDA). Auto order: triton on CUDA, cpu on CPU, then reference.
+`cpp` (the fused C++ CPU kernel, `cpp.py`; built once per machine on first use, refused with the reason where no
+compiler or ninja exists), `triton` (CUDA, or CPU tensors under `TRITON_INTERPRET=1`), `cpu` (the pure-PyTorch CPU
+path), `reference` (gathers all neighbours; accepts everything, the test oracle), and the peers `natten` / `flex`
+(NATTEN 0.21 itself, if installed: no rpb; on CPU uncompiled FlexAttention, forward only; called directly, not
+through the custom op, so that NATTEN's autograd works on CUDA). Auto order: triton on CUDA; cpp, else cpu, on CPU;
+then reference.
 
 The op is declared on the shared scaffold (`hiervit.kernels._op.KernelOp`) as the torch custom ops
 `hiervit::neighborhood_attention_fwd` / `_bwd` (fake kernels, autograd, FLOP formulas, the reference as the
@@ -74,6 +76,13 @@ class NAProblem:
 
 def _check_reference(p: NAProblem) -> Optional[str]:
     return None
+
+
+def _check_cpp(p: NAProblem) -> Optional[str]:
+    if p.device.type != 'cpu':
+        return f'tensors are on {p.device.type}, the cpp backend runs on CPU tensors only'
+    from .cpp import availability  # checks run inside the op, never while dynamo traces
+    return availability()
 
 
 def _check_cpu(p: NAProblem) -> Optional[str]:
@@ -254,14 +263,15 @@ def _fake(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], kernel_size: L
 
 
 _PKG = __name__
-# cpu comes before triton so that under TRITON_INTERPRET=1 (tests) CPU tensors still pick the cpu backend by default;
-# triton refuses nothing on CUDA that cpu accepts, so auto = triton on CUDA, cpu on CPU, reference for anything else
-# (e.g. meta tensors). The NATTEN peers come last (reference accepts every call, so auto never reaches them).
+# cpp and cpu come before triton so that under TRITON_INTERPRET=1 (tests) CPU tensors still pick a CPU backend by
+# default (cpp where its library builds, else cpu); triton refuses nothing on CUDA that cpu accepts, so auto = triton
+# on CUDA, cpp/cpu on CPU, reference for anything else (e.g. meta tensors). The NATTEN peers come last (reference accepts every call, so auto never reaches them).
 NEIGHBORHOOD = KernelOp(
     'neighborhood_attention',
     inputs='Tensor q, Tensor k, Tensor v, Tensor? rpb', attrs='int[] kernel_size, int[] dilation, float scale',
     outputs=('out', 'lse'), differentiable_outputs=1, grads=('q', 'k', 'v', 'rpb'),
     backends=[
+        Backend('cpp', _check_cpp, f'{_PKG}.cpp'),
         Backend('cpu', _check_cpu, f'{_PKG}.cpu'),
         Backend('triton', _check_triton, f'{_PKG}.triton'),
         Backend('reference', _check_reference, f'{_PKG}.reference'),

@@ -1,9 +1,11 @@
 # BiFormer-B + Mask R-CNN (FPN), COCO 1x, fp16; n_win=16 regions per side, backbone drop path 0.3.
 _base_ = ['../_base_/models/mask-rcnn_hiervit_fpn.py', 'mmdet::_base_/datasets/coco_instance.py',
           '../_base_/schedules/schedule_1x_adamw.py', 'mmdet::_base_/default_runtime.py']
-pretrained = None  # path or URL of the ImageNet-1k classification checkpoint
+# released ImageNet-1k classification weights (README.md; the official configs set pretrained=None and
+# their slurm_train.sh passes the file with --cfg-options model.pretrained=...)
+pretrained = 'https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvChHI_XPhoadjaNxtO/root/content'
 model = dict(
     backbone=dict(
         type='hiervit.BiFormer', model_name='biformer_base', n_win=16, drop_path_rate=0.3,
-        norm_eval=True, init_cfg=dict(type='Pretrained', checkpoint=pretrained) if pretrained else None),
+        norm_eval=True, init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[96, 192, 384, 768]))

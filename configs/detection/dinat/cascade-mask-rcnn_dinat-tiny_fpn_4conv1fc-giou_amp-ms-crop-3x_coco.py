@@ -3,10 +3,11 @@
 _base_ = ['../_base_/models/cascade-mask-rcnn_hiervit_fpn_4conv1fc-giou.py',
           '../_base_/datasets/coco_instance_ms-crop.py',
           '../_base_/schedules/schedule_3x_adamw.py', 'mmdet::_base_/default_runtime.py']
-pretrained = None  # path or URL of the ImageNet-1k classification checkpoint
+# the ImageNet-1k classification checkpoint the official config fine-tunes from
+pretrained = 'https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_tiny_in1k_224.pth'
 model = dict(
     backbone=dict(
         type='hiervit.DiNAT', model_name='dinat_tiny', drop_path_rate=0.3,
         dilations=[[1, 28, 1], [1, 7, 1, 14], [1, 3, 1, 5, 1, 7] * 3, [1, 3, 1, 3, 1]],
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained) if pretrained else None),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[64, 128, 256, 512]))

@@ -1,12 +1,15 @@
 # DiNAT_s-Base (Swin-layout DiNAT) + Cascade Mask R-CNN (FPN), COCO 3x multi-scale + crop, fp16; detection dilations
-# as in the paper's config. Drop path 0.4 is an assumption (one step above Small; the value is not published).
+# and drop path 0.6, lr 7.5e-5
+# as in detection/configs/dinat_s/cascade_mask_rcnn_dinat_s_base_3x_coco.py.
 _base_ = ['../_base_/models/cascade-mask-rcnn_hiervit_fpn_4conv1fc-giou.py',
           '../_base_/datasets/coco_instance_ms-crop.py',
           '../_base_/schedules/schedule_3x_adamw.py', 'mmdet::_base_/default_runtime.py']
-pretrained = None  # path or URL of the ImageNet-1k classification checkpoint
+# the ImageNet-1k classification checkpoint the official config fine-tunes from
+pretrained = 'https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_s_base_in1k_224.pth'
 model = dict(
     backbone=dict(
-        type='hiervit.DiNATs', model_name='dinat_s_base', drop_path_rate=0.4,
+        type='hiervit.DiNATs', model_name='dinat_s_base', drop_path_rate=0.6,
         dilations=[[1, 28], [1, 14], [1, 3, 1, 5, 1, 7] * 3, [1, 3]],
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained) if pretrained else None),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[128, 256, 512, 1024]))
+optim_wrapper = dict(optimizer=dict(lr=0.000075))

@@ -3,10 +3,11 @@
 _base_ = ['../_base_/models/mask-rcnn_hiervit_fpn.py',
           '../_base_/datasets/coco_instance_ms-crop.py',
           '../_base_/schedules/schedule_3x_adamw.py', 'mmdet::_base_/default_runtime.py']
-pretrained = None  # path or URL of the ImageNet-1k classification checkpoint
+# the ImageNet-1k classification checkpoint the official config fine-tunes from
+pretrained = 'https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_s_small_in1k_224.pth'
 model = dict(
     backbone=dict(
         type='hiervit.DiNATs', model_name='dinat_s_small', drop_path_rate=0.35,
         dilations=[[1, 28], [1, 14], [1, 3, 1, 5, 1, 7] * 3, [1, 3]],
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained) if pretrained else None),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[96, 192, 384, 768]))

@@ -2,9 +2,10 @@
 _base_ = ['../_base_/models/cascade-mask-rcnn_hiervit_fpn_4conv1fc-giou.py',
           '../_base_/datasets/coco_instance_ms-crop.py',
           '../_base_/schedules/schedule_3x_adamw.py', 'mmdet::_base_/default_runtime.py']
-pretrained = None  # path or URL of the ImageNet-1k classification checkpoint
+# the ImageNet-1k classification checkpoint the official config fine-tunes from
+pretrained = 'https://shi-labs.com/projects/nat/checkpoints/CLS/nat_mini.pth'
 model = dict(
     backbone=dict(
         type='hiervit.NAT', model_name='nat_mini', drop_path_rate=0.2,
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained) if pretrained else None),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[64, 128, 256, 512]))

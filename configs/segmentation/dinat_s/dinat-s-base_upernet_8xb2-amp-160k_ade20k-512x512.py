@@ -1,16 +1,17 @@
-# DiNAT_s-Base + UperNet, ADE20K 512x512, 160k iterations, fp16; dilations at 512 px. Drop path 0.4 is an assumption
-# (one step above Small; the value is not published).
+# DiNAT_s-Base + UperNet, ADE20K 512x512, 160k iterations, fp16; dilations at 512 px, drop path 0.3
+# (segmentation/configs/dinat_s/upernet_dinat_s_base_512x512_160k_ade20k.py).
 _base_ = [
     '../_base_/models/upernet_hiervit.py', 'mmseg::_base_/datasets/ade20k.py',
     '../_base_/schedules/schedule_160k_adamw.py', 'mmseg::_base_/default_runtime.py']
 crop_size = (512, 512)
-pretrained = None  # path or URL of the ImageNet-1k classification checkpoint
+# the ImageNet-1k classification checkpoint the official config fine-tunes from
+pretrained = 'https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_s_base_in1k_224.pth'
 model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(
-        type='hiervit.DiNATs', model_name='dinat_s_base', drop_path_rate=0.4,
+        type='hiervit.DiNATs', model_name='dinat_s_base', drop_path_rate=0.3,
         dilations=[[1, 16], [1, 8], [1, 2, 1, 3, 1, 4] * 3, [1, 2]],
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained) if pretrained else None),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     decode_head=dict(in_channels=[128, 256, 512, 1024]),
     auxiliary_head=dict(in_channels=512))
 train_dataloader = dict(batch_size=2)  # 8 GPUs x 2 images

@@ -3,12 +3,13 @@ _base_ = [
     '../_base_/models/upernet_hiervit.py', 'mmseg::_base_/datasets/ade20k.py',
     '../_base_/schedules/schedule_160k_adamw.py', 'mmseg::_base_/default_runtime.py']
 crop_size = (512, 512)
-pretrained = None  # path or URL of the ImageNet-1k classification checkpoint
+# the ImageNet-1k classification checkpoint the official config fine-tunes from
+pretrained = 'https://shi-labs.com/projects/nat/checkpoints/CLS/nat_tiny.pth'
 model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(
         type='hiervit.NAT', model_name='nat_tiny', drop_path_rate=0.3,
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained) if pretrained else None),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     decode_head=dict(in_channels=[64, 128, 256, 512]),
     auxiliary_head=dict(in_channels=256))
 train_dataloader = dict(batch_size=2)  # 8 GPUs x 2 images

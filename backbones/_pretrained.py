@@ -1,0 +1,102 @@
+"""Pretrained-weight plumbing shared by the families (not a family file: nothing here is registered).
+
+* `fetch_pretrained`: the download behind `pretrained=True`, with one cache file name per weight file (released URLs
+  that end alike, e.g. OneDrive's `.../root/content`, would otherwise share one cache entry) and an error that names the
+  wanted file and the local-copy call when the download fails (offline machines, moved servers);
+* `convert_official_on_load`: a `load_state_dict` pre-hook that runs the family's `checkpoint_filter_fn` on official
+  key layouts, so `timm.create_model(name, checkpoint_path=<official file>)` (which skips the filter) loads them too.
+"""
+import os
+from typing import Any, Callable, Dict, Optional, Tuple, Union
+from urllib.parse import urlparse
+
+import torch
+import torch.nn as nn
+from timm.models import get_pretrained_cfg, resolve_pretrained_cfg
+from timm.models._hub import download_cached_file, get_cache_dir
+
+from hiervit.backbones._compat import FeatureGetterNet
+
+__all__ = ['cache_file_name', 'fetch_pretrained', 'prefetch_pretrained', 'convert_official_on_load']
+
+Url = Union[str, Tuple[str, str]]
+FilterFn = Callable[[Dict[str, Any], nn.Module], Dict[str, torch.Tensor]]
+
+
+def cache_file_name(url: Url) -> str:
+    """The cache file name of a pretrained cfg `url`: the given name of a `(url, file_name)` pair, else the basename."""
+    if isinstance(url, (tuple, list)):
+        return url[1]
+    return os.path.basename(urlparse(url).path)
+
+
+def registered_file_name(url: str) -> Optional[str]:
+    """The cache file name a registered hiervit pretrained cfg gives `url` (None when no cfg names that URL)."""
+    import timm  # the registry is filled once hiervit.backbones is imported
+    from hiervit.backbones import HIERVIT_MODULES
+    for module in HIERVIT_MODULES:
+        for name in timm.list_models(module=module, pretrained=True):
+            cfg_url = get_pretrained_cfg(name).url
+            if isinstance(cfg_url, (tuple, list)) and cfg_url[0] == url:
+                return cfg_url[1]
+    return None
+
+
+def fetch_pretrained(url: Url, what: str, local_hint: str) -> str:
+    """Download `url` into timm's cache (once) and return the local path, or raise a RuntimeError naming the file.
+
+    Args:
+        url: A URL or a `(url, cache_file_name)` pair.
+        what: What the file is, for the message (e.g. "nat_mini.shi_in1k weights").
+        local_hint: How to use a local copy instead, for the message.
+    """
+    file_name = cache_file_name(url)
+    target = os.path.join(get_cache_dir(), file_name)
+    try:
+        return download_cached_file(url if isinstance(url, str) else (url[0], file_name))
+    except (OSError, RuntimeError, ValueError) as e:  # URLError/HTTPError are OSErrors
+        source = url if isinstance(url, str) else url[0]
+        raise RuntimeError(
+            f'Could not download the {what} from {source} into {target} ({type(e).__name__}: {e}). Download the file '
+            f'on a machine with access (or copy it to {target}), then {local_hint}.') from e
+
+
+def prefetch_pretrained(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -> None:
+    """Before `build_model_with_cfg`: turn a URL weight source into a local `file` overlay (see module docstring).
+
+    Leaves `kwargs` alone unless `pretrained` and the resolved cfg would load from its URL (no `file`/`state_dict`).
+    """
+    if not pretrained:
+        return
+    cfg = resolve_pretrained_cfg(
+        variant, pretrained_cfg=kwargs.get('pretrained_cfg'), pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+    if cfg.file or cfg.state_dict or cfg.hf_hub_id or not cfg.url:
+        return
+    name = f'{cfg.architecture}.{cfg.tag}' if cfg.tag else cfg.architecture
+    hint = (f"load it with timm.create_model('{name}', pretrained=True, "
+            f"pretrained_cfg_overlay=dict(file='/path/to/{cache_file_name(cfg.url)}'))")
+    path = fetch_pretrained(cfg.url, f'{name} weights', hint)
+    kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, file=path)
+
+
+def convert_official_on_load(model: nn.Module, filter_fn: FilterFn) -> nn.Module:
+    """Register a `load_state_dict` pre-hook on `model` that converts official key layouts with `filter_fn`.
+
+    State dicts whose keys (under the module's prefix) all exist in `model` load untouched; anything else goes through
+    `filter_fn(state_dict, model)`, which converts the official layouts and raises a ValueError naming the keys that do
+    not fit. `timm.load_checkpoint` (behind `create_model(checkpoint_path=...)`) calls no filter itself.
+    """
+
+    def hook(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        own = [k for k in state_dict if k.startswith(prefix)]
+        names = set(module.state_dict(keep_vars=True))
+        if not own or all(k[len(prefix):] in names for k in own):
+            return
+        converted = filter_fn({k[len(prefix):]: state_dict[k] for k in own}, module)
+        for k in own:
+            del state_dict[k]
+        state_dict.update({prefix + k: v for k, v in converted.items()})
+
+    # features_only models wrap the family model (FeatureGetterNet keeps it as `.model`)
+    (model.model if isinstance(model, FeatureGetterNet) else model).register_load_state_dict_pre_hook(hook)
+    return model
