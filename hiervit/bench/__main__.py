@@ -4,7 +4,7 @@
   python -m hiervit.bench op routed [--stage 1 2 3 --batch 8]
   python -m hiervit.bench op window [--shape swin1 swin3 cswin1 cswin2 cswin3 --batch 8]
   python -m hiervit.bench op linear [--stage 1 2 3 4 --normalizer clamp|mean] [--sweep --png linear_sweep.png]
-  python -m hiervit.bench model nat_tiny dinat_tiny swin_tiny_patch4_window7_224 [--batch 8 --img-size 224]
+  python -m hiervit.bench model nat_tiny dinat_tiny swin_tiny_patch4_window7_224 [--batch 8 --img-size 224 --train]
   python -m hiervit.bench det CONFIG [--img-size 512]
   python -m hiervit.bench gpu [--batch 8]   (CUDA only: Triton vs reference in fp32/fp16/bf16, then timed with peers)
 """
@@ -92,15 +92,15 @@ def _linear_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_model(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
     import hiervit  # noqa: F401  (registers the models)
-    from .models import bench_model
-    rows = [bench_model(name, args.batch, args.img_size, args.repeats, args.threads)
-            for name in tqdm(args.models, desc='models', leave=False)]
-    print(f'batch {args.batch} img/s and batch-1 latency, inference, fp32, {torch.get_num_threads()} threads; '
-          'gmacs = multiply-adds per image (what the papers call FLOPs)')
-    print(format_table(rows, MODEL_COLUMNS))
+    from .models import bench_models
+    train_batch = args.train_batch if args.train else 0
+    rows = bench_models(args.models, args.batch, args.img_size, args.repeats, args.threads, train_batch)
+    print(f'batch {args.batch} img/s and batch-1 latency, inference, fp32, {torch.get_num_threads()} threads'
+          + (f'; train_img_per_s: batch {train_batch}, forward + backward + AdamW step' if train_batch else '')
+          + '; models timed in interleaved rounds, best of each; gmacs = multiply-adds per image (what the papers '
+          'call FLOPs)')
+    print(format_table(rows, MODEL_COLUMNS + (['train_img_per_s'] if train_batch else [])))
 
 
 def cmd_det(args: argparse.Namespace) -> None:
@@ -166,6 +166,8 @@ def main(argv=None) -> None:
     model.add_argument('--img-size', type=int, default=0, help='default: the model\'s pretrained_cfg input size')
     model.add_argument('--repeats', type=int, default=3)
     model.add_argument('--threads', type=int, default=0)
+    model.add_argument('--train', action='store_true', help='also time training steps (forward + backward + AdamW)')
+    model.add_argument('--train-batch', type=int, default=8)
     model.set_defaults(fn=cmd_model)
 
     det = sub.add_parser('det', help='backbone+neck+head forward time of an mmdet/mmseg config (needs extras)')
