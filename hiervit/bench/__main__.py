@@ -120,10 +120,9 @@ def cmd_gpu(args: argparse.Namespace) -> None:
     print(format_table(accuracy_rows(device), ['op', 'shape', 'dtype', 'out', 'dq', 'dk', 'dv', 'drpb']))
     for dtype in DTYPES:
         for op in ('neighborhood', 'routed'):
-            cmd_op(argparse.Namespace(
-                op=op, device='cuda', dtype=dtype, batch=args.batch, heads=2, size=[56, 56], kernel=7, dilation=1,
-                head_dim=32, no_rpb=False, stage=[1, 2, 3], backends=None, no_peers=False, repeats=args.repeats,
-                threads=0))
+            # through the parser, so that `bench op`'s defaults (NAT-T stage 1; BiFormer-T stages 1-3) apply
+            main(['op', op, '--device', 'cuda', '--dtype', dtype, '--batch', str(args.batch), '--repeats',
+                  str(args.repeats)])
 
 
 def main(argv=None) -> None:
