@@ -6,6 +6,7 @@
   python -m hiervit.bench op linear [--stage 1 2 3 4 --normalizer clamp|mean] [--sweep --png linear_sweep.png]
   python -m hiervit.bench model nat_tiny dinat_tiny swin_tiny_patch4_window7_224 [--batch 8 --img-size 224 --train]
   python -m hiervit.bench det CONFIG [--img-size 512]
+  python -m hiervit.bench gpu [--batch 8]   (CUDA only: Triton vs reference in fp32/fp16/bf16, then timed with peers)
 """
 import argparse
 import json
@@ -111,6 +112,19 @@ def cmd_det(args: argparse.Namespace) -> None:
     print(format_table(rows, list(rows[0])))
 
 
+def cmd_gpu(args: argparse.Namespace) -> None:
+    from .gpu import DTYPES, accuracy_rows, require_cuda
+    device = require_cuda()
+    print(f'{torch.cuda.get_device_name(device)}, torch {torch.__version__}')
+    print('triton vs reference (fp32, from the same rounded inputs): max |error| / max |reference|')
+    print(format_table(accuracy_rows(device), ['op', 'shape', 'dtype', 'out', 'dq', 'dk', 'dv', 'drpb']))
+    for dtype in DTYPES:
+        for op in ('neighborhood', 'routed'):
+            # through the parser, so that `bench op`'s defaults (NAT-T stage 1; BiFormer-T stages 1-3) apply
+            main(['op', op, '--device', 'cuda', '--dtype', dtype, '--batch', str(args.batch), '--repeats',
+                  str(args.repeats)])
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog='python -m hiervit.bench', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -161,6 +175,11 @@ def main(argv=None) -> None:
     det.add_argument('--repeats', type=int, default=3)
     det.add_argument('--no-swin', action='store_true', help='skip the same config with mmdet\'s Swin-T backbone')
     det.set_defaults(fn=cmd_det)
+
+    gpu = sub.add_parser('gpu', help='CUDA only: Triton backends vs reference (fp32/fp16/bf16), timed with peers')
+    gpu.add_argument('--batch', type=int, default=8)
+    gpu.add_argument('--repeats', type=int, default=20)
+    gpu.set_defaults(fn=cmd_gpu)
 
     args = parser.parse_args(argv)
     args.fn(args)
