@@ -18,9 +18,10 @@ $(VENV)/.torch:
 $(VENV)/.installed: $(VENV)/.torch pyproject.toml setup.py
 	# mmengine/mmdet import pkg_resources, which setuptools 81 removed.
 	$(PY) -m pip install -q 'setuptools<81'
-	$(PY) -m pip install -q -e '.[test,train,det,seg,mm-cpu,export]'
-	# NATTEN is the external oracle for the neighborhood op; on CPU it installs as pure Python (flex backend only).
+	# NATTEN (in the test extra) is the external oracle for the neighborhood op; on CPU it installs as pure Python
+	# (flex backend only). Its build imports torch: installed first without build isolation, the extra then finds it.
 	$(PY) -m pip install -q --no-build-isolation natten==0.21.7
+	$(PY) -m pip install -q -e '.[test,train,det,seg,mm-cpu,export]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -282,7 +282,8 @@ class S2AFormer(nn.Module):
         dd = {'device': device, 'dtype': dtype}
         num_stages = len(depths)
         if len(embed_dims) != num_stages:
-            raise ValueError(f'depths and embed_dims need one entry per stage, got {len(depths)} and {len(embed_dims)}.')
+            raise ValueError(
+                f'depths and embed_dims need one entry per stage, got {len(depths)} and {len(embed_dims)}.')
         if len(stem_dims) != 3:
             raise ValueError(f'stem_dims needs the widths of the three stem convs, got {tuple(stem_dims)}.')
         bad = [d for d in embed_dims if d % head_dim]

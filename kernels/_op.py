@@ -240,8 +240,11 @@ class KernelOp:
         grads = self._run(tuple(tensors) + tuple(attrs), backend, 'backward', head=douts, middle=outs)
         if all(g is not None for g in grads):
             return tuple(g.contiguous() for g in grads)
-        # Only now the placeholders (an absent optional input's empty gradient): allocated when needed.
-        return tuple(e if g is None else g.contiguous() for g, e in zip(grads, self._fake_bwd(*args)))
+        # Placeholders only where a backend returned None (an absent optional input's empty gradient), shaped by the
+        # fake on meta stand-ins: fakes of the real tensors would allocate every gradient once more.
+        device = douts[0].device
+        return tuple(torch.empty(e.shape, dtype=e.dtype, device=device) if g is None else g.contiguous()
+                     for g, e in zip(grads, self._fake_bwd(*_to_meta(args))))
 
     def _fake_fwd(self, *args) -> Tuple[Tensor, ...]:
         call = args[:-1]

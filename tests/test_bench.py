@@ -1,4 +1,5 @@
 """The benchmark CLI's peers compute the right thing, and its commands run end to end on tiny problems."""
+import os
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ from hiervit.bench.ops import _flex_na2d, flatten_official, gather_na2d, l2vit_o
 
 @pytest.mark.parametrize('size,kernel,dilation', [((13, 17), 5, 1), ((12, 9), 3, 2), ((10, 10), 4, 1)])
 def test_na_peers_match_natten(size, kernel, dilation):
-    natten = pytest.importorskip('natten')
+    import natten
     q, k, v = (torch.randn(2, *size, 2, 16) for _ in range(3))
     expected = natten.na2d(q, k, v, kernel_size=kernel, dilation=dilation, backend='flex-fna')
     kd, dd = (kernel, kernel), (dilation, dilation)
@@ -63,3 +64,24 @@ def test_bench_cli_runs():
     model = subprocess.run([sys.executable, '-m', 'hiervit.bench', 'model', 'resnet18', '--batch', '1',
                             '--img-size', '32', '--repeats', '1'], capture_output=True, text=True, check=True).stdout
     assert 'resnet18' in model and '11.7' in model  # resnet18 has 11.7M parameters
+
+
+def test_bench_gpu_refuses_without_cuda():
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES='')
+    proc = subprocess.run([sys.executable, '-m', 'hiervit.bench', 'gpu'], capture_output=True, text=True, env=env)
+    assert proc.returncode == 1 and 'bench gpu: no CUDA device' in proc.stderr, proc.stderr
+    assert 'Traceback' not in proc.stderr
+
+
+@pytest.mark.triton
+def test_bench_gpu_accuracy_rows():
+    """The accuracy half of `bench gpu` on tiny shapes (through the Triton interpreter when there is no GPU)."""
+    from hiervit.bench.gpu import accuracy_rows
+    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    rows = accuracy_rows(device, na_shapes=[('tiny', (7, 9), 3, 2, 1, 8)], routed_shapes=[('tiny', 3, 4, 2, 1, 8)])
+    assert [(r['op'], r['dtype']) for r in rows] == [(op, dt) for op in ('neighborhood', 'routed')
+                                                      for dt in ('float32', 'float16', 'bfloat16')]
+    for r in rows:
+        names = ['out', 'dq', 'dk', 'dv'] + (['drpb'] if r['op'] == 'neighborhood' else [])
+        bound = {'float32': 1e-5, 'float16': 1e-2, 'bfloat16': 5e-2}[r['dtype']]
+        assert all(0 <= r[n] < bound for n in names), r

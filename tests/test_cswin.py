@@ -326,7 +326,7 @@ _OFFICIAL_RECIPES = {
                            drop_path=0.7),
     'cswin_large': dict(batch_size=64, lr=2.5e-4, min_lr=5e-7, weight_decay=1e-8, warmup_epochs=0,
                         model_ema_decay=0.9996, epochs=30, mixup=0.01, cooldown_epochs=10, drop_path=0.2,
-                        cutmix=0.3, train_interpolation='bicubic', grad_checkpointing=True),
+                        cutmix=0.3, train_interpolation='random', grad_checkpointing=True),
 }
 
 

@@ -225,7 +225,8 @@ def test_init_from_timm_classification_weights(tmp_path, source):
     if source == 'timm_file':
         init = dict(type='Pretrained', checkpoint=str(path))
     else:
-        init = dict(type='Pretrained', checkpoint='timm/davit_tiny.msft_in1k', pretrained_cfg_overlay=dict(file=str(path)))
+        init = dict(type='Pretrained', checkpoint='timm/davit_tiny.msft_in1k',
+                    pretrained_cfg_overlay=dict(file=str(path)))
     m = DaViT(**TINY, init_cfg=init)
     m.init_weights()
     loaded = m.model.state_dict()

@@ -49,7 +49,8 @@ def _tiny_backbone(bb: Dict) -> Dict:
     if name.startswith('cswin'):
         return dict(model_name='cswin_tiny', embed_dim=16, depths=(1, 1, 1, 1), num_heads=(2, 2, 4, 4))
     if name.startswith('s2aformer'):
-        return dict(model_name='s2aformer_mini', depths=(1, 1, 1, 1), embed_dims=(32, 64, 96, 128), stem_dims=(8, 8, 16))
+        return dict(
+            model_name='s2aformer_mini', depths=(1, 1, 1, 1), embed_dims=(32, 64, 96, 128), stem_dims=(8, 8, 16))
     depths = (1, 1, 2, 1)
     small = 'dinat_s_tiny' if name.startswith('dinat_s') else name.split('_')[0] + '_mini'
     tiny = dict(model_name=small, embed_dim=32, depths=depths, num_heads=(1, 2, 4, 8))
@@ -526,8 +527,8 @@ def test_config_values_match_the_official_file(rel):
     assert not drift, f'{rel} differs from {repo} {official_file} (ours, official): {drift}'
 
 
-# The official DaViT-T dense configs (dingmyu/davit mmdet/configs/davit_{maskrcnn,retinanet}_{1x,3x}_coco.py on mmdet 2's
-# schedule_1x.py, mmseg/configs/upernet_davit_512x512_160k_ade20k.py): drop path, epochs and LR steps per file.
+# The official DaViT-T detection configs (dingmyu/davit mmdet/configs/davit_{maskrcnn,retinanet}_{1x,3x}_coco.py on
+# mmdet 2's schedule_1x.py): drop path, epochs and LR steps per file.
 DAVIT_TINY_OFFICIAL = {
     'detection/davit/mask-rcnn_davit-tiny_fpn_ms-crop-1x_coco.py': (0.1, 12, [8, 11]),
     'detection/davit/mask-rcnn_davit-tiny_fpn_ms-crop-3x_coco.py': (0.2, 36, [27, 33]),
@@ -563,7 +564,8 @@ def test_davit_tiny_upernet_config_follows_the_official_file():
     cfg = Config.fromfile(os.path.join(ROOT, 'segmentation/davit/davit-tiny_upernet_8xb2-160k_ade20k-512x512.py'))
     bb = cfg.model.backbone
     assert (bb.model_name, bb.drop_path_rate) == ('davit_tiny', 0.3)
-    assert list(cfg.model.decode_head.in_channels) == [96, 192, 384, 768] and cfg.model.auxiliary_head.in_channels == 384
+    assert list(cfg.model.decode_head.in_channels) == [96, 192, 384, 768]
+    assert cfg.model.auxiliary_head.in_channels == 384
     opt = cfg.optim_wrapper
     assert opt.type == 'OptimWrapper' and 'paramwise_cfg' not in opt
     assert (opt.optimizer.type, opt.optimizer.lr, opt.optimizer.weight_decay) == ('AdamW', 6e-5, 0.01)

@@ -3,7 +3,6 @@ odd input sizes and bad input. The generic timm contract is in test_contract.py.
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import hiervit  # noqa: F401

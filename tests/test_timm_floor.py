@@ -29,6 +29,7 @@ FIRST_RELEASE = {
     'timm.layers.LayerNorm2d': '0.9.16',
     'timm.layers.Mlp': '0.9.16',
     'timm.layers.calculate_drop_path_rates': '1.0.21',
+    'timm.layers.register_notrace_function': '1.0.17',
     'timm.layers.trunc_normal_': '0.9.16',
     'timm.loss.LabelSmoothingCrossEntropy': '0.9.16',
     'timm.loss.SoftTargetCrossEntropy': '0.9.16',

@@ -139,10 +139,10 @@ def _compare(backend, c, seed):
 
 
 @pytest.mark.parametrize('backend', FAST_BACKENDS)
-@pytest.mark.parametrize('seed', range(4))
+@pytest.mark.parametrize('seed', range(3))
 def test_backend_matches_reference_random_sweep(backend, seed):
     rng = random.Random(seed)
-    for i in range(12):
+    for i in range(10):
         _compare(backend, _random_case(rng), 100 * seed + i)
 
 

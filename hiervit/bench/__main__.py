@@ -4,8 +4,9 @@
   python -m hiervit.bench op routed [--stage 1 2 3 --batch 8]
   python -m hiervit.bench op window [--shape swin1 swin3 cswin1 cswin2 cswin3 --batch 8]
   python -m hiervit.bench op linear [--stage 1 2 3 4 --normalizer clamp|mean] [--sweep --png linear_sweep.png]
-  python -m hiervit.bench model nat_tiny dinat_tiny swin_tiny_patch4_window7_224 [--batch 8 --img-size 224]
+  python -m hiervit.bench model nat_tiny dinat_tiny swin_tiny_patch4_window7_224 [--batch 8 --img-size 224 --train]
   python -m hiervit.bench det CONFIG [--img-size 512]
+  python -m hiervit.bench gpu [--batch 8]   (CUDA only: Triton vs reference in fp32/fp16/bf16, then timed with peers)
 """
 import argparse
 import json
@@ -91,15 +92,15 @@ def _linear_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_model(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
     import hiervit  # noqa: F401  (registers the models)
-    from .models import bench_model
-    rows = [bench_model(name, args.batch, args.img_size, args.repeats, args.threads)
-            for name in tqdm(args.models, desc='models', leave=False)]
-    print(f'batch {args.batch} img/s and batch-1 latency, inference, fp32, {torch.get_num_threads()} threads; '
-          'gmacs = multiply-adds per image (what the papers call FLOPs)')
-    print(format_table(rows, MODEL_COLUMNS))
+    from .models import bench_models
+    train_batch = args.train_batch if args.train else 0
+    rows = bench_models(args.models, args.batch, args.img_size, args.repeats, args.threads, train_batch)
+    print(f'batch {args.batch} img/s and batch-1 latency, inference, fp32, {torch.get_num_threads()} threads'
+          + (f'; train_img_per_s: batch {train_batch}, forward + backward + AdamW step' if train_batch else '')
+          + '; models timed in interleaved rounds, best of each; gmacs = multiply-adds per image (what the papers '
+          'call FLOPs)')
+    print(format_table(rows, MODEL_COLUMNS + (['train_img_per_s'] if train_batch else [])))
 
 
 def cmd_det(args: argparse.Namespace) -> None:
@@ -109,6 +110,19 @@ def cmd_det(args: argparse.Namespace) -> None:
         raise SystemExit(f'`bench det` needs the OpenMMLab extras (pip install "hiervit[det,seg]"): {e}')
     rows = bench_config(args.config, img_size=args.img_size, repeats=args.repeats, compare_swin=not args.no_swin)
     print(format_table(rows, list(rows[0])))
+
+
+def cmd_gpu(args: argparse.Namespace) -> None:
+    from .gpu import DTYPES, accuracy_rows, require_cuda
+    device = require_cuda()
+    print(f'{torch.cuda.get_device_name(device)}, torch {torch.__version__}')
+    print('triton vs reference (fp32, from the same rounded inputs): max |error| / max |reference|')
+    print(format_table(accuracy_rows(device), ['op', 'shape', 'dtype', 'out', 'dq', 'dk', 'dv', 'drpb']))
+    for dtype in DTYPES:
+        for op in ('neighborhood', 'routed'):
+            # through the parser, so that `bench op`'s defaults (NAT-T stage 1; BiFormer-T stages 1-3) apply
+            main(['op', op, '--device', 'cuda', '--dtype', dtype, '--batch', str(args.batch), '--repeats',
+                  str(args.repeats)])
 
 
 def main(argv=None) -> None:
@@ -151,6 +165,8 @@ def main(argv=None) -> None:
     model.add_argument('--img-size', type=int, default=0, help='default: the model\'s pretrained_cfg input size')
     model.add_argument('--repeats', type=int, default=3)
     model.add_argument('--threads', type=int, default=0)
+    model.add_argument('--train', action='store_true', help='also time training steps (forward + backward + AdamW)')
+    model.add_argument('--train-batch', type=int, default=8)
     model.set_defaults(fn=cmd_model)
 
     det = sub.add_parser('det', help='backbone+neck+head forward time of an mmdet/mmseg config (needs extras)')
@@ -159,6 +175,11 @@ def main(argv=None) -> None:
     det.add_argument('--repeats', type=int, default=3)
     det.add_argument('--no-swin', action='store_true', help='skip the same config with mmdet\'s Swin-T backbone')
     det.set_defaults(fn=cmd_det)
+
+    gpu = sub.add_parser('gpu', help='CUDA only: Triton backends vs reference (fp32/fp16/bf16), timed with peers')
+    gpu.add_argument('--batch', type=int, default=8)
+    gpu.add_argument('--repeats', type=int, default=20)
+    gpu.set_defaults(fn=cmd_gpu)
 
     args = parser.parse_args(argv)
     args.fn(args)

@@ -123,7 +123,7 @@ class TimmBackbone(BaseModule):
         return timm.create_model(self.model_name, **self._create_kwargs)
 
     def _filter_fn(self) -> Optional[Callable[[Dict[str, Any], nn.Module], Dict[str, torch.Tensor]]]:
-        """The model family's `checkpoint_filter_fn` (official key layouts -> the model's), None for plain timm models."""
+        """The family's `checkpoint_filter_fn` (official key layouts -> the model's); None for plain timm models."""
         return getattr(sys.modules[type(self.model).__module__], 'checkpoint_filter_fn', None)
 
     def _group_params(self, num_stages: int) -> Dict[str, int]:

@@ -1,4 +1,5 @@
-"""DaViT (timm's `davit_*`, official weights) as an mmdet/mmseg backbone with the official dense backbones' output norms.
+"""DaViT (timm's `davit_*`, official weights) as an mmdet/mmseg backbone, with the official dense backbones'
+output norms.
 
 timm already ships the DaViT architecture and its ImageNet weights; this adds only what the official detection and
 segmentation backbones (dingmyu/davit `mmdet/mmdet/models/backbones/davit.py`, `mmseg/mmseg/models/backbones/davit.py`,

@@ -4,8 +4,8 @@ All coordinates inside the kernels are dilation sub-grid coordinates: a program 
 (group) of one (batch, head), and addresses the full-resolution heads-last tensors with `group + dilation * i`.
 
 * Forward: the union of a query tile's windows is a box of at most (TY + kh - 1) x (TX + kw - 1) keys (window starts
-  are monotone), visited one key row at a time with an online softmax; each score is masked to its own query's window
-  and gets its rpb entry in-kernel. Saves the fp32 log-sum-exp.
+  are monotone), visited one key row at a time, in column chunks of at most BN keys, with an online softmax; each
+  score is masked to its own query's window and gets its rpb entry in-kernel. Saves the fp32 log-sum-exp.
 * Backward: `delta = rowsum(dO o O)` in torch; a dQ kernel per query tile (mirror of the forward, P recomputed from
   the LSE) and a dK/dV kernel per key tile that visits the key tile's inverse neighbourhood, the contiguous range of
   queries whose windows can contain it, so no atomics are needed. With rpb the dQ kernel also writes dS per (query,
@@ -13,7 +13,9 @@ All coordinates inside the kernels are dilation sub-grid coordinates: a program 
   d_rpb with `index_add_` (deterministic on CPU, atomic on CUDA).
 * Dots take fp16/bf16 operands with fp32 accumulation on a GPU, and fp32 operands under `TRITON_INTERPRET=1` (the
   interpreter's low-precision dot is unreliable). Launch configurations are fixed (no autotuning), so the kernels
-  also run in the interpreter without a GPU driver.
+  also run in the interpreter without a GPU driver. Offsets are 64-bit (from the batch/head index on).
+* `tests/test_triton_compile.py` compiles every configuration for sm_80 and sm_90 without a GPU and checks shared
+  memory; the kernels have not run on a GPU yet.
 """
 from typing import List, Optional, Tuple
 
@@ -59,7 +61,7 @@ def _fwd_kernel(
         BDV: tl.constexpr, TY: tl.constexpr, TX: tl.constexpr, BN: tl.constexpr, HAS_RPB: tl.constexpr,
         F32_DOT: tl.constexpr, PREC: tl.constexpr,
 ):
-    bh = tl.program_id(1)
+    bh = tl.program_id(1).to(tl.int64)  # 64-bit: every offset below is derived from b or h
     b = bh // HEADS
     h = bh % HEADS
     gy, gx, len_y, len_x, y0, x0, iy, ix = _tile_coords(tl.program_id(0), n_ty, n_tx, H, W, DY, DX, TY, TX)
@@ -80,35 +82,37 @@ def _fwd_kernel(
         q = tl.load(Q + q_row[:, None] + offs_d[None, :], mask=offs_d[None, :] < D, other=0.0)
         if F32_DOT:
             q = q.to(tl.float32)
-        kx = hx0 + tl.arange(0, BN)
-        kx_ok = kx < hx1
-        in_x = (kx[None, :] >= sx[:, None]) & (kx[None, :] < sx[:, None] + KW) & kx_ok[None, :]
         m_i = tl.full([TY * TX], float('-inf'), tl.float32)
         l_i = tl.zeros([TY * TX], tl.float32)
         acc = tl.zeros([TY * TX, BDV], tl.float32)
         for ky in range(hy0, hy1):
-            k_row = b * sq_b + (gy + DY * ky) * sq_h + (gx + DX * kx) * sq_w + h * D
-            k = tl.load(K + k_row[:, None] + offs_d[None, :], mask=kx_ok[:, None] & (offs_d[None, :] < D), other=0.0)
-            v_row = b * sv_b + (gy + DY * ky) * sv_h + (gx + DX * kx) * sv_w + h * DV
-            v = tl.load(V + v_row[:, None] + offs_dv[None, :], mask=kx_ok[:, None] & (offs_dv[None, :] < DV),
-                        other=0.0)
-            if F32_DOT:
-                k = k.to(tl.float32)
-                v = v.to(tl.float32)
-            s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale  # [M, BN]
-            inside = in_x & ((ky >= sy) & (ky < sy + KH))[:, None]
-            if HAS_RPB:
-                ry = ky - iy + KH - 1
-                rx = kx[None, :] - ix[:, None] + KW - 1
-                s += tl.load(RPB + (h * (2 * KH - 1) + ry[:, None]) * (2 * KW - 1) + rx, mask=inside, other=0.0)
-            s = tl.where(inside, s, float('-inf'))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_safe = tl.where(m_new == float('-inf'), 0.0, m_new)  # rows with nothing in this key row yet
-            alpha = tl.exp(m_i - m_safe)
-            p = tl.exp(s - m_safe[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
-            m_i = m_new
+            for kx0 in range(hx0, hx1, BN):  # key columns in chunks of BN (one chunk unless the box is wider)
+                kx = kx0 + tl.arange(0, BN)
+                kx_ok = kx < hx1
+                in_x = (kx[None, :] >= sx[:, None]) & (kx[None, :] < sx[:, None] + KW) & kx_ok[None, :]
+                k_row = b * sq_b + (gy + DY * ky) * sq_h + (gx + DX * kx) * sq_w + h * D
+                k = tl.load(K + k_row[:, None] + offs_d[None, :], mask=kx_ok[:, None] & (offs_d[None, :] < D),
+                            other=0.0)
+                v_row = b * sv_b + (gy + DY * ky) * sv_h + (gx + DX * kx) * sv_w + h * DV
+                v = tl.load(V + v_row[:, None] + offs_dv[None, :], mask=kx_ok[:, None] & (offs_dv[None, :] < DV),
+                            other=0.0)
+                if F32_DOT:
+                    k = k.to(tl.float32)
+                    v = v.to(tl.float32)
+                s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale  # [M, BN]
+                inside = in_x & ((ky >= sy) & (ky < sy + KH))[:, None]
+                if HAS_RPB:
+                    ry = ky - iy + KH - 1
+                    rx = kx[None, :] - ix[:, None] + KW - 1
+                    s += tl.load(RPB + (h * (2 * KH - 1) + ry[:, None]) * (2 * KW - 1) + rx, mask=inside, other=0.0)
+                s = tl.where(inside, s, float('-inf'))
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                m_safe = tl.where(m_new == float('-inf'), 0.0, m_new)  # rows with nothing in this key row yet
+                alpha = tl.exp(m_i - m_safe)
+                p = tl.exp(s - m_safe[:, None])
+                l_i = l_i * alpha + tl.sum(p, 1)
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+                m_i = m_new
         out = acc / l_i[:, None]
         o_row = b * sv_b + (gy + DY * iy) * sv_h + (gx + DX * ix) * sv_w + h * DV
         tl.store(O + o_row[:, None] + offs_dv[None, :], out.to(O.dtype.element_ty),
@@ -125,7 +129,7 @@ def _bwd_dq_kernel(
         BDV: tl.constexpr, TY: tl.constexpr, TX: tl.constexpr, BN: tl.constexpr, HAS_RPB: tl.constexpr,
         F32_DOT: tl.constexpr, PREC: tl.constexpr,
 ):
-    bh = tl.program_id(1)
+    bh = tl.program_id(1).to(tl.int64)  # 64-bit: every offset below is derived from b or h
     b = bh // HEADS
     h = bh % HEADS
     gy, gx, len_y, len_x, y0, x0, iy, ix = _tile_coords(tl.program_id(0), n_ty, n_tx, H, W, DY, DX, TY, TX)
@@ -151,34 +155,36 @@ def _bwd_dq_kernel(
         stat_idx = ((b * H + gy + DY * iy) * W + gx + DX * ix) * HEADS + h
         lse = tl.load(LSE + stat_idx)
         delta = tl.load(DELTA + stat_idx)
-        kx = hx0 + tl.arange(0, BN)
-        kx_ok = kx < hx1
-        in_x = (kx[None, :] >= sx[:, None]) & (kx[None, :] < sx[:, None] + KW) & kx_ok[None, :]
         dq = tl.zeros([TY * TX, BD], tl.float32)
         for ky in range(hy0, hy1):
-            k_row = b * sq_b + (gy + DY * ky) * sq_h + (gx + DX * kx) * sq_w + h * D
-            k = tl.load(K + k_row[:, None] + offs_d[None, :], mask=kx_ok[:, None] & (offs_d[None, :] < D), other=0.0)
-            v_row = b * sv_b + (gy + DY * ky) * sv_h + (gx + DX * kx) * sv_w + h * DV
-            v = tl.load(V + v_row[:, None] + offs_dv[None, :], mask=kx_ok[:, None] & (offs_dv[None, :] < DV),
-                        other=0.0)
-            if F32_DOT:
-                k = k.to(tl.float32)
-                v = v.to(tl.float32)
-            s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale
-            inside = in_x & ((ky >= sy) & (ky < sy + KH))[:, None]
-            if HAS_RPB:
-                ry = ky - iy + KH - 1
-                rx = kx[None, :] - ix[:, None] + KW - 1
-                s += tl.load(RPB + (h * (2 * KH - 1) + ry[:, None]) * (2 * KW - 1) + rx, mask=inside, other=0.0)
-            p = tl.where(inside, tl.exp(s - lse[:, None]), 0.0)
-            dp = tl.dot(do, tl.trans(v), input_precision=PREC)
-            ds = p * (dp - delta[:, None])
-            dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
-            if HAS_RPB:
-                # dS per (query, window position); reduced into d_rpb by torch.
-                win = (ky - sy)[:, None] * KW + (kx[None, :] - sx[:, None])
-                ds_idx = (((b * HEADS + h) * H + gy + DY * iy) * W + gx + DX * ix) * (KH * KW)
-                tl.store(DS + ds_idx[:, None] + win, ds, mask=inside & q_ok[:, None])
+            for kx0 in range(hx0, hx1, BN):
+                kx = kx0 + tl.arange(0, BN)
+                kx_ok = kx < hx1
+                in_x = (kx[None, :] >= sx[:, None]) & (kx[None, :] < sx[:, None] + KW) & kx_ok[None, :]
+                k_row = b * sq_b + (gy + DY * ky) * sq_h + (gx + DX * kx) * sq_w + h * D
+                k = tl.load(K + k_row[:, None] + offs_d[None, :], mask=kx_ok[:, None] & (offs_d[None, :] < D),
+                            other=0.0)
+                v_row = b * sv_b + (gy + DY * ky) * sv_h + (gx + DX * kx) * sv_w + h * DV
+                v = tl.load(V + v_row[:, None] + offs_dv[None, :], mask=kx_ok[:, None] & (offs_dv[None, :] < DV),
+                            other=0.0)
+                if F32_DOT:
+                    k = k.to(tl.float32)
+                    v = v.to(tl.float32)
+                s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale
+                inside = in_x & ((ky >= sy) & (ky < sy + KH))[:, None]
+                if HAS_RPB:
+                    ry = ky - iy + KH - 1
+                    rx = kx[None, :] - ix[:, None] + KW - 1
+                    s += tl.load(RPB + (h * (2 * KH - 1) + ry[:, None]) * (2 * KW - 1) + rx, mask=inside, other=0.0)
+                p = tl.where(inside, tl.exp(s - lse[:, None]), 0.0)
+                dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+                ds = p * (dp - delta[:, None])
+                dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+                if HAS_RPB:
+                    # dS per (query, window position); reduced into d_rpb by torch.
+                    win = (ky - sy)[:, None] * KW + (kx[None, :] - sx[:, None])
+                    ds_idx = (((b * HEADS + h) * H + gy + DY * iy) * W + gx + DX * ix) * (KH * KW)
+                    tl.store(DS + ds_idx[:, None] + win, ds, mask=inside & q_ok[:, None])
         tl.store(DQ + q_row[:, None] + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
                  mask=q_ok[:, None] & (offs_d[None, :] < D))
 
@@ -191,7 +197,7 @@ def _bwd_dkdv_kernel(
         BDV: tl.constexpr, TY: tl.constexpr, TX: tl.constexpr, BQ: tl.constexpr, HAS_RPB: tl.constexpr,
         F32_DOT: tl.constexpr, PREC: tl.constexpr,
 ):
-    bh = tl.program_id(1)
+    bh = tl.program_id(1).to(tl.int64)  # 64-bit: every offset below is derived from b or h
     b = bh // HEADS
     h = bh % HEADS
     gy, gx, len_y, len_x, y0, x0, ky, kx = _tile_coords(tl.program_id(0), n_ty, n_tx, H, W, DY, DX, TY, TX)
@@ -276,9 +282,23 @@ def _config(H: int, W: int, kernel: List[int], dilation: List[int]) -> Tuple[int
     return 4, 8
 
 
+# Column chunk of the key loop (BN, forward and dQ) and of the query loop (BQ, dK/dV): the x-extent of a tile's window
+# union (TX + kw - 1) rounded up to a power of two, capped so that one chunk of an operand stays within _TILE_BYTES,
+# because the software pipeline keeps several chunks of K, V (or Q, dO) in shared memory. Compiled for sm_80 without
+# the cap, fp32 with d = 256 needed 209 KB at k = 13 (2-D) and 352 KB at k = 7 (1-D, TX = 32): over the A100's 164 KB
+# (tests/test_triton_compile.py). Wider unions loop over chunks.
+_TILE_BYTES = 16384
+_MAX_CHUNK = 64
+
+
+def _chunk(TX: int, kw: int, width: int, elem: int) -> int:
+    return min(_pow2(TX + kw - 1), max(16, min(_MAX_CHUNK, _TILE_BYTES // (width * elem))))
+
+
 def _launch_args(q: Tensor, v: Tensor, kernel: List[int], dilation: List[int]):
     B, H, W, heads, d = q.shape
     TY, TX = _config(H, W, kernel, dilation)
+    chunk = _chunk(TX, kernel[1], _pow2(max(d, v.shape[-1])), q.element_size())
     n_ty = triton.cdiv(triton.cdiv(H, dilation[0]), TY)
     n_tx = triton.cdiv(triton.cdiv(W, dilation[1]), TX)
     grid = (dilation[0] * dilation[1] * n_ty * n_tx, B * heads)
@@ -288,7 +308,7 @@ def _launch_args(q: Tensor, v: Tensor, kernel: List[int], dilation: List[int]):
     meta = dict(KH=kernel[0], KW=kernel[1], D=d, DV=v.shape[-1], BD=_pow2(d), BDV=_pow2(v.shape[-1]), TY=TY, TX=TX,
                 F32_DOT=f32, PREC=prec,
                 num_warps=4 if max(d, v.shape[-1]) <= 64 else 8)
-    return grid, shape, strides, meta
+    return grid, shape, strides, meta, chunk
 
 
 def forward(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], kernel: List[int], dilation: List[int],
@@ -296,12 +316,12 @@ def forward(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], kernel: List
     """Output (shape of v) and fp32 log-sum-exp `[B, *spatial, heads]`."""
     out_shape, lse_shape = v.shape, q.shape[:-1]
     q, k, v, rpb, kernel, dilation = _as_2d(q, k, v, rpb, kernel, dilation)
-    grid, shape, strides, meta = _launch_args(q, v, kernel, dilation)
+    grid, shape, strides, meta, chunk = _launch_args(q, v, kernel, dilation)
     out = torch.empty_like(v)
     lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
     bias = rpb.to(torch.float32) if rpb is not None else lse  # unused pointer when HAS_RPB is False
     _fwd_kernel[grid](q, k, v, bias, out, lse, *shape, scale, *strides,
-                      BN=_pow2(meta['TX'] + kernel[1] - 1), HAS_RPB=rpb is not None, **meta)
+                      BN=chunk, HAS_RPB=rpb is not None, **meta)
     return out.reshape(out_shape), lse.reshape(lse_shape)
 
 
@@ -315,16 +335,16 @@ def backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor
     dout = dout.reshape(v.shape).contiguous()
     lse = lse.reshape(q.shape[:-1]).contiguous()
     delta = delta.reshape(q.shape[:-1])
-    grid, shape, strides, meta = _launch_args(q, v, kernel, dilation)
+    grid, shape, strides, meta, chunk = _launch_args(q, v, kernel, dilation)
     B, H, W, heads, _ = q.shape
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     ds = (torch.zeros(B, heads, H, W, kernel[0] * kernel[1], dtype=torch.float32, device=q.device)
           if rpb is not None else lse)
     bias = rpb.to(torch.float32) if rpb is not None else lse
     _bwd_dq_kernel[grid](q, k, v, bias, dout, lse, delta, dq, ds, *shape, scale, *strides,
-                         BN=_pow2(meta['TX'] + kernel[1] - 1), HAS_RPB=rpb is not None, **meta)
+                         BN=chunk, HAS_RPB=rpb is not None, **meta)
     _bwd_dkdv_kernel[grid](q, k, v, bias, dout, lse, delta, dk, dv, *shape, scale, *strides,
-                           BQ=_pow2(meta['TX'] + kernel[1] - 1), HAS_RPB=rpb is not None, **meta)
+                           BQ=chunk, HAS_RPB=rpb is not None, **meta)
     drpb = None
     if rpb is not None:
         _, rel = neighbor_index((H, W), kernel, dilation, q.device)  # [N, kh * kw], window order as in DS

@@ -13,10 +13,10 @@ No atomics, so results are deterministic.
 
 Tiles are powers of two between 16 (the `tl.dot` minimum) and 64 tokens (fewer for wide heads, to fit shared
 memory), masked at block edges, so BiFormer's 4- and 16-token regions and large detection-size regions both work;
-the head dims are one tile each (<= 256). The kernels compile for sm_90 (checked without a GPU with
-`triton.compile(..., target=GPUTarget('cuda', 90, 32))` for fp16/bf16/fp32, head dims 32-256), but they have only
-been run under the interpreter. Accumulation is fp32. Under `TRITON_INTERPRET=1` (CPU tests) every dot runs in
-fp32, because the interpreter's low-precision `tl.dot` is not exact.
+the head dims are one tile each (<= 256). The kernels compile for sm_80 and sm_90 in fp16/bf16/fp32 and fit their
+shared memory (`tests/test_triton_compile.py`, without a GPU), but they have only been run under the interpreter.
+Accumulation is fp32. Under `TRITON_INTERPRET=1` (CPU tests) every dot runs in fp32, because the interpreter's
+low-precision `tl.dot` is not exact.
 """
 from typing import Tuple
 
