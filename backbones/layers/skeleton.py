@@ -378,7 +378,9 @@ class HierarchicalTransformer(nn.Module):
         if prune_norm or max_index < last:
             self.norm = nn.Identity()
         if self.out_norms is not None:
-            self.out_norms = None if prune_norm else self.out_norms[:max_index + 1]
+            # Norms of levels that are not returned would get no gradient (DDP refuses such a model).
+            self.out_norms = None if prune_norm else nn.ModuleList([
+                n if i in take_indices else nn.Identity() for i, n in enumerate(self.out_norms[:max_index + 1])])
         if prune_head:
             self.reset_classifier(0, '')
         return take_indices
