@@ -21,6 +21,8 @@ part of the released mmdet/mmseg weights load through `checkpoint_filter_fn`:
 """
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
+from torch.jit import Final
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -28,7 +30,6 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, Mlp, calculate_drop_path_rates, trunc_normal_
 from timm.models import (
     build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model, register_notrace_function,
-    register_notrace_module,
 )
 
 from hiervit.backbones._compat import feature_take_indices
@@ -42,6 +43,8 @@ __all__ = ['L2ViT']
 @register_notrace_function  # reason: validates concrete shapes (public name: FX only auto-wraps non-underscore names)
 def check_image_input(x: torch.Tensor, in_chans: int) -> None:
     """Raise a ValueError/TypeError naming the fix when `x` is not an NCHW batch with `in_chans` channels."""
+    if torch.jit.is_scripting():  # typed as a Tensor there; the messages below do not compile
+        return
     if not isinstance(x, torch.Tensor):
         raise TypeError(f'L2ViT expects a torch.Tensor image batch, got {type(x).__name__}.')
     if x.ndim != 4:
@@ -55,11 +58,27 @@ def check_image_input(x: torch.Tensor, in_chans: int) -> None:
 @register_notrace_function  # reason: the padding depends on the concrete size
 def pad_to_multiple(x: torch.Tensor, multiple: int, channels_last: bool) -> torch.Tensor:
     """Zero-pad the spatial axes bottom/right to a multiple of `multiple` (NHWC if `channels_last`, else NCHW)."""
-    H, W = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
-    pad_b, pad_r = -H % multiple, -W % multiple
+    if channels_last:
+        pad_b, pad_r = -x.shape[1] % multiple, -x.shape[2] % multiple
+        pad = [0, 0, 0, pad_r, 0, pad_b]
+    else:
+        pad_b, pad_r = -x.shape[2] % multiple, -x.shape[3] % multiple
+        pad = [0, pad_r, 0, pad_b]
     if not (pad_b or pad_r):
         return x
-    return F.pad(x, (0, 0, 0, pad_r, 0, pad_b) if channels_last else (0, pad_r, 0, pad_b))
+    return F.pad(x, pad)
+
+
+@register_notrace_function  # reason: the crop depends on the concrete size
+def crop_to(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """Crop an NHWC map bottom/right to H x W (the inverse of `pad_to_multiple`)."""
+    return x if (x.shape[1], x.shape[2]) == (H, W) else x[:, :H, :W]
+
+
+# leaves for plain torch.fx.symbolic_trace too (timm's tracer knows them already)
+torch.fx.wrap('check_image_input')
+torch.fx.wrap('pad_to_multiple')
+torch.fx.wrap('crop_to')
 
 
 class CPE(nn.Module):
@@ -73,13 +92,16 @@ class CPE(nn.Module):
         return self.proj(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
-@register_notrace_module  # reason: the padding to the window depends on the concrete map size
 class LocalWindowAttention(nn.Module):
     """Multi-head attention inside non-overlapping `window_size` windows: no relative bias, no shift.
 
     The map is zero-padded bottom/right to the window *before* the qkv projection, as released (padded tokens take
     part with the qkv bias as their q, k, v), and cropped after the output projection.
     """
+
+    num_heads: Final[int]
+    window_size: Final[int]
+    scale: Final[float]
 
     def __init__(self, dim: int, num_heads: int, window_size: int = 7, qkv_bias: bool = True, device=None,
                  dtype=None):
@@ -103,12 +125,15 @@ class LocalWindowAttention(nn.Module):
         w = self.window_size
         out = window_attention_op(q, k, v, [w, w], [0, 0], [0, 0, 0, 0], True, None, self.scale)
         out = self.proj(out.reshape(B, Hp, Wp, C))
-        return out[:, :H, :W] if (Hp, Wp) != (H, W) else out
+        return crop_to(out, H, W)
 
 
 class LinearGlobalAttention(nn.Module):
     """L²ViT's linear attention over the whole map: ReLU feature maps, then
     `temperature * relu(q) (relu(k)^T v) / clamp(relu(q) . sum(relu(k)), min=100)` per head."""
+
+    num_heads: Final[int]
+    clamp_min: Final[float]
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, clamp_min: float = 100., device=None,
                  dtype=None):
@@ -126,7 +151,8 @@ class LinearGlobalAttention(nn.Module):
         """x: [B, H, W, C] (NHWC) -> [B, H, W, C]."""
         B, H, W, C = x.shape
         # [B, N, 3, heads, hd] -> 3 x [B, heads, N, hd]
-        q, k, v = self.qkv(x).reshape(B, H * W, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x).reshape(B, H * W, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
         out = linear_attention_op(
             F.relu(q), F.relu(k), v, self.temperature.reshape(-1), 'clamp', 1e-6, self.clamp_min, 1.0)
         return self.proj(out.transpose(1, 2).reshape(B, H, W, C))
@@ -193,7 +219,6 @@ class LGABlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-@register_notrace_module  # reason: the padding depends on the concrete input size
 class ConvStem(nn.Module):
     """Conv3x3 s2, BN, ReLU, Conv3x3 s2, BN, then LayerNorm; NCHW image in, NHWC map out (stride 4)."""
 
@@ -214,7 +239,6 @@ class ConvStem(nn.Module):
         return self.norm(x.permute(0, 2, 3, 1))
 
 
-@register_notrace_module  # reason: the padding depends on the concrete input size
 class Downsample(nn.Module):
     """LayerNorm, zero-pad to even, Conv2x2 s2 (NHWC in and out)."""
 
@@ -448,13 +472,17 @@ class L2ViT(nn.Module):
             prune_norm: bool = False,
             prune_head: bool = True,
     ) -> List[int]:
-        """Drop the stages (and output norms) after the last index in `indices`; optionally the norm and head."""
+        """Drop the stages not needed for the intermediates in `indices`, the norms they leave unused (the final norm
+        unless the last stage is kept, the output norms of stages not returned), optionally the norms and head."""
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last = len(self.stages) - 1
         self.stages = self.stages[:max_index + 1]
+        if prune_norm or max_index < last:
+            self.norm = nn.Identity()  # the final norm fits the last stage only
         if self.out_norms is not None:
-            self.out_norms = self.out_norms[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
+            # Norms of stages that are not returned would get no gradient (DDP refuses such a model).
+            self.out_norms = None if prune_norm else nn.ModuleList([
+                n if i in take_indices else nn.Identity() for i, n in enumerate(self.out_norms[:max_index + 1])])
         if prune_head:
             self.reset_classifier(0, '')
         return take_indices
@@ -541,7 +569,10 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: L2ViT) -> Dict[str, 
 
 def _create_l2vit(variant: str, pretrained: bool = False, **kwargs) -> L2ViT:
     out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs.get('depths', (2, 2, 6, 2))))))
-    feature_cfg = dict(out_indices=out_indices, feature_cls='getter', **kwargs.pop('feature_cfg', {}))
+    feature_cfg = dict(out_indices=out_indices, feature_cls=kwargs.pop('feature_cls', 'getter'),
+                       **kwargs.pop('feature_cfg', {}))
+    if feature_cfg['feature_cls'] == 'fx':
+        feature_cfg['output_fmt'] = 'NHWC'  # the graph returns the stages' own (channels-last) maps
     if kwargs.get('features_only', False) and feature_cfg['feature_cls'] == 'getter':
         # dense-task backbones: one LayerNorm per output, as the released mmdet/mmseg backbone (`norm{i}`); the
         # getter wrapper runs forward_intermediates(norm=True), NCHW

@@ -39,7 +39,7 @@ def _hiervit_calls(graph: torch.fx.Graph) -> list:
     return [c[:-len('.default')] if c.endswith('.default') else c for c in calls]
 
 
-@pytest.mark.parametrize('name', _known('l2vit_tiny'))
+@pytest.mark.parametrize('name', _known())
 def test_fx_symbolic_trace_forward_backward(name):
     model = _model(name)
     traced = torch.fx.symbolic_trace(copy.deepcopy(model))
@@ -55,7 +55,7 @@ def test_fx_symbolic_trace_forward_backward(name):
     assert not no_grad, f'parameters without a (finite) gradient: {no_grad[:5]}'
 
 
-@pytest.mark.parametrize('name', _known('biformer_tiny', 'l2vit_tiny'))
+@pytest.mark.parametrize('name', _known('biformer_tiny'))
 def test_fx_feature_extraction_forward_backward(name):
     """timm's FX feature extraction: the level outputs (in the model's own layout), trainable end to end."""
     features = timm.create_model(name, features_only=True, feature_cls='fx').eval()
@@ -68,7 +68,7 @@ def test_fx_feature_extraction_forward_backward(name):
     assert not no_grad, f'parameters without a gradient: {no_grad[:5]}'
 
 
-@pytest.mark.parametrize('name', _known('l2vit_tiny'))
+@pytest.mark.parametrize('name', _known())
 def test_torchscript_matches_eager(name):
     model = _model(name)
     scripted = torch.jit.script(model)
