@@ -508,6 +508,9 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: BiFormer) -
 def _create_biformer(variant: str, pretrained: bool = False, **kwargs) -> BiFormer:
     out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs.get('depths', (2, 2, 8, 2))))))
     feature_cfg = dict(out_indices=out_indices, feature_cls='getter', **kwargs.pop('feature_cfg', {}))
+    # resolve a top-level `feature_cls` here (timm would only apply it after this check): the per-output norms and
+    # `norm=True` are for the getter wrapper alone, the FX/hook extractors take neither
+    feature_cfg['feature_cls'] = kwargs.pop('feature_cls', feature_cfg['feature_cls'])
     if kwargs.get('features_only', False) and feature_cfg['feature_cls'] == 'getter':
         # dense-task backbones: one LayerNorm2d per output, as the released mmdet/mmseg `BiFormer_mm` (`extra_norms`);
         # the getter wrapper runs forward_intermediates(norm=True)

@@ -427,11 +427,14 @@ class S2AFormer(nn.Module):
     ) -> List[int]:
         """Drop the stages (and output norms) after the last index in `indices`; optionally the norm and head."""
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last = len(self.stages) - 1
         self.stages = self.stages[:max_index + 1]
         if self.out_norms is not None:
-            self.out_norms = self.out_norms[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
+            # Norms of stages that are not returned would get no gradient (DDP refuses such a model).
+            self.out_norms = nn.ModuleList([
+                n if i in take_indices else nn.Identity() for i, n in enumerate(self.out_norms[:max_index + 1])])
+        if prune_norm or max_index < last:
+            self.norm = nn.Identity()  # the final norm fits the last stage only
         if prune_head:
             self.reset_classifier(0, '')
         return take_indices

@@ -270,7 +270,7 @@ def _known(names, *failing):
     return [pytest.param(n, marks=_NOT_YET) if n in failing else n for n in names]
 
 
-@pytest.mark.parametrize('name', _known(SMALL_MODELS, 's2aformer_mini'))
+@pytest.mark.parametrize('name', _known(SMALL_MODELS))
 def test_empty_batch_stop_early_and_pruning_without_prune_norm(name):
     """Calls that crashed: an empty batch; stop_early with the final map; a pruned model whose final norm is kept."""
     model = timm.create_model(name).eval()

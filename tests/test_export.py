@@ -55,7 +55,7 @@ def test_fx_symbolic_trace_forward_backward(name):
     assert not no_grad, f'parameters without a (finite) gradient: {no_grad[:5]}'
 
 
-@pytest.mark.parametrize('name', _known('biformer_tiny'))
+@pytest.mark.parametrize('name', _known())
 def test_fx_feature_extraction_forward_backward(name):
     """timm's FX feature extraction: the level outputs (in the model's own layout), trainable end to end."""
     features = timm.create_model(name, features_only=True, feature_cls='fx').eval()
