@@ -473,12 +473,14 @@ class L2ViT(nn.Module):
             prune_head: bool = True,
     ) -> List[int]:
         """Drop the stages not needed for the intermediates in `indices`, the norms they leave unused (the final norm
-        unless the last stage is kept, the output norms of stages not returned), optionally the norms and head."""
+        unless the last stage is kept or output norms replace it, the output norms of stages not returned), optionally
+        the norms and head."""
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         last = len(self.stages) - 1
         self.stages = self.stages[:max_index + 1]
-        if prune_norm or max_index < last:
-            self.norm = nn.Identity()  # the final norm fits the last stage only
+        # The final norm fits the last stage only; with output norms (dense backbones) it feeds only the classifier.
+        if prune_norm or max_index < last or (prune_head and self.out_norms is not None):
+            self.norm = nn.Identity()
         if self.out_norms is not None:
             # Norms of stages that are not returned would get no gradient (DDP refuses such a model).
             self.out_norms = None if prune_norm else nn.ModuleList([

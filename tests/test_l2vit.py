@@ -425,6 +425,14 @@ def test_odd_sizes_and_feature_maps():
     assert all(torch.isfinite(f).all() for f in feats)
 
 
+def test_all_level_features_train_every_parameter():
+    """With the output norms on every level the final norm feeds no output: plain DDP needs it gone."""
+    model = timm.create_model('l2vit_tiny', features_only=True, **NARROW).train()
+    sum(f.square().mean() for f in model(torch.randn(2, 3, 64, 48))).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not no_grad, f'parameters without a gradient: {no_grad[:5]}'
+
+
 def test_fx_trace_matches_eager():
     model = timm.create_model('l2vit_tiny', **NARROW).eval()
     graph = GraphExtractNet(model, ['head.fc'])
