@@ -262,15 +262,7 @@ def test_prune_intermediate_layers(name):
     assert model.num_classes == 0
 
 
-
-_NOT_YET = pytest.mark.xfail(strict=True, reason='family landed after this check; its model is not fixed yet')
-
-
-def _known(names, *failing):
-    return [pytest.param(n, marks=_NOT_YET) if n in failing else n for n in names]
-
-
-@pytest.mark.parametrize('name', _known(SMALL_MODELS))
+@pytest.mark.parametrize('name', SMALL_MODELS)
 def test_empty_batch_stop_early_and_pruning_without_prune_norm(name):
     """Calls that crashed: an empty batch; stop_early with the final map; a pruned model whose final norm is kept."""
     model = timm.create_model(name).eval()
@@ -291,7 +283,7 @@ def test_empty_batch_stop_early_and_pruning_without_prune_norm(name):
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize('name', _known(SMALL_MODELS))
+@pytest.mark.parametrize('name', SMALL_MODELS)
 def test_features_only_subset_trains_every_parameter(name):
     """Plain DDP (without find_unused_parameters) needs a gradient for every parameter of a feature extractor."""
     model = timm.create_model(name, features_only=True, out_indices=(1, 2)).eval()

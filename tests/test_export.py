@@ -19,14 +19,6 @@ from test_contract import SMALL_MODELS
 H, W = 48, 80  # export/ONNX: non-square, not a multiple of BiFormer's 7 regions nor of the stride 32
 SMALL = (1, 3, 32, 48)  # FX/TorchScript: their Python paths do not depend on the size
 ONNX_RTOL = 1e-4  # max |onnxruntime - eager| relative to max |eager|
-_NOT_YET = pytest.mark.xfail(strict=True, reason='family landed after this check; its model is not fixed yet')
-
-
-def _known(*failing):
-    """SMALL_MODELS with the listed models marked as known failures (strict: they fail loudly once fixed)."""
-    return [pytest.param(n, marks=_NOT_YET) if n in failing else n for n in SMALL_MODELS]
-
-
 @lru_cache(maxsize=None)
 def _model(name: str) -> torch.nn.Module:
     """One eval-mode model per family for all tests here (none of them changes it)."""
@@ -39,7 +31,7 @@ def _hiervit_calls(graph: torch.fx.Graph) -> list:
     return [c[:-len('.default')] if c.endswith('.default') else c for c in calls]
 
 
-@pytest.mark.parametrize('name', _known())
+@pytest.mark.parametrize('name', SMALL_MODELS)
 def test_fx_symbolic_trace_forward_backward(name):
     model = _model(name)
     traced = torch.fx.symbolic_trace(copy.deepcopy(model))
@@ -55,7 +47,7 @@ def test_fx_symbolic_trace_forward_backward(name):
     assert not no_grad, f'parameters without a (finite) gradient: {no_grad[:5]}'
 
 
-@pytest.mark.parametrize('name', _known())
+@pytest.mark.parametrize('name', SMALL_MODELS)
 def test_fx_feature_extraction_forward_backward(name):
     """timm's FX feature extraction: the level outputs (in the model's own layout), trainable end to end."""
     features = timm.create_model(name, features_only=True, feature_cls='fx').eval()
@@ -68,7 +60,7 @@ def test_fx_feature_extraction_forward_backward(name):
     assert not no_grad, f'parameters without a gradient: {no_grad[:5]}'
 
 
-@pytest.mark.parametrize('name', _known())
+@pytest.mark.parametrize('name', SMALL_MODELS)
 def test_torchscript_matches_eager(name):
     model = _model(name)
     scripted = torch.jit.script(model)
