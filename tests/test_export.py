@@ -19,6 +19,8 @@ from test_contract import SMALL_MODELS
 H, W = 48, 80  # export/ONNX: non-square, not a multiple of BiFormer's 7 regions nor of the stride 32
 SMALL = (1, 3, 32, 48)  # FX/TorchScript: their Python paths do not depend on the size
 ONNX_RTOL = 1e-4  # max |onnxruntime - eager| relative to max |eager|
+
+
 @lru_cache(maxsize=None)
 def _model(name: str) -> torch.nn.Module:
     """One eval-mode model per family for all tests here (none of them changes it)."""
