@@ -99,14 +99,15 @@ def convert_official_on_load(model: nn.Module, filter_fn: FilterFn) -> nn.Module
             return
         converted = filter_fn({k[len(prefix):]: state_dict[k] for k in own}, module)
         classifier = (getattr(module, 'pretrained_cfg', None) or {}).get('classifier')
-        head, own_head = (converted.get(f'{classifier}.weight'), target.get(f'{classifier}.weight')) \
-            if isinstance(classifier, str) else (None, None)
-        if head is not None and own_head is not None and head.shape[0] != own_head.shape[0]:
+        key = f'{classifier}.weight'
+        if isinstance(classifier, str) and key in converted and key in target \
+                and converted[key].shape[0] != target[key].shape[0]:
             # the filters keep the classifier as it is; load_state_dict would only report a size mismatch
+            n = converted[key].shape[0]
             raise ValueError(
-                f'The checkpoint\'s classifier {classifier} has {head.shape[0]} classes, the model {own_head.shape[0]}: '
-                f'create the model with num_classes={head.shape[0]}, or load the file as pretrained weights '
-                f'(pretrained=True, pretrained_cfg_overlay=dict(file=...)), which start a fresh classifier.')
+                f'The checkpoint\'s classifier {classifier} has {n} classes, the model {target[key].shape[0]}: create '
+                f'the model with num_classes={n}, or load the file as pretrained weights (pretrained=True, '
+                f'pretrained_cfg_overlay=dict(file=...)), which start a fresh classifier.')
         for k in own:
             del state_dict[k]
         state_dict.update({prefix + k: v for k, v in converted.items()})
