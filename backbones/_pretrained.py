@@ -72,8 +72,8 @@ def prefetch_pretrained(variant: str, pretrained: bool, kwargs: Dict[str, Any]) 
     """
     if not pretrained:
         return
-    cfg = resolve_pretrained_cfg(
-        variant, pretrained_cfg=kwargs.get('pretrained_cfg'), pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+                                 pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
     if cfg.file or cfg.state_dict or cfg.hf_hub_id or not cfg.url:
         return
     name = f'{cfg.architecture}.{cfg.tag}' if cfg.tag else cfg.architecture
