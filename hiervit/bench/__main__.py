@@ -86,7 +86,8 @@ def _linear_sweep(args: argparse.Namespace) -> None:
                         args.png)
     cross = next((r['tokens'] for r in rows if r['speedup'] > 1), None)
     print(f'linear attention (clamp, auto backend) vs softmax SDPA, fwd+bwd: B={args.batch} heads={args.heads} '
-          f'head_dim={args.head_dim} {args.dtype} on {args.device}, {torch.get_num_threads()} threads; plot: {args.png}')
+          f'head_dim={args.head_dim} {args.dtype} on {args.device}, {torch.get_num_threads()} threads; '
+          f'plot: {args.png}')
     print(format_table(rows, ['side', 'tokens', 'linear_ms', 'sdpa_ms', 'speedup']))
     print(f'linear attention is faster from N = {cross} tokens' if cross else 'linear attention was never faster')
 

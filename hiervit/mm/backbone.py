@@ -256,7 +256,8 @@ class TimmBackbone(BaseModule):
             return
         checkpoint = cfg.get('checkpoint')
         if not checkpoint:
-            raise ValueError("init_cfg=dict(type='Pretrained') needs checkpoint=<path or URL>.")
+            raise ValueError("init_cfg=dict(type='Pretrained') needs checkpoint=<path or URL> (in the config, or "
+                             "--cfg-options model.backbone.init_cfg.checkpoint=...).")
         path = checkpoint
         if isinstance(checkpoint, str) and checkpoint.startswith(('http://', 'https://')):
             # timm's cache, under the file name the family registers for the URL (released URLs may end alike)
