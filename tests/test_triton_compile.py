@@ -12,10 +12,12 @@ rest of the suite, `triton.jit` builds interpreter objects that cannot be compil
 cache directory, so nothing is reused between processes.
 
 The CI matrix compiles every kernel for every dtype x rpb x tile path (2-D, 1-D short, 1-D long) once at its largest
-tiles, rotating head dims 64/128/256 and the two targets, plus every distinct fp16 kernel variant the registered
-models launch (head dim 32, kernels 7 and 11, BiFormer's region sizes); `HIERVIT_COMPILE_MATRIX=full` compiles all of
-it for every head dim and dtype on both targets. Identical variants (same signature, constexprs, options, target) compile once.
-Register spills (local memory) are reported as a warning, not a failure: a kernel that spills still runs.
+tiles, rotating head dims 64/128/256 and the two targets, the linear kernels at head dim 128 (their largest) with two
+normalizers per dtype (each normalizer at least once), plus every distinct fp16 kernel variant the registered models
+launch (head dim 32, kernels 7 and 11, BiFormer's region sizes, L2ViT's linear attention); `HIERVIT_COMPILE_MATRIX=full`
+compiles all of it for every head dim and dtype on both targets. Identical variants (same signature, constexprs,
+options, target) compile once. Register spills (local memory) are reported as a warning, not a failure: a kernel
+that spills still runs.
 """
 import json
 import os
@@ -29,19 +31,22 @@ import pytest
 # Shared memory per block (opt-in maximum): A100 164 KB, H100 227 KB (228 KB per SM, 1 KB reserved per block).
 SMEM_LIMIT = {80: 164 * 1024, 90: 227 * 1024}
 TARGETS = (80, 90)
-HEAD_DIMS = (32, 64, 128, 256)  # 256 is the largest the triton backends accept
+HEAD_DIMS = (32, 64, 128, 256)  # 256 is the largest the neighborhood and routed triton backends accept
+LINEAR_HEAD_DIMS = (32, 64, 128)  # the linear backend's [d, dv] state is one register tile: d <= 128
+NORMALIZERS = ('none', 'sum', 'clamp', 'injective')
 DTYPES = ('float16', 'bfloat16', 'float32')
 
 
 def model_shapes() -> Dict[str, set]:
-    """The neighborhood and routed calls of every registered model at its default input size: one meta-device forward
-    per model (no weights, no arithmetic) under a dispatch mode that records each hiervit op call's arguments."""
+    """The neighborhood, routed and linear calls of every registered model at its default input size: one meta-device
+    forward per model (no weights, no arithmetic) under a dispatch mode that records each hiervit op call's
+    arguments."""
     import timm
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
     import hiervit
-    found = {'neighborhood': set(), 'routed': set()}
+    found = {'neighborhood': set(), 'routed': set(), 'linear': set()}
 
     class Record(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -52,6 +57,9 @@ def model_shapes() -> Dict[str, set]:
             elif func is torch.ops.hiervit.routed_attention_fwd.default:
                 q, _, _, idx = args[:4]
                 found['routed'].add((q.shape[-1], q.shape[3], idx.shape[-1]))
+            elif func is torch.ops.hiervit.linear_attention_fwd.default:
+                q, _, v, temperature, normalizer = args[:5]
+                found['linear'].add((q.shape[-1], v.shape[-1], q.shape[2], normalizer, temperature is not None))
             return func(*args, **(kwargs or {}))
 
     for name in hiervit.list_hiervit_models():
@@ -78,6 +86,11 @@ def model_matrix(full: bool) -> List[dict]:
             jobs.append(dict(op='routed', dtype=dtype, d=d, tokens=tokens, topk=topk,
                              targets=TARGETS if full else (TARGETS[i % 2],), why='model'))
             i += 1
+    for d, dv, tokens, normalizer, temperature in sorted(shapes['linear']):
+        for dtype in DTYPES if full else ('float16',):
+            jobs.append(dict(op='linear', dtype=dtype, d=d, dv=dv, tokens=tokens, normalizer=normalizer,
+                             temperature=temperature, targets=TARGETS if full else (TARGETS[i % 2],), why='model'))
+            i += 1
     return jobs
 
 
@@ -101,6 +114,15 @@ def tile_matrix(full: bool) -> List[dict]:
             jobs.append(dict(op='routed', dtype=dtype, d=d, tokens=200, topk=3,
                              targets=TARGETS if full else (TARGETS[i % 2],), why='largest tile'))
         i += 1
+        # linear: the normalizer is a constexpr of the apply and dq kernels: two per dtype in CI (each one at least
+        # once over the dtypes), all of them if `full`; the largest head dim the backend takes (128: its tiles are
+        # the head dims rounded up); 300 tokens: several token tiles and reduction splits
+        for normalizer in NORMALIZERS if full else (NORMALIZERS * 2)[i % 4:i % 4 + 2]:
+            for d in LINEAR_HEAD_DIMS if full else (LINEAR_HEAD_DIMS[-1],):
+                jobs.append(dict(op='linear', dtype=dtype, d=d, dv=d, tokens=300, normalizer=normalizer,
+                                 temperature=normalizer == 'clamp', targets=TARGETS if full else (TARGETS[i % 2],),
+                                 why='largest tile'))
+            i += 1
     return jobs
 
 
@@ -125,7 +147,7 @@ def _launches(job: dict) -> list:
         def run():
             out, lse = mod.forward(q, q, q, rpb, kernel, dilation, 0.1)
             mod.backward(out, q, q, q, rpb, out, lse, kernel, dilation, 0.1)
-    else:
+    elif job['op'] == 'routed':
         import hiervit.kernels.routed.triton as mod
         B, H, blocks, d = 2, 2, 4, job['d']
         q = torch.empty(B, H, blocks, job['tokens'], d, dtype=dtype)
@@ -134,6 +156,17 @@ def _launches(job: dict) -> list:
         def run():
             out, lse = mod.forward(q, q, q, idx, 0.1)
             mod.backward(out, q, q, q, idx, out, lse, 0.1)
+    else:
+        import hiervit.kernels.linear.triton as mod
+        B, H = 1, 2
+        q = torch.zeros(B, H, job['tokens'], job['d'], dtype=dtype)
+        v = torch.zeros(B, H, job['tokens'], job['dv'], dtype=dtype)
+        temperature = torch.ones(H, 1, 1, dtype=dtype) if job['temperature'] else None
+        args = (job['normalizer'], 1e-6, 100.0, 0.1)
+
+        def run():
+            out, kv, ksum, r = mod.forward(q, q, v, temperature, *args)
+            mod.backward(out, q, q, v, temperature, out, kv, ksum, r, *args)
 
     log = []
 
@@ -291,6 +324,8 @@ def _name(row: dict) -> str:
             f'{row["tiles"]}')
     if row['op'] == 'neighborhood':
         what += f' rpb={row["rpb"]} spatial={row["spatial"]} kernel={row["kernel"]}'
+    elif row['op'] == 'linear':
+        what += f' {row["normalizer"]} tokens={row["tokens"]}'
     return what
 
 
@@ -300,9 +335,11 @@ def test_every_kernel_compiles_and_fits(compiled):
     over = [f'{_name(r)}: {r["shared"]} B > {SMEM_LIMIT[r["target"]]} B' for r in compiled
             if r['shared'] > SMEM_LIMIT[r['target']]]
     assert not over, 'shared memory over the per-block limit:\n' + '\n'.join(over)
-    # every kernel was compiled for every dtype and rpb setting, and for both targets
+    # every kernel of the three ops was compiled for every dtype and rpb setting (linear: normalizer), and for both
+    # targets
     kernels = {(r['op'], r['kernel']) for r in compiled}
-    assert len(kernels) == 6, kernels
+    assert {op for op, _ in kernels} == {'neighborhood', 'routed', 'linear'}, kernels
+    assert len(kernels) == 10, kernels
     seen = {(r['op'], r['kernel'], r['dtype'], r.get('rpb')) for r in compiled}
     targets = {(r['op'], r['kernel'], r['target']) for r in compiled}
     for op, kernel in kernels:
@@ -310,6 +347,9 @@ def test_every_kernel_compiles_and_fits(compiled):
             for rpb in ((True, False) if op == 'neighborhood' else (None,)):
                 assert (op, kernel, dtype, rpb) in seen, (op, kernel, dtype, rpb)
         assert {(op, kernel, cc) for cc in TARGETS} <= targets, (op, kernel)
+    # the normalizer is a constexpr of these two (the reductions of k^T v and of dk, dv do not depend on it)
+    linear = {(r['kernel'], r['normalizer']) for r in compiled if r['op'] == 'linear'}
+    assert {(k, n) for k in ('_apply_kernel', '_bwd_dq_kernel') for n in NORMALIZERS} <= linear, linear
     spills = [f'{_name(r)}: {r["local"]} B local memory per thread, {r["reg"]} registers' for r in compiled
               if r['local']]
     if spills:
