@@ -49,7 +49,6 @@ from timm.layers import register_notrace_function, resize_rel_pos_bias_table
 from timm.models import generate_default_cfgs, register_model
 
 from hiervit.backbones import cswin as _cswin
-from hiervit.backbones._pretrained import convert_official_on_load, prefetch_pretrained
 from hiervit.backbones.layers.skeleton import CSWinLayout, MixerFactory, SwinLayout, build_layout_model
 from hiervit.backbones.layers.window import SwinWindowAttention
 from hiervit.backbones.nat import convert_official_checkpoint
@@ -496,9 +495,7 @@ _VARIANT_ARGS: Dict[str, Dict[str, Any]] = {
 
 def _create_variant(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -> nn.Module:
     cls = InLineCSWin if variant.startswith('inline_cswin') else InLineSwin
-    prefetch_pretrained(variant, pretrained, kwargs)  # TsinghuaCloud URLs: one cache file per variant
-    model = build_layout_model(cls, variant, pretrained, checkpoint_filter_fn, _VARIANT_ARGS[variant], **kwargs)
-    return convert_official_on_load(model, checkpoint_filter_fn)
+    return build_layout_model(cls, variant, pretrained, checkpoint_filter_fn, _VARIANT_ARGS[variant], **kwargs)
 
 
 @register_model
