@@ -32,10 +32,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import ClassifierHead, DropPath, Mlp, register_notrace_function, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq
+from timm.models import checkpoint_seq
 from timm.models.swin_transformer import PatchMerging
 
 from hiervit.backbones._compat import feature_take_indices
+from hiervit.backbones._pretrained import build_with_official_layouts
 
 __all__ = [
     'MixerFactory', 'MixerBlock', 'LayoutLevel', 'HierarchicalTransformer', 'SwinLayout', 'CSWinLayout',
@@ -441,9 +442,4 @@ def build_layout_model(
     if kwargs.get('features_only', False) and feature_cfg['feature_cls'] == 'getter':
         kwargs.setdefault('output_norms', True)
         feature_cfg['norm'] = True
-    return build_model_with_cfg(
-        model_cls, variant, pretrained,
-        pretrained_filter_fn=filter_fn,
-        feature_cfg=feature_cfg,
-        **kwargs,
-    )
+    return build_with_official_layouts(model_cls, variant, pretrained, filter_fn, feature_cfg=feature_cfg, **kwargs)
