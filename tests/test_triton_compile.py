@@ -12,7 +12,8 @@ rest of the suite, `triton.jit` builds interpreter objects that cannot be compil
 cache directory, so nothing is reused between processes.
 
 The CI matrix compiles every kernel for every dtype x rpb x tile path (2-D, 1-D short, 1-D long) once at its largest
-tiles, rotating head dims 64/128/256 and the two targets, the linear kernels at head dim 128 (their largest) with two
+tiles, rotating head dims 64/128/256 and the two targets (the window op's plain and context-mode kernels for every
+dtype, bias and context border rotating with it), the linear kernels at head dim 128 (their largest) with two
 normalizers per dtype (each normalizer at least once), plus every distinct fp16 kernel variant the registered models
 launch (head dim 32, kernels 7 and 11, BiFormer's region sizes, L2ViT's linear attention); `HIERVIT_COMPILE_MATRIX=full`
 compiles all of it for every head dim and dtype on both targets. Identical variants (same signature, constexprs,
@@ -31,7 +32,7 @@ import pytest
 # Shared memory per block (opt-in maximum): A100 164 KB, H100 227 KB (228 KB per SM, 1 KB reserved per block).
 SMEM_LIMIT = {80: 164 * 1024, 90: 227 * 1024}
 TARGETS = (80, 90)
-HEAD_DIMS = (32, 64, 128, 256)  # 256 is the largest the neighborhood and routed triton backends accept
+HEAD_DIMS = (32, 64, 128, 256)  # 256 is the largest the neighborhood, routed and window triton backends accept
 LINEAR_HEAD_DIMS = (32, 64, 128)  # the linear backend's [d, dv] state is one register tile: d <= 128
 NORMALIZERS = ('none', 'sum', 'clamp', 'injective')
 DTYPES = ('float16', 'bfloat16', 'float32')
@@ -113,16 +114,21 @@ def tile_matrix(full: bool) -> List[dict]:
         for d in HEAD_DIMS if full else (256,):
             jobs.append(dict(op='routed', dtype=dtype, d=d, tokens=200, topk=3,
                              targets=TARGETS if full else (TARGETS[i % 2],), why='largest tile'))
+        # window (plain and context mode, one module): 64-slot blocks, windows and contexts of two blocks; in CI the
+        # bias and the context border rotate with the dtype
+        for j, d in enumerate(HEAD_DIMS if full else (HEAD_DIMS[1 + i % 3],)):
+            jobs.append(dict(op='window', dtype=dtype, d=d, rpb=i % 2 == 0, border=('zeros', 'mask', 'shift')[i % 3],
+                             targets=TARGETS if full else (TARGETS[(i + 1) % 2],), why='two blocks'))
         i += 1
         # linear: the normalizer is a constexpr of the apply and dq kernels: two per dtype in CI (each one at least
         # once over the dtypes), all of them if `full`; the largest head dim the backend takes (128: its tiles are
         # the head dims rounded up); 300 tokens: several token tiles and reduction splits
-        for normalizer in NORMALIZERS if full else (NORMALIZERS * 2)[i % 4:i % 4 + 2]:
+        t = DTYPES.index(dtype)
+        for j, normalizer in enumerate(NORMALIZERS if full else (NORMALIZERS * 2)[2 * t % 4:2 * t % 4 + 2]):
             for d in LINEAR_HEAD_DIMS if full else (LINEAR_HEAD_DIMS[-1],):
                 jobs.append(dict(op='linear', dtype=dtype, d=d, dv=d, tokens=300, normalizer=normalizer,
-                                 temperature=normalizer == 'clamp', targets=TARGETS if full else (TARGETS[i % 2],),
-                                 why='largest tile'))
-            i += 1
+                                 temperature=normalizer == 'clamp',
+                                 targets=TARGETS if full else (TARGETS[(t + j) % 2],), why='largest tile'))
     return jobs
 
 
@@ -147,6 +153,20 @@ def _launches(job: dict) -> list:
         def run():
             out, lse = mod.forward(q, q, q, rpb, kernel, dilation, 0.1)
             mod.backward(out, q, q, q, rpb, out, lse, kernel, dilation, 0.1)
+    elif job['op'] == 'window':
+        import hiervit.kernels.window.triton as mod
+        heads, d = 2, job['d']
+        q = torch.zeros(1, 10, 10, heads, d, dtype=dtype)
+        rpb = torch.zeros(19 * 19, heads, dtype=dtype) if job['rpb'] else None
+        k = torch.zeros(1, 12, 12, heads, d, dtype=dtype)
+        plain = ([10, 10], [2, 3], [0, 0, 0, 0], True, 0.1)
+        context = ([10, 10], [10, 10], [2, 2], [-1, -1], [1, 1], job['border'], 0.1)
+
+        def run():
+            out, lse = mod.forward(q, q, q, rpb, *plain)
+            mod.backward(out, q, q, q, rpb, out, lse, *plain)
+            out, lse = mod.context_forward(q, k, k, *context)
+            mod.context_backward(out, q, k, k, out, lse, *context)
     elif job['op'] == 'routed':
         import hiervit.kernels.routed.triton as mod
         B, H, blocks, d = 2, 2, 4, job['d']
@@ -326,6 +346,8 @@ def _name(row: dict) -> str:
         what += f' rpb={row["rpb"]} spatial={row["spatial"]} kernel={row["kernel"]}'
     elif row['op'] == 'linear':
         what += f' {row["normalizer"]} tokens={row["tokens"]}'
+    elif row['op'] == 'window':
+        what += f' rpb={row["rpb"]} border={row["border"]}'
     return what
 
 
@@ -335,17 +357,18 @@ def test_every_kernel_compiles_and_fits(compiled):
     over = [f'{_name(r)}: {r["shared"]} B > {SMEM_LIMIT[r["target"]]} B' for r in compiled
             if r['shared'] > SMEM_LIMIT[r['target']]]
     assert not over, 'shared memory over the per-block limit:\n' + '\n'.join(over)
-    # every kernel of the three ops was compiled for every dtype and rpb setting (linear: normalizer), and for both
+    # every kernel of the four ops was compiled for every dtype and rpb setting (linear: normalizer), and for both
     # targets
     kernels = {(r['op'], r['kernel']) for r in compiled}
-    assert {op for op, _ in kernels} == {'neighborhood', 'routed', 'linear'}, kernels
-    assert len(kernels) == 10, kernels
+    assert {op for op, _ in kernels} == {'neighborhood', 'routed', 'window', 'linear'}, kernels
+    assert len(kernels) == 16, kernels
     seen = {(r['op'], r['kernel'], r['dtype'], r.get('rpb')) for r in compiled}
     targets = {(r['op'], r['kernel'], r['target']) for r in compiled}
     for op, kernel in kernels:
         for dtype in DTYPES:
             for rpb in ((True, False) if op == 'neighborhood' else (None,)):
-                assert (op, kernel, dtype, rpb) in seen, (op, kernel, dtype, rpb)
+                assert (op, kernel, dtype, rpb) in seen or (op == 'window' and any(
+                    key[:3] == (op, kernel, dtype) for key in seen)), (op, kernel, dtype, rpb)
         assert {(op, kernel, cc) for cc in TARGETS} <= targets, (op, kernel)
     # the normalizer is a constexpr of these two (the reductions of k^T v and of dk, dv do not depend on it)
     linear = {(r['kernel'], r['normalizer']) for r in compiled if r['op'] == 'linear'}
