@@ -41,7 +41,8 @@ OFFICIAL = {
         _ADE_T, source=VW + 'convnext/vw_convnext_base_fp16_640x640_160k_ade20k.py', decay=(0.9, 'stage_wise', 12),
         crop=(640, 640), drop_path_rate=0.4),
     'swin/swin-base_vwformer_4xb4-amp-160k_ade20k-640x640.py': dict(
-        {**_ADE_T, **_SWIN}, source=VW + 'swin/vw_swin_base_patch4_window12_640x640_160k_ade20k_pretrain_384x384_22K.py',
+        {**_ADE_T, **_SWIN},
+        source=VW + 'swin/vw_swin_base_patch4_window12_640x640_160k_ade20k_pretrain_384x384_22K.py',
         crop=(640, 640), drop_path_rate=0.3),
     'swin/swin-base_vwformer_4xb4-amp-160k_cityscapes-512x1024.py': dict(
         {**_CITY_T, **_SWIN}, source='assumed (see the file)', drop_path_rate=0.3),
@@ -183,3 +184,18 @@ def test_runner_lowers_loss_on_coins(tmp_path):
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
     scales = {round(g.get('lr_scale', 1.), 6) for g in runner.optim_wrapper.optimizer.param_groups}
     assert {round(0.9 ** k, 6) for k in (3, 4, 5, 6)} <= scales  # stage-wise: 0.9^(7 - (stage + 1)) per stage
+
+
+def test_bench_heads_compares_vwformer_with_upernet():
+    from hiervit.mm.bench import bench_heads
+    folder = os.path.join(ROOT, 'segmentation', 'nat')
+    paths = [os.path.join(folder, 'nat-tiny_vwformer_4xb4-amp-160k_ade20k-512x512.py'),
+             os.path.join(folder, 'nat-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py')]
+    # nat_mini has nat_tiny's widths: only the depth shrinks, the heads are the configs' own
+    rows = bench_heads(paths, img_size=64, repeats=1, cfg_options={
+        'model.backbone.model_name': 'nat_mini', 'model.backbone.depths': (1, 1, 1, 1),
+        'model.backbone.init_cfg': None})
+    assert [r['head'] for r in rows] == ['VWHead', 'UPerHead']
+    for r in rows:
+        assert r['head_gflops'] > 0 and r['head_peak_mib'] > 0 and 0 < r['head_ms'] < r['fwd_ms']
+    assert rows[0]['head_gflops'] < rows[1]['head_gflops']  # the paper's claim: well under UperNet's cost
