@@ -471,6 +471,8 @@ def na_sweep(spec: Dict, sides: List[int], kernels: List[int], backends: Optiona
     shapes += [(*spec['size'], k) for k in kernels if (*spec['size'], k) not in shapes]
     rows: List[Dict] = []
     for H, W, kernel in shapes:
+        # every shape compiles the compiled peers anew: past dynamo's recompile limit (8) they would silently run eager
+        torch._dynamo.reset()
         shape_spec = dict(spec, size=[H, W], kernel=kernel)
         cases = neighborhood_cases(shape_spec)
         labels = [lb for lb in cases if not backends or lb.split(':', 1)[1] in backends]
