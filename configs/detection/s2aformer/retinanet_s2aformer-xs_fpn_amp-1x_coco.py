@@ -3,11 +3,9 @@
 # 0.1; S2AFormer has no weights, so `pretrained` must be a checkpoint trained with this repo.
 _base_ = ['../_base_/models/retinanet_hiervit_fpn.py', 'mmdet::_base_/datasets/coco_detection.py',
           '../_base_/schedules/schedule_1x_adamw.py', 'mmdet::_base_/default_runtime.py']
-# no released weights: pass an ImageNet-1k checkpoint trained with this repo
-# (--cfg-options model.backbone.init_cfg.checkpoint=/path/to/model_best.pth.tar)
-pretrained = None
+pretrained = None  # path or URL of an ImageNet-1k classification checkpoint
 model = dict(
     backbone=dict(
         type='hiervit.S2AFormer', model_name='s2aformer_xs', drop_path_rate=0.1,
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained) if pretrained else None),
     neck=dict(in_channels=[64, 160, 512]))

@@ -4,13 +4,11 @@ _base_ = [
     '../_base_/models/fpn_hiervit.py', 'mmseg::_base_/datasets/ade20k.py',
     '../_base_/schedules/schedule_40k_adamw_poly.py', 'mmseg::_base_/default_runtime.py']
 crop_size = (512, 512)
-# no released weights: pass an ImageNet-1k checkpoint trained with this repo
-# (--cfg-options model.backbone.init_cfg.checkpoint=/path/to/model_best.pth.tar)
-pretrained = None
+pretrained = None  # path or URL of an ImageNet-1k classification checkpoint
 model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(
         type='hiervit.S2AFormer', model_name='s2aformer_s', drop_path_rate=0.1,
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained) if pretrained else None),
     neck=dict(in_channels=[32, 96, 224, 384]))
 train_dataloader = dict(batch_size=2)
