@@ -246,3 +246,14 @@ def test_export_decomposes_to_standard_ops():
                                         SAMPLED_WINDOW._decompose})
     assert all('hiervit' not in str(n.target) for n in decomposed.graph.nodes)
     torch.testing.assert_close(decomposed.module()(q, k, v, offsets, scales), M()(q, k, v, offsets, scales))
+
+
+def test_dispatch_order_and_refusals():
+    assert sampled_window_dispatcher.names == ['cpu', 'triton', 'reference']
+    q = torch.randn(1, 18, 18, 2, 4)
+    grid_params = torch.zeros(1, 2, 2, 2, 2)
+    problem = SAMPLED_WINDOW.problem(q, q, q, grid_params, grid_params, None, [9, 9], 0.5)
+    assert sampled_window_dispatcher.select(problem) == 'cpu'
+    assert 'exceeds 64' in sampled_window_dispatcher.explain(problem)['triton']
+    with pytest.raises(BackendError, match="backend 'triton' .* window 9x9 exceeds 64"):
+        sampled_window_attention(q, q, q, grid_params, grid_params, 9, backend='triton')
