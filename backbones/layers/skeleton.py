@@ -121,7 +121,9 @@ class ConvMerge(nn.Module):
 
 class MixerBlock(nn.Module):
     """Pre-norm transformer block around a token mixer: mixer then MLP, each with optional layer scale
-    (`gamma1`/`gamma2`) and drop path."""
+    (`gamma1`/`gamma2`) and drop path. A mixer with `takes_block_input = True` also gets the block input before
+    `norm1` (InLine-CSwin pools it)."""
+    mixer_takes_input: torch.jit.Final[bool]
 
     def __init__(
             self,
@@ -137,6 +139,7 @@ class MixerBlock(nn.Module):
         super().__init__()
         self.norm1 = norm_layer(dim)
         self.attn = mixer
+        self.mixer_takes_input = bool(getattr(mixer, 'takes_block_input', False))
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
@@ -148,7 +151,7 @@ class MixerBlock(nn.Module):
             self.gamma1 = self.gamma2 = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.attn(self.norm1(x))
+        y = self.attn(self.norm1(x), x) if self.mixer_takes_input else self.attn(self.norm1(x))
         x = x + self.drop_path(y if self.gamma1 is None else self.gamma1 * y)
         y = self.mlp(self.norm2(x))
         x = x + self.drop_path(y if self.gamma2 is None else self.gamma2 * y)
