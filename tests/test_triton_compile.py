@@ -47,7 +47,7 @@ def model_shapes() -> Dict[str, set]:
     from torch.utils._python_dispatch import TorchDispatchMode
 
     import hiervit
-    found = {'neighborhood': set(), 'routed': set(), 'linear': set()}
+    found = {'neighborhood': set(), 'routed': set(), 'sampled_window': set(), 'linear': set()}
 
     class Record(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -58,6 +58,9 @@ def model_shapes() -> Dict[str, set]:
             elif func is torch.ops.hiervit.routed_attention_fwd.default:
                 q, _, _, idx = args[:4]
                 found['routed'].add((q.shape[-1], q.shape[3], idx.shape[-1]))
+            elif func is torch.ops.hiervit.sampled_window_attention_fwd.default:
+                q, rpb, window = args[0], args[5], args[6]
+                found['sampled_window'].add((q.shape[-1], tuple(window), rpb is not None))
             elif func is torch.ops.hiervit.linear_attention_fwd.default:
                 q, _, v, temperature, normalizer = args[:5]
                 found['linear'].add((q.shape[-1], v.shape[-1], q.shape[2], normalizer, temperature is not None))
@@ -92,6 +95,11 @@ def model_matrix(full: bool) -> List[dict]:
             jobs.append(dict(op='linear', dtype=dtype, d=d, dv=dv, tokens=tokens, normalizer=normalizer,
                              temperature=temperature, targets=TARGETS if full else (TARGETS[i % 2],), why='model'))
             i += 1
+    for d, window, rpb in sorted(shapes['sampled_window']):
+        for dtype in DTYPES if full else ('float16',):
+            jobs.append(dict(op='sampled_window', dtype=dtype, rpb=rpb, d=d, window=window,
+                             targets=TARGETS if full else (TARGETS[i % 2],), why='model'))
+            i += 1
     return jobs
 
 
@@ -120,6 +128,14 @@ def tile_matrix(full: bool) -> List[dict]:
             jobs.append(dict(op='window', dtype=dtype, d=d, rpb=i % 2 == 0, border=('zeros', 'mask', 'shift')[i % 3],
                              targets=TARGETS if full else (TARGETS[(i + 1) % 2],), why='two blocks'))
         i += 1
+        # sampled_window: one register tile per window; VSA's 7 x 7 windows at head dim 32 and the largest it accepts
+        # (8 x 8, head dim 64); in CI with the bias at 7 x 7 and without at 8 x 8, targets alternating
+        variants = [(rpb, window, d) for rpb in (True, False) for window, d in (((7, 7), 32), ((8, 8), 64))
+                    if full or (window == (7, 7)) == rpb]
+        for n, (rpb, window, d) in enumerate(variants):
+            jobs.append(dict(op='sampled_window', dtype=dtype, rpb=rpb, d=d, window=window,
+                             targets=TARGETS if full else (TARGETS[(DTYPES.index(dtype) + n) % 2],),
+                             why='window tile'))
         # linear: the normalizer is a constexpr of the apply and dq kernels: two per dtype in CI (each one at least
         # once over the dtypes), all of them if `full`; the largest head dim the backend takes (128: its tiles are
         # the head dims rounded up); 300 tokens: several token tiles and reduction splits
@@ -167,6 +183,16 @@ def _launches(job: dict) -> list:
             mod.backward(out, q, q, q, rpb, out, lse, *plain)
             out, lse = mod.context_forward(q, k, k, *context)
             mod.context_backward(out, q, k, k, out, lse, *context)
+    elif job['op'] == 'sampled_window':
+        import hiervit.kernels.sampled_window.triton as mod
+        heads, d, (wh, ww) = 2, job['d'], job['window']
+        q = torch.zeros(1, 2 * wh, 2 * ww, heads, d, dtype=dtype)
+        grid_params = torch.zeros(1, heads, 2, 2, 2, dtype=dtype)
+        rpb = torch.empty((2 * wh - 1) * (2 * ww - 1), heads, dtype=dtype) if job['rpb'] else None
+
+        def run():
+            out, lse = mod.forward(q, q, q, grid_params, grid_params, rpb, [wh, ww], 0.1)
+            mod.backward(out, q, q, q, grid_params, grid_params, rpb, out, lse, [wh, ww], 0.1)
     elif job['op'] == 'routed':
         import hiervit.kernels.routed.triton as mod
         B, H, blocks, d = 2, 2, 4, job['d']
@@ -344,6 +370,8 @@ def _name(row: dict) -> str:
             f'{row["tiles"]}')
     if row['op'] == 'neighborhood':
         what += f' rpb={row["rpb"]} spatial={row["spatial"]} kernel={row["kernel"]}'
+    elif row['op'] == 'sampled_window':
+        what += f' rpb={row["rpb"]} window={row["window"]}'
     elif row['op'] == 'linear':
         what += f' {row["normalizer"]} tokens={row["tokens"]}'
     elif row['op'] == 'window':
@@ -357,16 +385,16 @@ def test_every_kernel_compiles_and_fits(compiled):
     over = [f'{_name(r)}: {r["shared"]} B > {SMEM_LIMIT[r["target"]]} B' for r in compiled
             if r['shared'] > SMEM_LIMIT[r['target']]]
     assert not over, 'shared memory over the per-block limit:\n' + '\n'.join(over)
-    # every kernel of the four ops was compiled for every dtype and rpb setting (linear: normalizer), and for both
+    # every kernel of the five ops was compiled for every dtype and rpb setting (linear: normalizer), and for both
     # targets
     kernels = {(r['op'], r['kernel']) for r in compiled}
-    assert {op for op, _ in kernels} == {'neighborhood', 'routed', 'window', 'linear'}, kernels
-    assert len(kernels) == 16, kernels
+    assert {op for op, _ in kernels} == {'neighborhood', 'routed', 'window', 'sampled_window', 'linear'}, kernels
+    assert len(kernels) == 18, kernels
     seen = {(r['op'], r['kernel'], r['dtype'], r.get('rpb')) for r in compiled}
     targets = {(r['op'], r['kernel'], r['target']) for r in compiled}
     for op, kernel in kernels:
         for dtype in DTYPES:
-            for rpb in ((True, False) if op == 'neighborhood' else (None,)):
+            for rpb in ((True, False) if op in ('neighborhood', 'sampled_window') else (None,)):
                 assert (op, kernel, dtype, rpb) in seen or (op == 'window' and any(
                     key[:3] == (op, kernel, dtype) for key in seen)), (op, kernel, dtype, rpb)
         assert {(op, kernel, cc) for cc in TARGETS} <= targets, (op, kernel)
