@@ -46,6 +46,7 @@ from timm.layers import ClassifierHead, DropPath, Mlp, register_notrace_function
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
 from hiervit.backbones._pretrained import convert_official_on_load, prefetch_pretrained
+from hiervit.backbones.layers.skeleton import stem_input
 from hiervit.backbones.layers.vsa import VSAttention
 
 __all__ = ['ViTAEv2VSA', 'ReductionCell', 'NormalCell', 'PyramidReduction']
@@ -103,7 +104,7 @@ def _pcm(in_chans: int, mid1: int, mid2: int, out_chans: int, strides: Sequence[
 class ReductionCell(nn.Module):
     """RC: PRM (+ CPE) -> LN -> VSA to the stage width, plus the strided PCM of the input, then `+ MLP(LN(x))`.
 
-    NCHW in (the image or the previous stage), channels-last `[B, H / r, W / r, token_dim]` out.
+    Channels-last in (the image or the previous stage) and out, `[B, H, W, C]` -> `[B, H / r, W / r, token_dim]`.
     """
 
     def __init__(
@@ -142,6 +143,7 @@ class ReductionCell(nn.Module):
         self.mlp = Mlp(token_dim, int(token_dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2)  # NHWC -> NCHW for the convs
         y = self.prm(x)
         if self.cpe is not None:
             y = y + self.cpe(y)
@@ -189,21 +191,19 @@ class NormalCell(nn.Module):
 
 
 class ViTAEStage(nn.Module):
-    """One stage: the reduction cell, then the normal cells. NCHW in and out."""
+    """One stage: the reduction cell (`downsample`), then the normal cells (`blocks`). Channels-last in and out."""
 
     def __init__(self, reduction: ReductionCell, blocks: List[NormalCell]):
         super().__init__()
         self.grad_checkpointing = False
-        self.reduction = reduction
+        self.downsample = reduction
         self.blocks = nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.reduction(x)
+        x = self.downsample(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        return x.permute(0, 3, 1, 2)  # NHWC -> NCHW
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
 
 
 def official_drop_path_rates(rate: float, depths: Sequence[int]) -> List[List[float]]:
@@ -305,7 +305,9 @@ class ViTAEv2VSA(nn.Module):
             reduction *= strides[i]
             prev = token_dims[i]
             self.feature_info.append(dict(num_chs=token_dims[i], reduction=reduction, module=f'stages.{i}'))
-        self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
+        self.output_fmt = 'NHWC'
+        self.head = ClassifierHead(
+            self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt=self.output_fmt)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -325,7 +327,12 @@ class ViTAEv2VSA(nn.Module):
     def no_weight_decay(self) -> Set[str]:
         return {n for n, _ in self.named_parameters() if n.endswith('relative_position_bias_table')}
 
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        # the first reduction cell is the stem: the image goes in channels-last
+        return stem_input(x, self.in_chans, 'ViTAEv2-VSA').permute(0, 2, 3, 1)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_stem(x)
         for stage in self.stages:
             x = stage(x)
         return x
@@ -348,7 +355,7 @@ def _official_key(k: str) -> str:
         return k
     _, stage, cell, rest = k.split('.', 3)
     if cell == 'RC':
-        k = f'stages.{stage}.reduction.{rest}'
+        k = f'stages.{stage}.downsample.{rest}'
     else:  # NC.{j}.*
         block, rest = rest.split('.', 1)
         k = f'stages.{stage}.blocks.{block}.{rest}'
@@ -396,3 +403,73 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: 'ViTAEv2VSA') -> Dic
             f'({len(unexpected)}), shape mismatches {mismatched[:5]} ({len(mismatched)}). The variants differ in '
             f'widths, depths, heads and wide_pcm; see hiervit.backbones.vitae_vsa._VARIANT_ARGS.')
     return out
+
+
+def _cfg(url: Any = '', **kwargs) -> Dict[str, Any]:
+    # official models.py `_cfg`: crop 0.9, bicubic, ImageNet mean/std
+    return {
+        'url': url, 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
+        'crop_pct': .9, 'interpolation': 'bicubic', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'stages.0.downsample.prm.convs.0', 'classifier': 'head.fc',
+        'license': 'none (no license file; "for research purpose only")',
+        'origin_url': 'https://github.com/ViTAE-Transformer/ViTAE-VSA', 'paper_ids': 'arXiv:2204.08446',
+        'paper_name': 'VSA: Learning Varied-Size Window Attention in Vision Transformers', **kwargs,
+    }
+
+
+# The README's OneDrive share links (1drv.ms/u/s!<id>), as OneDrive API downloads; they all end in `/content`, so each
+# gets its own cache file name. The files hold `model`, `state_dict_ema`, ...; the EMA weights are the released ones.
+_URL = 'https://api.onedrive.com/v1.0/shares/s!{}/root/content'
+
+default_cfgs = generate_default_cfgs({
+    'vitaev2_vsa_s.in1k': _cfg(url=(_URL.format('AimBgYV7JjTlgcgB0Xlyc3U4WO11AQ'), 'vitaev2_vsa_s_in1k.pth')),
+    'vitaev2_vsa_48m.in1k': _cfg(url=(_URL.format('AimBgYV7JjTlgcgCOt1UwhNQRfO0bw'), 'vitaev2_vsa_48m_in1k.pth')),
+    'vitaev2_vsa_b.untrained': _cfg(notes=(
+        'no weights: the README lists ViTAEv2-B+VSA (ImageNet-22k pre-trained) as "coming soon"; never released',)),
+})
+
+# Architecture arguments of every entrypoint (official models.py) and the official ImageNet drop path (training
+# scripts: S the main.py default 0.1, 48M --drop-path 0.25; B: no script released, the 48M value is assumed).
+_VARIANT_ARGS: Dict[str, Dict[str, Any]] = {
+    'vitaev2_vsa_s': dict(
+        embed_dims=(64, 64, 128, 256), token_dims=(64, 128, 256, 512), depths=(2, 2, 8, 2), num_heads=(2, 4, 8, 16),
+        rc_heads=(2, 2, 4, 8), wide_pcm=False, drop_path_rate=0.1),
+    'vitaev2_vsa_48m': dict(
+        embed_dims=(96, 96, 192, 384), token_dims=(96, 192, 384, 768), depths=(2, 2, 11, 2), num_heads=(3, 6, 12, 24),
+        rc_heads=(3, 6, 12, 24), wide_pcm=True, drop_path_rate=0.25),
+    'vitaev2_vsa_b': dict(
+        embed_dims=(128, 128, 256, 512), token_dims=(128, 256, 512, 1024), depths=(2, 2, 12, 2),
+        num_heads=(4, 8, 16, 32), rc_heads=(4, 8, 16, 32), wide_pcm=True, drop_path_rate=0.25),
+}
+
+
+def _create_variant(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -> ViTAEv2VSA:
+    kwargs = dict(_VARIANT_ARGS[variant], **kwargs)
+    if kwargs.get('features_only', False):
+        # dense tasks: the detection backbone's padding and offset rule (what its checkpoints were trained with)
+        kwargs.setdefault('vsa_padding', 'center')
+        kwargs.setdefault('vsa_offset_rule', 'detection')
+    out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs['depths']))))
+    feature_cfg = dict(out_indices=out_indices, feature_cls=kwargs.pop('feature_cls', 'getter'))
+    prefetch_pretrained(variant, pretrained, kwargs)
+    model = build_model_with_cfg(
+        ViTAEv2VSA, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, feature_cfg=feature_cfg, **kwargs)
+    return convert_official_on_load(model, checkpoint_filter_fn)
+
+
+@register_model
+def vitaev2_vsa_s(pretrained: bool = False, **kwargs) -> ViTAEv2VSA:
+    """ViTAEv2*-S+VSA @ 224, ImageNet-1k (README: 82.7 top-1)."""
+    return _create_variant('vitaev2_vsa_s', pretrained, kwargs)
+
+
+@register_model
+def vitaev2_vsa_48m(pretrained: bool = False, **kwargs) -> ViTAEv2VSA:
+    """ViTAEv2*-48M+VSA (wide PCM) @ 224, ImageNet-1k (README: 83.9 top-1)."""
+    return _create_variant('vitaev2_vsa_48m', pretrained, kwargs)
+
+
+@register_model
+def vitaev2_vsa_b(pretrained: bool = False, **kwargs) -> ViTAEv2VSA:
+    """ViTAEv2*-B+VSA (wide PCM) @ 224; its ImageNet-22k weights were never released."""
+    return _create_variant('vitaev2_vsa_b', pretrained, kwargs)

@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function, trunc_normal_
 
-from hiervit.kernels.sampled_window import sampled_window_attention
+from hiervit.kernels.sampled_window import sampled_window_attention_op
 
 __all__ = ['VSAttention', 'vsa_padding', 'vsa_offset_factors']
 
@@ -132,10 +132,9 @@ class VSAttention(nn.Module):
         self.sampling_offsets.reset_parameters()
         self.sampling_scales.reset_parameters()
 
-    def _vsr(self, x: torch.Tensor, branch: nn.Linear) -> torch.Tensor:
+    def _per_head(self, y: torch.Tensor) -> torch.Tensor:
         # [B, nh, nw, 2 * heads] -> [B, heads, nh, nw, 2]; the official channel order is (head, axis), axis (x, y)
-        y = branch(x).unflatten(-1, (self.num_heads, 2))
-        return y.permute(0, 3, 1, 2, 4)
+        return y.unflatten(-1, (self.num_heads, 2)).permute(0, 3, 1, 2, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, _ = x.shape
@@ -145,14 +144,14 @@ class VSAttention(nn.Module):
         x_pad = F.pad(x, [0, 0] + pad)
         pooled = F.avg_pool2d(x_pad.permute(0, 3, 1, 2), ws, ws).permute(0, 2, 3, 1)  # [B, nh, nw, dim]
         pooled = F.leaky_relu(pooled)
-        offsets = self._vsr(pooled, self.sampling_offsets) * torch.tensor(factors, dtype=x.dtype, device=x.device)
-        scales = self._vsr(pooled, self.sampling_scales)
+        offsets = self._per_head(self.sampling_offsets(pooled)) * torch.tensor(factors, dtype=x.dtype, device=x.device)
+        scales = self._per_head(self.sampling_scales(pooled))
 
         # [B, H, W, 3 * out] -> 3 x [B, Hp, Wp, heads, head_dim] (zero padding after the projection, as official)
         qkv = F.pad(self.qkv(x), [0, 0] + pad).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(3)
-        out = sampled_window_attention(
-            qkv[0], qkv[1], qkv[2], offsets, scales, ws,
-            rpb=self.relative_position_bias_table, scale=self.scale, backend=self.backend)
+        out = sampled_window_attention_op(
+            qkv[0], qkv[1], qkv[2], offsets, scales, [ws, ws], self.relative_position_bias_table, self.scale,
+            self.backend)
         out = out[:, pad[2]:pad[2] + H, pad[0]:pad[0] + W].flatten(3)
         out = self.proj(out)
         return self.proj_drop(out)
