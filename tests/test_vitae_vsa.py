@@ -188,3 +188,138 @@ class OfficialViTAEv2VSA(nn.Module):
 
     def forward(self, x):
         return self.head(self.stage_outputs(x)[-1].mean((2, 3)))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+TINY = dict(embed_dims=(8, 8, 16, 16), token_dims=(16, 32, 32, 64), depths=(1, 1, 2, 1), num_heads=(2, 2, 4, 4),
+            rc_heads=(2, 2, 2, 4), nc_groups=(1, 4, 4, 8), rc_groups=(1, 4, 4, 8))
+
+
+def _randomize(model: nn.Module) -> nn.Module:
+    """Random values in every parameter and BN statistic (the VSR branches scaled up, so windows really move)."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if t.is_floating_point():
+                if name.endswith('running_var'):
+                    t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+                else:
+                    t.copy_(torch.randn(t.shape, generator=g) * (0.3 if 'sampling' in name else 0.1))
+    return model
+
+
+def _official_pair(detection: bool, img_size: int = 224, **kwargs) -> Tuple[nn.Module, ViTAEv2VSA]:
+    official = _randomize(OfficialViTAEv2VSA(img_size=img_size, detection=detection, num_classes=10, **TINY)).eval()
+    rules = dict(vsa_padding='center', vsa_offset_rule='detection') if detection else {}
+    ours = ViTAEv2VSA(num_classes=10, **TINY, **rules, **kwargs).eval()
+    ours.load_state_dict(checkpoint_filter_fn({'state_dict_ema': official.state_dict(), 'model': {}}, ours))
+    return official, ours
+
+
+def test_params_equal_official_code():
+    for name, count in OFFICIAL_PARAMS.items():
+        with torch.device('meta'):
+            ours = timm.create_model(name)
+            restated = OfficialViTAEv2VSA(**_VARIANT_ARGS[name])
+        assert sum(p.numel() for p in ours.parameters()) == count, name
+        assert sum(p.numel() for p in restated.parameters()) == count, name
+
+
+def test_official_key_layout_converts():
+    """The released S checkpoint layout (fixture: every key and shape of the official model's state dict) converts,
+    EMA weights first, and so does the backbone of an mmdet checkpoint (`backbone.` keys, no head)."""
+    shapes = json.loads((FIXTURES / 'vitaev2_vsa_s_keys.json').read_text())
+    with torch.device('meta'):
+        restated = OfficialViTAEv2VSA()
+    assert {k: list(v.shape) for k, v in restated.state_dict().items()
+            if not k.endswith('num_batches_tracked')} == {k: v for k, v in shapes.items()
+                                                          if not k.endswith('num_batches_tracked')}
+    official = {k: torch.zeros(v) if v else torch.tensor(0) for k, v in shapes.items()}
+    model = timm.create_model('vitaev2_vsa_s')
+    model.load_state_dict(checkpoint_filter_fn({'state_dict_ema': official, 'model': {}}, model))
+    backbone = timm.create_model('vitaev2_vsa_s', num_classes=0)
+    detector = {'backbone.' + k: v for k, v in official.items() if not k.startswith('head.')}
+    detector['neck.lateral_convs.0.conv.weight'] = torch.zeros(256, 64, 1, 1)
+    backbone.load_state_dict(checkpoint_filter_fn({'state_dict': detector, 'meta': {}}, backbone))
+    with pytest.raises(ValueError, match='no classifier'):
+        checkpoint_filter_fn({'state_dict': detector}, model)
+    with pytest.raises(ValueError, match='does not fit'):
+        checkpoint_filter_fn({k: v for k, v in official.items() if 'layers.3' not in k}, model)
+
+
+@pytest.mark.parametrize('size', [224, 256])
+def test_classification_matches_official_modules(size):
+    """Logits and input gradients against the official classification structure built for `size` (224: no padding;
+    256: every stage is padded and the official offset divisors differ from the padded window counts)."""
+    official, ours = _official_pair(detection=False, img_size=size)
+    x = torch.randn(1, 3, size, size, requires_grad=True)
+    want = official(x)
+    (g_want,) = torch.autograd.grad(want.square().sum(), x)
+    got = ours(x)
+    (g_got,) = torch.autograd.grad(got.square().sum(), x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-3, atol=1e-5)
+
+
+def test_detection_backbone_matches_official_modules():
+    """Stage outputs on a non-square detection input (multiple of 32): centred padding and the detection code's
+    swapped offset divisors, as the official mmdet backbone."""
+    official, ours = _official_pair(detection=True)
+    x = torch.randn(1, 3, 256, 352)
+    with torch.no_grad():
+        want = official.stage_outputs(x)
+        got = ours.forward_intermediates(x, intermediates_only=True)
+    assert [tuple(o.shape[2:]) for o in got] == [(64, 88), (32, 44), (16, 22), (8, 11)]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_any_input_size_and_prm_padding():
+    """Every stage has ceil(L / stride) rows/cols for any L (PRM and PCM branches agree), outputs are finite."""
+    model = ViTAEv2VSA(num_classes=0, **TINY).eval()
+    with torch.no_grad():
+        for h, w in [(1, 1), (5, 30), (33, 17), (62, 63)]:
+            outs = model.forward_intermediates(torch.randn(1, 3, h, w), intermediates_only=True)
+            assert [tuple(o.shape[2:]) for o in outs] == [
+                (math.ceil(h / r), math.ceil(w / r)) for r in (4, 8, 16, 32)], (h, w)
+            assert all(torch.isfinite(o).all() for o in outs)
+
+
+def test_construction_is_cpu_and_init_as_released():
+    """No CUDA at construction (the official code calls .cuda() in __init__); the VSR branches keep PyTorch's default
+    random init (the official zero init is never called), the MLPs the official truncated normal."""
+    model = timm.create_model('vitaev2_vsa_s')
+    assert all(p.device.type == 'cpu' for p in model.parameters())
+    attn = model.stages[2].blocks[0].attn
+    bound = 1 / math.sqrt(attn.dim)  # kaiming_uniform(a=sqrt(5)) of a 1x1 conv / Linear with this fan-in
+    for branch in (attn.sampling_offsets, attn.sampling_scales, attn.qkv):
+        assert branch.weight.abs().max() <= bound and branch.weight.std().item() > bound / 3
+        assert branch.bias.abs().max() > 0
+    fc1 = model.stages[2].blocks[0].mlp.fc1
+    assert fc1.weight.std().item() == pytest.approx(0.02, rel=0.1) and not fc1.bias.any()
+
+
+def test_official_drop_path_schedule():
+    assert official_drop_path_rates(0.13, (2, 2, 8, 2)) == [
+        pytest.approx([0., .01]), pytest.approx([.02, .03]), pytest.approx([.02 + .01 * i for i in range(8)]),
+        pytest.approx([.08, .09])]
+    model = timm.create_model('vitaev2_vsa_s', drop_path_rate=0.13)
+    rates = [[getattr(b.drop_path, 'drop_prob', 0.) for b in s.blocks] for s in model.stages]
+    assert rates == official_drop_path_rates(0.13, (2, 2, 8, 2))
+    cumulative = timm.create_model('vitaev2_vsa_s', drop_path_rate=0.13, official_dpr=False)
+    assert cumulative.stages[3].blocks[1].drop_path.drop_prob == pytest.approx(0.13)
+
+
+def test_features_only_uses_the_detection_rule():
+    features = timm.create_model('vitaev2_vsa_s', features_only=True)
+    attn = features.model.stages[1].blocks[0].attn if hasattr(features, 'model') else None
+    assert attn is not None and attn.center and attn.swap_divisors
+    assert features.feature_info.channels() == [64, 128, 256, 512]
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match='one entry per stage'):
+        ViTAEv2VSA(num_heads=(2, 4, 8))
+    with pytest.raises(ValueError, match='in_chans'):
+        ViTAEv2VSA(**TINY)(torch.randn(1, 1, 32, 32))
