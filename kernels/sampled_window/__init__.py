@@ -30,8 +30,13 @@ Semantics (one definition for every backend; `reference.py` is it written out):
 Axes of length 1 are refused (the normalised grid divides by L - 1), as are non-finite offsets or scales (they would
 give NaN samples).
 
+Bilinear sampling is not differentiable in the position where a sample sits exactly on a pixel row or column; there
+every backend takes grid_sample's one-sided derivative (the taps of `floor`), up to the rounding of the position.
+
 Backends (`sampled_window_dispatcher`; `backend=` argument, or env `HIERVIT_SAMPLED_WINDOW_BACKEND` /
-`HIERVIT_BACKEND`): `reference` (grid_sample, then window attention; accepts everything, the test oracle). Declared on
+`HIERVIT_BACKEND`): `cpu` (a fused C++ kernel that samples each window's K and V inside the attention, built once per
+machine; deterministic backward), `reference` (grid_sample, then window attention; accepts everything, the test
+oracle). Auto order: cpu on CPU, then reference. Declared on
 the shared scaffold (`hiervit.kernels._op.KernelOp`) as the custom ops `hiervit::sampled_window_attention_fwd` / `_bwd`
 (fakes, autograd, FLOP formulas, the reference as export decomposition).
 
@@ -70,6 +75,13 @@ class SampledWindowProblem:
 
 def _check_reference(p: SampledWindowProblem) -> Optional[str]:
     return None
+
+
+def _check_cpu(p: SampledWindowProblem) -> Optional[str]:
+    if p.device.type != 'cpu':
+        return f'tensors are on {p.device.type}, the cpu backend runs on CPU tensors only'
+    from .cpu import availability  # checks run inside the op, never while dynamo traces
+    return availability()
 
 
 def _window_pair(window: Union[int, Sequence[int]]) -> List[int]:
@@ -140,7 +152,7 @@ def sampled_window_attention(
         window: Default window `(wh, ww)` or an int.
         rpb: Optional relative position bias in Swin's table layout `[(2wh - 1)(2ww - 1), heads]`, differentiable.
         scale: Logit scale; default `d ** -0.5`.
-        backend: `reference` or 'auto'/None (see `sampled_window_dispatcher`).
+        backend: `cpu`, `reference` or 'auto'/None (see `sampled_window_dispatcher`).
 
     Returns:
         Tensor `[B, H, W, heads, d]`.
@@ -187,6 +199,7 @@ SAMPLED_WINDOW = KernelOp(
     attrs='int[] window, float scale',
     outputs=('out', 'lse'), differentiable_outputs=1, grads=('q', 'k', 'v', 'offsets', 'scales', 'rpb'),
     backends=[
+        Backend('cpu', _check_cpu, f'{_PKG}.cpu'),
         Backend('reference', _check_reference, f'{_PKG}.reference'),
     ],
     problem=_problem, fake=_fake, check_values=_check_values,
