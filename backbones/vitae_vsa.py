@@ -282,6 +282,8 @@ class ViTAEv2VSA(nn.Module):
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.num_features = self.head_hidden_size = token_dims[-1]
+        self.depths = tuple(depths)
+        self.official_dpr = official_dpr
         if official_dpr:
             dpr = official_drop_path_rates(drop_path_rate, depths)
         else:
