@@ -76,12 +76,22 @@ class SwinVSA(SwinLayout):
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: SwinVSA) -> Dict[str, torch.Tensor]:
-    """There is no official checkpoint: state dicts of this model (optionally wrapped or EMA) load as they are."""
+    """There is no official checkpoint: unwrap a training checkpoint of this model (EMA weights first, `module.`
+    prefixes) or raise a ValueError naming the keys that do not fit."""
     for key in ('state_dict_ema', 'model_ema', 'state_dict', 'model'):
         if key in state_dict and isinstance(state_dict[key], dict):
             state_dict = state_dict[key]
             break
-    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
+    out = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
+    target = model.state_dict()
+    missing = [k for k in target if k not in out and not k.startswith('head.fc.')]
+    unexpected = [k for k in out if k not in target and not k.startswith('head.fc.')]
+    if missing or unexpected:
+        raise ValueError(
+            f'Checkpoint does not fit this Swin+VSA: missing {missing[:5]} ({len(missing)}), unexpected '
+            f'{unexpected[:5]} ({len(unexpected)}). No official Swin+VSA checkpoint exists; only state dicts of '
+            f'these models load.')
+    return out
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:

@@ -43,9 +43,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, Mlp, register_notrace_function, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from hiervit.backbones._pretrained import convert_official_on_load, prefetch_pretrained
+from hiervit.backbones.layers.contract import ContractStage, HierarchicalContract
 from hiervit.backbones.layers.skeleton import stem_input
 from hiervit.backbones.layers.vsa import VSAttention
 
@@ -190,20 +191,13 @@ class NormalCell(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class ViTAEStage(nn.Module):
+class ViTAEStage(ContractStage):
     """One stage: the reduction cell (`downsample`), then the normal cells (`blocks`). Channels-last in and out."""
 
     def __init__(self, reduction: ReductionCell, blocks: List[NormalCell]):
-        super().__init__()
-        self.grad_checkpointing = False
+        super().__init__(downsample_first=True)
         self.downsample = reduction
         self.blocks = nn.Sequential(*blocks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
 
 
 def official_drop_path_rates(rate: float, depths: Sequence[int]) -> List[List[float]]:
@@ -213,8 +207,13 @@ def official_drop_path_rates(rate: float, depths: Sequence[int]) -> List[List[fl
     return [dpr[(depths[i - 1] if i else 0):(depths[i - 1] if i else 0) + d] for i, d in enumerate(depths)]
 
 
-class ViTAEv2VSA(nn.Module):
-    """ViTAEv2 with VSA: four stages of a reduction cell and normal cells, average pool, classifier (no final norm)."""
+class ViTAEv2VSA(HierarchicalContract, nn.Module):
+    """ViTAEv2 with VSA: four stages of a reduction cell and normal cells, average pool, classifier (no final norm).
+
+    The timm contract comes from `HierarchicalContract`; the first reduction cell is the stem (`group_matcher`).
+    """
+    contract_stem = 'stages.0.downsample'
+    contract_stages = 'stages'
 
     def __init__(
             self,
@@ -308,6 +307,8 @@ class ViTAEv2VSA(nn.Module):
             prev = token_dims[i]
             self.feature_info.append(dict(num_chs=token_dims[i], reduction=reduction, module=f'stages.{i}'))
         self.output_fmt = 'NHWC'
+        self.norm = nn.Identity()  # no final norm (the contract's `norm`)
+        self.out_norms = None  # the official dense backbone adds no output norms
         self.head = ClassifierHead(
             self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt=self.output_fmt)
         self._init_weights()
@@ -337,13 +338,7 @@ class ViTAEv2VSA(nn.Module):
         x = self.forward_stem(x)
         for stage in self.stages:
             x = stage(x)
-        return x
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        return self.norm(x)
 
 
 _OFFICIAL_SUBKEYS = (('.PRM.convs.', '.prm.convs.'), ('.pos.', '.cpe.'), ('.PCM.', '.pcm.'))
