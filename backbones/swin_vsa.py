@@ -99,7 +99,8 @@ def _cfg(**kwargs) -> Dict[str, Any]:
         'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
         'crop_pct': .9, 'interpolation': 'bicubic', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'patch_embed.proj', 'classifier': 'head.fc', 'license': 'apache-2.0',
-        'paper_ids': 'arXiv:2204.08446', 'paper_name': 'VSA: Learning Varied-Size Window Attention in Vision Transformers',
+        'paper_ids': 'arXiv:2204.08446',
+        'paper_name': 'VSA: Learning Varied-Size Window Attention in Vision Transformers',
         'notes': ('no weights: Swin+VSA code and weights were never released ("coming soon" in '
                   'ViTAE-Transformer/ViTAE-VSA); a reconstruction from the paper, see hiervit.backbones.swin_vsa',),
         **kwargs,

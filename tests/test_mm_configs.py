@@ -98,8 +98,8 @@ def load_tiny(path: str) -> Config:
 def test_every_config_is_found():
     assert all(os.path.exists(p) for p in TRAIN_STEP)
     families = {os.path.basename(os.path.dirname(p)) for p in CONFIGS}
-    assert families == {'nat', 'dinat', 'dinat_s', 'biformer', 's2aformer', 'davit', 'cswin', 'l2vit', 'swin', 'convnext',
-                        'vitae_vsa'}
+    assert families == {'nat', 'dinat', 'dinat_s', 'biformer', 's2aformer', 'davit', 'cswin', 'l2vit', 'swin',
+                        'convnext', 'vitae_vsa'}
     assert len(DET) >= 12 and len(SEG) >= 8
     for family, table in OFFICIAL_TABLES.items():
         configs = [_id(p) for p in CONFIGS if os.path.basename(os.path.dirname(p)) == family and p not in UNTABLED]
@@ -565,7 +565,8 @@ L2VIT = {
 }
 
 _VSA_URL = 'https://api.onedrive.com/v1.0/shares/s!{}/root/content'
-_VSA_CKPT = {'s': _VSA_URL.format('AimBgYV7JjTlgcgB0Xlyc3U4WO11AQ'), '48m': _VSA_URL.format('AimBgYV7JjTlgcgCOt1UwhNQRfO0bw')}
+_VSA_CKPT = {'s': _VSA_URL.format('AimBgYV7JjTlgcgB0Xlyc3U4WO11AQ'),
+             '48m': _VSA_URL.format('AimBgYV7JjTlgcgCOt1UwhNQRfO0bw')}
 _VSA_WIDTHS = {'s': [64, 128, 256, 512], '48m': [96, 192, 384, 768]}
 # (our detector, official file stem, size, schedule, backbone drop path)
 _VSA_DET = (
