@@ -65,7 +65,9 @@ def prm_padding(H: int, W: int, stride: int) -> List[int]:
     return pad
 
 
-torch.fx.wrap('prm_padding')  # a leaf for plain torch.fx.symbolic_trace too (timm's tracer knows it already)
+# leaves for plain torch.fx.symbolic_trace too (timm's tracer knows them already); fx.wrap acts per calling module
+torch.fx.wrap('prm_padding')
+torch.fx.wrap('stem_input')
 
 
 class PyramidReduction(nn.Module):
