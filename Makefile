@@ -21,7 +21,7 @@ $(VENV)/.installed: $(VENV)/.torch pyproject.toml setup.py
 	# NATTEN (in the test extra) is the external oracle for the neighborhood op; on CPU it installs as pure Python
 	# (flex backend only). Its build imports torch: installed first without build isolation, the extra then finds it.
 	$(PY) -m pip install -q --no-build-isolation natten==0.21.7
-	$(PY) -m pip install -q -e '.[test,train,det,seg,mm-cpu,export]'
+	$(PY) -m pip install -q -e '.[test,train,det,seg,mm-cpu,export,bench]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -4,7 +4,10 @@
   that end alike, e.g. OneDrive's `.../root/content`, would otherwise share one cache entry) and an error that names the
   wanted file and the local-copy call when the download fails (offline machines, moved servers);
 * `convert_official_on_load`: a `load_state_dict` pre-hook that runs the family's `checkpoint_filter_fn` on official
-  key layouts, so `timm.create_model(name, checkpoint_path=<official file>)` (which skips the filter) loads them too.
+  key layouts, so `timm.create_model(name, checkpoint_path=<official file>)` (which skips the filter) loads them too;
+* `build_with_official_layouts`: `build_model_with_cfg` with both, the one way the families build, so the filter is
+  the only conversion of official layouts (timm runs it on `pretrained=True` weights, the hook on every other
+  `load_state_dict`: `checkpoint_path=`, hiervit-train/validate, the mm adapter's model).
 """
 import os
 from typing import Any, Callable, Dict, Optional, Tuple, Union
@@ -12,12 +15,13 @@ from urllib.parse import urlparse
 
 import torch
 import torch.nn as nn
-from timm.models import get_pretrained_cfg, resolve_pretrained_cfg
+from timm.models import build_model_with_cfg, get_pretrained_cfg, resolve_pretrained_cfg
 from timm.models._hub import download_cached_file, get_cache_dir
 
 from hiervit.backbones._compat import FeatureGetterNet
 
-__all__ = ['cache_file_name', 'fetch_pretrained', 'prefetch_pretrained', 'convert_official_on_load']
+__all__ = ['cache_file_name', 'fetch_pretrained', 'prefetch_pretrained', 'convert_official_on_load',
+           'build_with_official_layouts']
 
 Url = Union[str, Tuple[str, str]]
 FilterFn = Callable[[Dict[str, Any], nn.Module], Dict[str, torch.Tensor]]
@@ -68,8 +72,8 @@ def prefetch_pretrained(variant: str, pretrained: bool, kwargs: Dict[str, Any]) 
     """
     if not pretrained:
         return
-    cfg = resolve_pretrained_cfg(
-        variant, pretrained_cfg=kwargs.get('pretrained_cfg'), pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+                                 pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
     if cfg.file or cfg.state_dict or cfg.hf_hub_id or not cfg.url:
         return
     name = f'{cfg.architecture}.{cfg.tag}' if cfg.tag else cfg.architecture
@@ -84,15 +88,26 @@ def convert_official_on_load(model: nn.Module, filter_fn: FilterFn) -> nn.Module
 
     State dicts whose keys (under the module's prefix) all exist in `model` load untouched; anything else goes through
     `filter_fn(state_dict, model)`, which converts the official layouts and raises a ValueError naming the keys that do
-    not fit. `timm.load_checkpoint` (behind `create_model(checkpoint_path=...)`) calls no filter itself.
+    not fit (as does a converted classifier with another class count). `timm.load_checkpoint` (behind
+    `create_model(checkpoint_path=...)`) calls no filter itself.
     """
 
     def hook(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         own = [k for k in state_dict if k.startswith(prefix)]
-        names = set(module.state_dict(keep_vars=True))
-        if not own or all(k[len(prefix):] in names for k in own):
+        target = module.state_dict(keep_vars=True)
+        if not own or all(k[len(prefix):] in target for k in own):
             return
         converted = filter_fn({k[len(prefix):]: state_dict[k] for k in own}, module)
+        classifier = (getattr(module, 'pretrained_cfg', None) or {}).get('classifier')
+        key = f'{classifier}.weight'
+        if isinstance(classifier, str) and key in converted and key in target \
+                and converted[key].shape[0] != target[key].shape[0]:
+            # the filters keep the classifier as it is; load_state_dict would only report a size mismatch
+            n = converted[key].shape[0]
+            raise ValueError(
+                f'The checkpoint\'s classifier {classifier} has {n} classes, the model {target[key].shape[0]}: create '
+                f'the model with num_classes={n}, or load the file as pretrained weights (pretrained=True, '
+                f'pretrained_cfg_overlay=dict(file=...)), which start a fresh classifier.')
         for k in own:
             del state_dict[k]
         state_dict.update({prefix + k: v for k, v in converted.items()})
@@ -100,3 +115,18 @@ def convert_official_on_load(model: nn.Module, filter_fn: FilterFn) -> nn.Module
     # features_only models wrap the family model (FeatureGetterNet keeps it as `.model`)
     (model.model if isinstance(model, FeatureGetterNet) else model).register_load_state_dict_pre_hook(hook)
     return model
+
+
+def build_with_official_layouts(
+        model_cls: Callable[..., nn.Module],
+        variant: str,
+        pretrained: bool,
+        filter_fn: FilterFn,
+        **kwargs,
+) -> nn.Module:
+    """`build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=filter_fn, **kwargs)` after
+    `prefetch_pretrained`, with `filter_fn` also converting official layouts on `load_state_dict` (see the module
+    docstring)."""
+    prefetch_pretrained(variant, pretrained, kwargs)
+    model = build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=filter_fn, **kwargs)
+    return convert_official_on_load(model, filter_fn)

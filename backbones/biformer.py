@@ -26,10 +26,10 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     ClassifierHead, ConvNormAct, DropPath, LayerNorm2d, Mlp, calculate_drop_path_rates, trunc_normal_,
 )
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from hiervit.backbones._compat import feature_take_indices
-from hiervit.backbones._pretrained import convert_official_on_load, prefetch_pretrained
+from hiervit.backbones._pretrained import build_with_official_layouts
 from hiervit.backbones.layers.shape import check_image_input, crop_nhwc, pad_nhwc
 from hiervit.kernels.routed import routed_attention_op
 
@@ -516,16 +516,8 @@ def _create_biformer(variant: str, pretrained: bool = False, **kwargs) -> BiForm
         # the getter wrapper runs forward_intermediates(norm=True)
         kwargs.setdefault('out_norms', True)
         feature_cfg.setdefault('norm', True)
-    prefetch_pretrained(variant, pretrained, kwargs)
-    model = build_model_with_cfg(
-        BiFormer,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=feature_cfg,
-        **kwargs,
-    )
-    return convert_official_on_load(model, checkpoint_filter_fn)
+    return build_with_official_layouts(BiFormer, variant, pretrained, checkpoint_filter_fn, feature_cfg=feature_cfg,
+                                       **kwargs)
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:

@@ -28,17 +28,17 @@ The variants plug this mixer into the shared layouts:
 Any input size works: the position encodings are exact at the trained map size and bilinearly interpolated for other
 sizes (also non-square maps; the official code assumes square windows).
 """
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import register_notrace_function, to_2tuple
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from torch.jit import Final
 
-from hiervit.backbones._pretrained import convert_official_on_load, prefetch_pretrained
+from hiervit.backbones._pretrained import build_with_official_layouts
 from hiervit.backbones.cswin import CSWinAttention
 from hiervit.backbones.cswin import _official_key as _cswin_official_key
 from hiervit.backbones.layers.pvt import PVTLayout, pvt_official_key, pvt_stage_sizes
@@ -257,12 +257,6 @@ class FLattenPVTAttention(FocusedLinearAttention):
         return self.proj_drop(self.proj(x)).reshape(B, H, W, C)
 
 
-def _level_sizes(img_size: Union[int, Sequence[int]], levels: int) -> List[Tuple[int, int]]:
-    """Map size of every level at the build size (stride 4, then halved), as the official models compute it."""
-    h, w = to_2tuple(img_size)
-    return [(h // 4 // 2 ** i, w // 4 // 2 ** i) for i in range(levels)]
-
-
 def _check_pattern(attn_type: str, levels: int) -> None:
     if len(attn_type) != levels or set(attn_type) - {'L', 'S'}:
         raise ValueError(f"attn_type must have one 'L' (focused linear) or 'S' (softmax) per level ({levels}), got "
@@ -308,7 +302,7 @@ class FLattenSwin(SwinLayout):
             **kwargs: Any other `HierarchicalTransformer` argument (`num_classes`, `drop_path_rate`, ...).
         """
         _check_pattern(attn_type, len(depths))
-        sizes = _level_sizes(img_size, len(depths))
+        sizes = pvt_stage_sizes(img_size, len(depths))
         swin_window = 7 if window_size <= 56 else 12
 
         def mixer(level: int) -> MixerFactory:
@@ -382,7 +376,7 @@ class FLattenCSWin(CSWinLayout):
         if len(split_size) != n or len(la_split_size) != n:
             raise ValueError(f'split_size={tuple(split_size)} and la_split_size={tuple(la_split_size)} need one '
                              f'entry per level of depths={tuple(depths)}.')
-        sizes = _level_sizes(img_size, n)
+        sizes = pvt_stage_sizes(img_size, n)
         for i, kind in enumerate(attn_type):
             if kind == 'L' and la_split_size[i] < max(sizes[i]):
                 raise ValueError(
@@ -612,19 +606,16 @@ _VARIANT_ARGS: Dict[str, Dict[str, Any]] = {
 def _create_variant(cls: type, variant: str, pretrained: bool, kwargs: Dict[str, Any]) -> nn.Module:
     if cls is FLattenCSWin and kwargs.get('features_only', False):
         kwargs.setdefault('seg_padding', True)  # CSWin's segmentation padding rule in the `S` levels
-    prefetch_pretrained(variant, pretrained, kwargs)
-    if cls is FLattenPVT:
-        # the PVT layouts' stage outputs are the official dense-task features (v2: after each stage's norm)
-        kwargs = dict(_VARIANT_ARGS[variant], **kwargs)
-        feature_cfg = dict(out_indices=kwargs.pop('out_indices', (0, 1, 2, 3)),
-                           feature_cls=kwargs.pop('feature_cls', 'getter'))
-        if feature_cfg['feature_cls'] == 'fx':
-            feature_cfg['output_fmt'] = 'NHWC'
-        model = build_model_with_cfg(cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                     feature_cfg=feature_cfg, **kwargs)
-    else:
-        model = build_layout_model(cls, variant, pretrained, checkpoint_filter_fn, _VARIANT_ARGS[variant], **kwargs)
-    return convert_official_on_load(model, checkpoint_filter_fn)
+    if cls is not FLattenPVT:
+        return build_layout_model(cls, variant, pretrained, checkpoint_filter_fn, _VARIANT_ARGS[variant], **kwargs)
+    # the PVT layouts' stage outputs are the official dense-task features (v2: after each stage's norm)
+    kwargs = dict(_VARIANT_ARGS[variant], **kwargs)
+    feature_cfg = dict(out_indices=kwargs.pop('out_indices', (0, 1, 2, 3)),
+                       feature_cls=kwargs.pop('feature_cls', 'getter'))
+    if feature_cfg['feature_cls'] == 'fx':
+        feature_cfg['output_fmt'] = 'NHWC'
+    return build_with_official_layouts(
+        cls, variant, pretrained, checkpoint_filter_fn, feature_cfg=feature_cfg, **kwargs)
 
 
 @register_model

@@ -28,12 +28,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, Mlp, calculate_drop_path_rates, trunc_normal_
-from timm.models import (
-    build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model, register_notrace_function,
-)
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model, register_notrace_function
 
 from hiervit.backbones._compat import feature_take_indices
-from hiervit.backbones._pretrained import convert_official_on_load, prefetch_pretrained
+from hiervit.backbones._pretrained import build_with_official_layouts
 from hiervit.kernels.linear import linear_attention_op
 from hiervit.kernels.window import window_attention_op
 
@@ -580,16 +578,8 @@ def _create_l2vit(variant: str, pretrained: bool = False, **kwargs) -> L2ViT:
         # getter wrapper runs forward_intermediates(norm=True), NCHW
         kwargs.setdefault('out_norms', True)
         feature_cfg.setdefault('norm', True)
-    prefetch_pretrained(variant, pretrained, kwargs)
-    model = build_model_with_cfg(
-        L2ViT,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=feature_cfg,
-        **kwargs,
-    )
-    return convert_official_on_load(model, checkpoint_filter_fn)
+    return build_with_official_layouts(L2ViT, variant, pretrained, checkpoint_filter_fn, feature_cfg=feature_cfg,
+                                       **kwargs)
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:

@@ -21,10 +21,10 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from hiervit.backbones._compat import feature_take_indices
-from hiervit.backbones._pretrained import convert_official_on_load, prefetch_pretrained
+from hiervit.backbones._pretrained import build_with_official_layouts
 from hiervit.backbones.layers.neighborhood import NeighborhoodAttention2d
 from hiervit.backbones.layers.shape import check_image_input
 
@@ -512,14 +512,7 @@ def build_nat(
         # dense-task backbones: NCHW maps with one LayerNorm per output, as the official mmdet/mmseg backbones
         kwargs.setdefault('output_norms', True)
         feature_cfg['norm'] = True
-    prefetch_pretrained(variant, pretrained, kwargs)
-    model = build_model_with_cfg(
-        model_cls, variant, pretrained,
-        pretrained_filter_fn=filter_fn,
-        feature_cfg=feature_cfg,
-        **kwargs,
-    )
-    return convert_official_on_load(model, filter_fn)
+    return build_with_official_layouts(model_cls, variant, pretrained, filter_fn, feature_cfg=feature_cfg, **kwargs)
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:

@@ -26,10 +26,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, ConvNormAct, DropPath, LayerNorm2d, calculate_drop_path_rates, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 import hiervit.kernels  # noqa: F401  (FLOP formulas for torch's CPU SDPA kernels)
 from hiervit.backbones._compat import feature_take_indices
+from hiervit.backbones._pretrained import build_with_official_layouts
 from hiervit.backbones.layers.shape import check_image_input
 
 __all__ = ['S2AFormer', 'StripSelfAttention', 'strip_attention_flops']
@@ -490,14 +491,8 @@ def _create_s2aformer(variant: str, pretrained: bool = False, **kwargs) -> S2AFo
     out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs.get('depths', (2, 2, 6, 2))))))
     # The getter wrapper runs forward_intermediates, so `feature_cfg=dict(norm=True)` gives the dense-task outputs.
     feature_cfg = dict(out_indices=out_indices, feature_cls='getter', **kwargs.pop('feature_cfg', {}))
-    return build_model_with_cfg(
-        S2AFormer,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=feature_cfg,
-        **kwargs,
-    )
+    return build_with_official_layouts(S2AFormer, variant, pretrained, checkpoint_filter_fn, feature_cfg=feature_cfg,
+                                       **kwargs)
 
 
 _NOTES = (

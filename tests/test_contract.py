@@ -294,3 +294,20 @@ def test_features_only_subset_trains_every_parameter(name):
     sum(o.square().mean() for o in outs).backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None]
     assert not no_grad, f'parameters without a gradient: {no_grad[:5]}'
+
+
+@pytest.mark.parametrize('name', SMALL_MODELS)
+def test_load_state_dict_converts_through_the_filter(name):
+    """A family with a `checkpoint_filter_fn` converts foreign key layouts on every `load_state_dict` (the one path
+    behind `checkpoint_path=`, hiervit-train/validate and the mm adapter): its own keys load untouched, keys that fit
+    neither layout raise instead of being skipped by a non-strict load. Classifier and features_only models alike."""
+    with torch.device('meta'):
+        models = [timm.create_model(name), timm.create_model(name, features_only=True)]
+    if not hasattr(sys.modules[type(models[0]).__module__], 'checkpoint_filter_fn'):
+        pytest.skip(f'{name}: its family converts no official layouts')
+    for model, prefix in zip(models, ('', 'model.')):  # features_only: the family model is the getter's `model`
+        state = model.state_dict()
+        assert not model.load_state_dict(state, strict=False).unexpected_keys
+        with pytest.raises(ValueError):
+            model.load_state_dict({**state, f'{prefix}not_a_module.weight': torch.empty(3, device='meta')},
+                                  strict=False)

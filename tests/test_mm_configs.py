@@ -91,8 +91,9 @@ def test_every_config_is_found():
     families = {os.path.basename(os.path.dirname(p)) for p in CONFIGS}
     assert families == {'nat', 'dinat', 'dinat_s', 'biformer', 's2aformer', 'davit', 'cswin', 'l2vit'}
     assert len(DET) >= 12 and len(SEG) >= 8
-    tabled = [_id(p) for p in CONFIGS if os.path.basename(os.path.dirname(p)) in OFFICIAL_FAMILIES]
-    assert sorted(tabled) == sorted(OFFICIAL), 'every NAT-family / BiFormer config has a row of official values below'
+    for family, table in OFFICIAL_TABLES.items():
+        configs = [_id(p) for p in CONFIGS if os.path.basename(os.path.dirname(p)) == family and p not in UNTABLED]
+        assert sorted(configs) == sorted(table), f'every {family} config has a row of official values below'
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -130,7 +131,7 @@ def test_config_builds(path):
     # from a classification checkpoint (values: test_config_values_match_the_official_file)
     full = Config.fromfile(path).model.backbone
     assert full.drop_path_rate > 0 and 'init_cfg' in full
-    if os.path.basename(os.path.dirname(path)) in OFFICIAL_FAMILIES:
+    if os.path.basename(os.path.dirname(path)) in OFFICIAL_TABLES:
         assert full.init_cfg.type == 'Pretrained' and full.init_cfg.checkpoint
 
 
@@ -219,9 +220,11 @@ def test_bench_config_times_config_and_swin():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Key values of every config against the official file it follows (so drift fails CI). The official values were read
-# from the files themselves (mmcv-1.x configs, evaluated with their `_base_`s); where the two repos state a value
-# outside the file, the row says so:
+# Key values of every config against the official file it follows (so drift fails CI): one table per family,
+# {config: (official repository, official file, values)}, and one comparison
+# (`test_config_values_match_the_official_file`) through `VALUE_OF`, which reads each named value from our config. The
+# official values were read from the files themselves (mmcv-1.x / mmdet 2 configs, evaluated with their `_base_`s);
+# where a repo states a value outside the file, the note says so:
 #   * BiFormer's configs set `pretrained=None`; its slurm_train.sh passes the classification checkpoint with
 #     `--cfg-options model.pretrained=...`; the checkpoint here is the README's ImageNet-1k link of that size;
 #   * BiFormer's upernet.*.py name `_base_` files that do not resolve (`../configs/_base_/...`, no schedules/ in the
@@ -234,34 +237,71 @@ def test_bench_config_times_config_and_swin():
 #     base; crop=640 follows the name, the dilations and the paper;
 #   * no_decay compares the custom_keys with decay_mult 0 that match a parameter of the backbone (DiNAT_s detection
 #     also lists 'absolute_pos_embed', which matches none).
-OFFICIAL_FAMILIES = ('nat', 'dinat', 'dinat_s', 'biformer')
+#   * DaViT (dingmyu/davit, no commit pinned: the repository has one release) and L²ViT have official configs for every
+#     size; the tables hold the DaViT-T ones and every L²ViT one. `window_size` None: the config keeps the model's
+#     own window (7, the official value); `paramwise` False: no paramwise_cfg (the official files have none).
 NAT_REPO = 'SHI-Labs/Neighborhood-Attention-Transformer@d334f5b'
 BIFORMER_REPO = 'rayleizhu/BiFormer@1697bbb'
-OFFICIAL = {
-    'detection/biformer/mask-rcnn_biformer-b_fpn_amp-1x_coco.py': (
-        BIFORMER_REPO, 'object_detection/configs/coco/maskrcnn.1x.biformer_base.py',
-        dict(checkpoint='https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvChHI_XPhoadjaNxtO/root/content',
-             drop_path_rate=0.3, dilations=None, n_win=16, lr=0.0001, weight_decay=0.05,
-             no_decay=['absolute_pos_embed', 'norm', 'relative_position_bias_table'], loss_scale=512.0,
-             warmup=(500, 0.001), schedule=('step', 12, [8, 11]), norm_eval=True, sync_bn=False, batch_size=2)),
-    'detection/biformer/mask-rcnn_biformer-s_fpn_amp-1x_coco.py': (
-        BIFORMER_REPO, 'object_detection/configs/coco/maskrcnn.1x.biformer_small.py',
-        dict(checkpoint='https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvChHDyM-x9KWRBZ832/root/content',
-             drop_path_rate=0.2, dilations=None, n_win=16, lr=0.0001, weight_decay=0.05,
-             no_decay=['absolute_pos_embed', 'norm', 'relative_position_bias_table'], loss_scale=512.0,
-             warmup=(500, 0.001), schedule=('step', 12, [8, 11]), norm_eval=True, sync_bn=False, batch_size=2)),
-    'detection/biformer/retinanet_biformer-b_fpn_amp-1x_coco.py': (
-        BIFORMER_REPO, 'object_detection/configs/coco/retinanet.1x.biformer_base.py',
-        dict(checkpoint='https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvChHI_XPhoadjaNxtO/root/content',
-             drop_path_rate=0.3, dilations=None, n_win=16, lr=0.0001, weight_decay=0.0001, no_decay=[],
-             loss_scale=512.0, warmup=(500, 0.001), schedule=('step', 12, [8, 11]), norm_eval=True, sync_bn=False,
-             batch_size=2)),
-    'detection/biformer/retinanet_biformer-s_fpn_amp-1x_coco.py': (
-        BIFORMER_REPO, 'object_detection/configs/coco/retinanet.1x.biformer_small.py',
-        dict(checkpoint='https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvChHDyM-x9KWRBZ832/root/content',
-             drop_path_rate=0.2, dilations=None, n_win=16, lr=0.0001, weight_decay=0.0001, no_decay=[],
-             loss_scale=512.0, warmup=(500, 0.001), schedule=('step', 12, [8, 11]), norm_eval=True, sync_bn=False,
-             batch_size=2)),
+DAVIT_REPO = 'dingmyu/davit'
+L2VIT_REPO = 'ChuanyangZheng/L2ViT@fad0341'
+NAT = {
+    'detection/nat/cascade-mask-rcnn_nat-base_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py': (
+        NAT_REPO, 'detection/configs/nat/cascade_mask_rcnn_nat_base_3x_coco.py',
+        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_base.pth', drop_path_rate=0.5,
+             dilations=None, n_win=None, lr=0.0001, weight_decay=0.05, no_decay=['norm', 'rpb'], loss_scale=512.0,
+             warmup=(500, 0.001), schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
+    'detection/nat/cascade-mask-rcnn_nat-mini_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py': (
+        NAT_REPO, 'detection/configs/nat/cascade_mask_rcnn_nat_mini_3x_coco.py',
+        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_mini.pth', drop_path_rate=0.2,
+             dilations=None, n_win=None, lr=0.0001, weight_decay=0.05, no_decay=['norm', 'rpb'], loss_scale=512.0,
+             warmup=(500, 0.001), schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
+    'detection/nat/cascade-mask-rcnn_nat-small_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py': (
+        NAT_REPO, 'detection/configs/nat/cascade_mask_rcnn_nat_small_3x_coco.py',
+        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_small.pth', drop_path_rate=0.3,
+             dilations=None, n_win=None, lr=0.0001, weight_decay=0.05, no_decay=['norm', 'rpb'], loss_scale=512.0,
+             warmup=(500, 0.001), schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
+    'detection/nat/cascade-mask-rcnn_nat-tiny_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py': (
+        NAT_REPO, 'detection/configs/nat/cascade_mask_rcnn_nat_tiny_3x_coco.py',
+        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_tiny.pth', drop_path_rate=0.3,
+             dilations=None, n_win=None, lr=0.0001, weight_decay=0.05, no_decay=['norm', 'rpb'], loss_scale=512.0,
+             warmup=(500, 0.001), schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
+    'detection/nat/mask-rcnn_nat-mini_fpn_amp-ms-crop-3x_coco.py': (
+        NAT_REPO, 'detection/configs/nat/mask_rcnn_nat_mini_3x_coco.py',
+        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_mini.pth', drop_path_rate=0.2,
+             dilations=None, n_win=None, lr=0.0001, weight_decay=0.05, no_decay=['norm', 'rpb'], loss_scale=512.0,
+             warmup=(500, 0.001), schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
+    'detection/nat/mask-rcnn_nat-small_fpn_amp-ms-crop-3x_coco.py': (
+        NAT_REPO, 'detection/configs/nat/mask_rcnn_nat_small_3x_coco.py',
+        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_small.pth', drop_path_rate=0.35,
+             dilations=None, n_win=None, lr=0.0001, weight_decay=0.05, no_decay=['norm', 'rpb'], loss_scale=512.0,
+             warmup=(500, 0.001), schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
+    'detection/nat/mask-rcnn_nat-tiny_fpn_amp-ms-crop-3x_coco.py': (
+        NAT_REPO, 'detection/configs/nat/mask_rcnn_nat_tiny_3x_coco.py',
+        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_tiny.pth', drop_path_rate=0.2,
+             dilations=None, n_win=None, lr=0.0001, weight_decay=0.05, no_decay=['norm', 'rpb'], loss_scale=512.0,
+             warmup=(500, 0.001), schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
+    'segmentation/nat/nat-base_upernet_8xb2-amp-160k_ade20k-512x512.py': (
+        NAT_REPO, 'segmentation/configs/nat/upernet_nat_base_512x512_160k_ade20k.py',
+        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_base.pth', drop_path_rate=0.5,
+             dilations=None, n_win=None, lr=6e-05, weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=512.0,
+             warmup=(1500, 1e-06), schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=512)),
+    'segmentation/nat/nat-mini_upernet_8xb2-amp-160k_ade20k-512x512.py': (
+        NAT_REPO, 'segmentation/configs/nat/upernet_nat_mini_512x512_160k_ade20k.py',
+        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_mini.pth', drop_path_rate=0.2,
+             dilations=None, n_win=None, lr=6e-05, weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=512.0,
+             warmup=(1500, 1e-06), schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=512)),
+    'segmentation/nat/nat-small_upernet_8xb2-amp-160k_ade20k-512x512.py': (
+        NAT_REPO, 'segmentation/configs/nat/upernet_nat_small_512x512_160k_ade20k.py',
+        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_small.pth', drop_path_rate=0.5,
+             dilations=None, n_win=None, lr=6e-05, weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=512.0,
+             warmup=(1500, 1e-06), schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=512)),
+    'segmentation/nat/nat-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py': (
+        NAT_REPO, 'segmentation/configs/nat/upernet_nat_tiny_512x512_160k_ade20k.py',
+        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_tiny.pth', drop_path_rate=0.3,
+             dilations=None, n_win=None, lr=6e-05, weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=512.0,
+             warmup=(1500, 1e-06), schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=512)),
+}
+DINAT = {
     'detection/dinat/cascade-mask-rcnn_dinat-base_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py': (
         NAT_REPO, 'detection/configs/dinat/cascade_mask_rcnn_dinat_base_3x_coco.py',
         dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_base_in1k_224.pth',
@@ -310,6 +350,39 @@ OFFICIAL = {
              drop_path_rate=0.2, dilations=[[1, 28, 1], [1, 7, 1, 14], [1, 3, 1, 5, 1, 7] * 3, [1, 3, 1, 3, 1]],
              n_win=None, lr=0.0001, weight_decay=0.05, no_decay=['norm', 'rpb'], loss_scale=512.0, warmup=(500, 0.001),
              schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
+    'segmentation/dinat/dinat-base_upernet_8xb2-amp-160k_ade20k-512x512.py': (
+        NAT_REPO, 'segmentation/configs/dinat/upernet_dinat_base_512x512_160k_ade20k.py',
+        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_base_in1k_224.pth',
+             drop_path_rate=0.5, dilations=[[1, 16, 1], [1, 4, 1, 8], [1, 2, 1, 3, 1, 4] * 3, [1, 2, 1, 2, 1]],
+             n_win=None, lr=6e-05, weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=512.0, warmup=(1500, 1e-06),
+             schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=512)),
+    'segmentation/dinat/dinat-large_upernet_8xb2-160k_ade20k-640x640.py': (
+        NAT_REPO, 'segmentation/configs/dinat/upernet_dinat_large_640x640_160k_ade20k.py',
+        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet22k/dinat_large_in22k_224.pth',
+             drop_path_rate=0.3,
+             dilations=[[1, 20, 1], [1, 5, 1, 10], [1, 2, 1, 3, 1, 4, 1, 5] * 2 + [1, 5], [1, 2, 1, 2, 1]], n_win=None,
+             lr=6e-05, weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=None, warmup=(1500, 1e-06),
+             schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=640)),
+    'segmentation/dinat/dinat-mini_upernet_8xb2-amp-160k_ade20k-512x512.py': (
+        NAT_REPO, 'segmentation/configs/dinat/upernet_dinat_mini_512x512_160k_ade20k.py',
+        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_mini_in1k_224.pth',
+             drop_path_rate=0.2, dilations=[[1, 16, 1], [1, 4, 1, 8], [1, 2, 1, 3, 1, 4], [1, 2, 1, 2, 1]], n_win=None,
+             lr=6e-05, weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=512.0, warmup=(1500, 1e-06),
+             schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=512)),
+    'segmentation/dinat/dinat-small_upernet_8xb2-amp-160k_ade20k-512x512.py': (
+        NAT_REPO, 'segmentation/configs/dinat/upernet_dinat_small_512x512_160k_ade20k.py',
+        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_small_in1k_224.pth',
+             drop_path_rate=0.5, dilations=[[1, 16, 1], [1, 4, 1, 8], [1, 2, 1, 3, 1, 4] * 3, [1, 2, 1, 2, 1]],
+             n_win=None, lr=6e-05, weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=512.0, warmup=(1500, 1e-06),
+             schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=512)),
+    'segmentation/dinat/dinat-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py': (
+        NAT_REPO, 'segmentation/configs/dinat/upernet_dinat_tiny_512x512_160k_ade20k.py',
+        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_tiny_in1k_224.pth',
+             drop_path_rate=0.3, dilations=[[1, 16, 1], [1, 4, 1, 8], [1, 2, 1, 3, 1, 4] * 3, [1, 2, 1, 2, 1]],
+             n_win=None, lr=6e-05, weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=512.0, warmup=(1500, 1e-06),
+             schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=512)),
+}
+DINAT_S = {
     'detection/dinat_s/cascade-mask-rcnn_dinat-s-base_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py': (
         NAT_REPO, 'detection/configs/dinat_s/cascade_mask_rcnn_dinat_s_base_3x_coco.py',
         dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_s_base_in1k_224.pth',
@@ -346,96 +419,6 @@ OFFICIAL = {
              drop_path_rate=0.2, dilations=[[1, 28], [1, 14], [1, 3, 1, 5, 1, 7], [1, 3]], n_win=None, lr=0.0001,
              weight_decay=0.05, no_decay=['absolute_pos_embed', 'norm', 'rpb'], loss_scale=512.0, warmup=(500, 0.001),
              schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
-    'detection/nat/cascade-mask-rcnn_nat-base_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py': (
-        NAT_REPO, 'detection/configs/nat/cascade_mask_rcnn_nat_base_3x_coco.py',
-        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_base.pth', drop_path_rate=0.5,
-             dilations=None, n_win=None, lr=0.0001, weight_decay=0.05, no_decay=['norm', 'rpb'], loss_scale=512.0,
-             warmup=(500, 0.001), schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
-    'detection/nat/cascade-mask-rcnn_nat-mini_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py': (
-        NAT_REPO, 'detection/configs/nat/cascade_mask_rcnn_nat_mini_3x_coco.py',
-        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_mini.pth', drop_path_rate=0.2,
-             dilations=None, n_win=None, lr=0.0001, weight_decay=0.05, no_decay=['norm', 'rpb'], loss_scale=512.0,
-             warmup=(500, 0.001), schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
-    'detection/nat/cascade-mask-rcnn_nat-small_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py': (
-        NAT_REPO, 'detection/configs/nat/cascade_mask_rcnn_nat_small_3x_coco.py',
-        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_small.pth', drop_path_rate=0.3,
-             dilations=None, n_win=None, lr=0.0001, weight_decay=0.05, no_decay=['norm', 'rpb'], loss_scale=512.0,
-             warmup=(500, 0.001), schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
-    'detection/nat/cascade-mask-rcnn_nat-tiny_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py': (
-        NAT_REPO, 'detection/configs/nat/cascade_mask_rcnn_nat_tiny_3x_coco.py',
-        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_tiny.pth', drop_path_rate=0.3,
-             dilations=None, n_win=None, lr=0.0001, weight_decay=0.05, no_decay=['norm', 'rpb'], loss_scale=512.0,
-             warmup=(500, 0.001), schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
-    'detection/nat/mask-rcnn_nat-mini_fpn_amp-ms-crop-3x_coco.py': (
-        NAT_REPO, 'detection/configs/nat/mask_rcnn_nat_mini_3x_coco.py',
-        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_mini.pth', drop_path_rate=0.2,
-             dilations=None, n_win=None, lr=0.0001, weight_decay=0.05, no_decay=['norm', 'rpb'], loss_scale=512.0,
-             warmup=(500, 0.001), schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
-    'detection/nat/mask-rcnn_nat-small_fpn_amp-ms-crop-3x_coco.py': (
-        NAT_REPO, 'detection/configs/nat/mask_rcnn_nat_small_3x_coco.py',
-        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_small.pth', drop_path_rate=0.35,
-             dilations=None, n_win=None, lr=0.0001, weight_decay=0.05, no_decay=['norm', 'rpb'], loss_scale=512.0,
-             warmup=(500, 0.001), schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
-    'detection/nat/mask-rcnn_nat-tiny_fpn_amp-ms-crop-3x_coco.py': (
-        NAT_REPO, 'detection/configs/nat/mask_rcnn_nat_tiny_3x_coco.py',
-        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_tiny.pth', drop_path_rate=0.2,
-             dilations=None, n_win=None, lr=0.0001, weight_decay=0.05, no_decay=['norm', 'rpb'], loss_scale=512.0,
-             warmup=(500, 0.001), schedule=('step', 36, [27, 33]), norm_eval=False, sync_bn=False, batch_size=2)),
-    'segmentation/biformer/biformer-b_fpn_8xb4-amp-80k_ade20k-512x512.py': (
-        BIFORMER_REPO, 'semantic_segmentation/configs/ade20k/sfpn.biformer_base.py',
-        dict(checkpoint='https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvChHI_XPhoadjaNxtO/root/content',
-             drop_path_rate=0.3, dilations=None, n_win=8, lr=0.0002, weight_decay=0.0001, no_decay=[], loss_scale=512.0,
-             warmup=(1000, 0.1), schedule=('cosine', 80000, 1e-08), norm_eval=False, sync_bn=True, batch_size=4,
-             crop=512)),
-    'segmentation/biformer/biformer-b_upernet_8xb2-amp-160k_ade20k-512x512.py': (
-        BIFORMER_REPO, 'semantic_segmentation/configs/ade20k/upernet.biformer_base.py',
-        dict(checkpoint='https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvChHI_XPhoadjaNxtO/root/content',
-             drop_path_rate=0.4, dilations=None, n_win=8, lr=6e-05, weight_decay=0.01,
-             no_decay=['absolute_pos_embed', 'norm', 'relative_position_bias_table'], loss_scale=512.0,
-             warmup=(1500, 1e-06), schedule=('poly', 160000), norm_eval=False, sync_bn=True, batch_size=2, crop=512)),
-    'segmentation/biformer/biformer-s_fpn_8xb4-amp-80k_ade20k-512x512.py': (
-        BIFORMER_REPO, 'semantic_segmentation/configs/ade20k/sfpn.biformer_small.py',
-        dict(checkpoint='https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvChHDyM-x9KWRBZ832/root/content',
-             drop_path_rate=0.15, dilations=None, n_win=8, lr=0.0002, weight_decay=0.0001, no_decay=[],
-             loss_scale=512.0, warmup=(1000, 0.1), schedule=('cosine', 80000, 1e-08), norm_eval=False, sync_bn=True,
-             batch_size=4, crop=512)),
-    'segmentation/biformer/biformer-s_upernet_8xb2-amp-160k_ade20k-512x512.py': (
-        BIFORMER_REPO, 'semantic_segmentation/configs/ade20k/upernet.biformer_small.py',
-        dict(checkpoint='https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvChHDyM-x9KWRBZ832/root/content',
-             drop_path_rate=0.3, dilations=None, n_win=8, lr=6e-05, weight_decay=0.01,
-             no_decay=['absolute_pos_embed', 'norm', 'relative_position_bias_table'], loss_scale=512.0,
-             warmup=(1500, 1e-06), schedule=('poly', 160000), norm_eval=False, sync_bn=True, batch_size=2, crop=512)),
-    'segmentation/dinat/dinat-base_upernet_8xb2-amp-160k_ade20k-512x512.py': (
-        NAT_REPO, 'segmentation/configs/dinat/upernet_dinat_base_512x512_160k_ade20k.py',
-        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_base_in1k_224.pth',
-             drop_path_rate=0.5, dilations=[[1, 16, 1], [1, 4, 1, 8], [1, 2, 1, 3, 1, 4] * 3, [1, 2, 1, 2, 1]],
-             n_win=None, lr=6e-05, weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=512.0, warmup=(1500, 1e-06),
-             schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=512)),
-    'segmentation/dinat/dinat-large_upernet_8xb2-160k_ade20k-640x640.py': (
-        NAT_REPO, 'segmentation/configs/dinat/upernet_dinat_large_640x640_160k_ade20k.py',
-        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet22k/dinat_large_in22k_224.pth',
-             drop_path_rate=0.3,
-             dilations=[[1, 20, 1], [1, 5, 1, 10], [1, 2, 1, 3, 1, 4, 1, 5] * 2 + [1, 5], [1, 2, 1, 2, 1]], n_win=None,
-             lr=6e-05, weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=None, warmup=(1500, 1e-06),
-             schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=640)),
-    'segmentation/dinat/dinat-mini_upernet_8xb2-amp-160k_ade20k-512x512.py': (
-        NAT_REPO, 'segmentation/configs/dinat/upernet_dinat_mini_512x512_160k_ade20k.py',
-        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_mini_in1k_224.pth',
-             drop_path_rate=0.2, dilations=[[1, 16, 1], [1, 4, 1, 8], [1, 2, 1, 3, 1, 4], [1, 2, 1, 2, 1]], n_win=None,
-             lr=6e-05, weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=512.0, warmup=(1500, 1e-06),
-             schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=512)),
-    'segmentation/dinat/dinat-small_upernet_8xb2-amp-160k_ade20k-512x512.py': (
-        NAT_REPO, 'segmentation/configs/dinat/upernet_dinat_small_512x512_160k_ade20k.py',
-        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_small_in1k_224.pth',
-             drop_path_rate=0.5, dilations=[[1, 16, 1], [1, 4, 1, 8], [1, 2, 1, 3, 1, 4] * 3, [1, 2, 1, 2, 1]],
-             n_win=None, lr=6e-05, weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=512.0, warmup=(1500, 1e-06),
-             schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=512)),
-    'segmentation/dinat/dinat-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py': (
-        NAT_REPO, 'segmentation/configs/dinat/upernet_dinat_tiny_512x512_160k_ade20k.py',
-        dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_tiny_in1k_224.pth',
-             drop_path_rate=0.3, dilations=[[1, 16, 1], [1, 4, 1, 8], [1, 2, 1, 3, 1, 4] * 3, [1, 2, 1, 2, 1]],
-             n_win=None, lr=6e-05, weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=512.0, warmup=(1500, 1e-06),
-             schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=512)),
     'segmentation/dinat_s/dinat-s-base_upernet_8xb2-amp-160k_ade20k-512x512.py': (
         NAT_REPO, 'segmentation/configs/dinat_s/upernet_dinat_s_base_512x512_160k_ade20k.py',
         dict(checkpoint='https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_s_base_in1k_224.pth',
@@ -460,26 +443,180 @@ OFFICIAL = {
              drop_path_rate=0.3, dilations=[[1, 16], [1, 8], [1, 2, 1, 3, 1, 4], [1, 2]], n_win=None, lr=6e-05,
              weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=512.0, warmup=(1500, 1e-06),
              schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=512)),
-    'segmentation/nat/nat-base_upernet_8xb2-amp-160k_ade20k-512x512.py': (
-        NAT_REPO, 'segmentation/configs/nat/upernet_nat_base_512x512_160k_ade20k.py',
-        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_base.pth', drop_path_rate=0.5,
-             dilations=None, n_win=None, lr=6e-05, weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=512.0,
-             warmup=(1500, 1e-06), schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=512)),
-    'segmentation/nat/nat-mini_upernet_8xb2-amp-160k_ade20k-512x512.py': (
-        NAT_REPO, 'segmentation/configs/nat/upernet_nat_mini_512x512_160k_ade20k.py',
-        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_mini.pth', drop_path_rate=0.2,
-             dilations=None, n_win=None, lr=6e-05, weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=512.0,
-             warmup=(1500, 1e-06), schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=512)),
-    'segmentation/nat/nat-small_upernet_8xb2-amp-160k_ade20k-512x512.py': (
-        NAT_REPO, 'segmentation/configs/nat/upernet_nat_small_512x512_160k_ade20k.py',
-        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_small.pth', drop_path_rate=0.5,
-             dilations=None, n_win=None, lr=6e-05, weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=512.0,
-             warmup=(1500, 1e-06), schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=512)),
-    'segmentation/nat/nat-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py': (
-        NAT_REPO, 'segmentation/configs/nat/upernet_nat_tiny_512x512_160k_ade20k.py',
-        dict(checkpoint='https://shi-labs.com/projects/nat/checkpoints/CLS/nat_tiny.pth', drop_path_rate=0.3,
-             dilations=None, n_win=None, lr=6e-05, weight_decay=0.01, no_decay=['norm', 'rpb'], loss_scale=512.0,
-             warmup=(1500, 1e-06), schedule=('poly', 160000), norm_eval=False, sync_bn=False, batch_size=2, crop=512)),
+}
+BIFORMER = {
+    'detection/biformer/mask-rcnn_biformer-b_fpn_amp-1x_coco.py': (
+        BIFORMER_REPO, 'object_detection/configs/coco/maskrcnn.1x.biformer_base.py',
+        dict(checkpoint='https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvChHI_XPhoadjaNxtO/root/content',
+             drop_path_rate=0.3, dilations=None, n_win=16, lr=0.0001, weight_decay=0.05,
+             no_decay=['absolute_pos_embed', 'norm', 'relative_position_bias_table'], loss_scale=512.0,
+             warmup=(500, 0.001), schedule=('step', 12, [8, 11]), norm_eval=True, sync_bn=False, batch_size=2)),
+    'detection/biformer/mask-rcnn_biformer-s_fpn_amp-1x_coco.py': (
+        BIFORMER_REPO, 'object_detection/configs/coco/maskrcnn.1x.biformer_small.py',
+        dict(checkpoint='https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvChHDyM-x9KWRBZ832/root/content',
+             drop_path_rate=0.2, dilations=None, n_win=16, lr=0.0001, weight_decay=0.05,
+             no_decay=['absolute_pos_embed', 'norm', 'relative_position_bias_table'], loss_scale=512.0,
+             warmup=(500, 0.001), schedule=('step', 12, [8, 11]), norm_eval=True, sync_bn=False, batch_size=2)),
+    'detection/biformer/retinanet_biformer-b_fpn_amp-1x_coco.py': (
+        BIFORMER_REPO, 'object_detection/configs/coco/retinanet.1x.biformer_base.py',
+        dict(checkpoint='https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvChHI_XPhoadjaNxtO/root/content',
+             drop_path_rate=0.3, dilations=None, n_win=16, lr=0.0001, weight_decay=0.0001, no_decay=[],
+             loss_scale=512.0, warmup=(500, 0.001), schedule=('step', 12, [8, 11]), norm_eval=True, sync_bn=False,
+             batch_size=2)),
+    'detection/biformer/retinanet_biformer-s_fpn_amp-1x_coco.py': (
+        BIFORMER_REPO, 'object_detection/configs/coco/retinanet.1x.biformer_small.py',
+        dict(checkpoint='https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvChHDyM-x9KWRBZ832/root/content',
+             drop_path_rate=0.2, dilations=None, n_win=16, lr=0.0001, weight_decay=0.0001, no_decay=[],
+             loss_scale=512.0, warmup=(500, 0.001), schedule=('step', 12, [8, 11]), norm_eval=True, sync_bn=False,
+             batch_size=2)),
+    'segmentation/biformer/biformer-b_fpn_8xb4-amp-80k_ade20k-512x512.py': (
+        BIFORMER_REPO, 'semantic_segmentation/configs/ade20k/sfpn.biformer_base.py',
+        dict(checkpoint='https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvChHI_XPhoadjaNxtO/root/content',
+             drop_path_rate=0.3, dilations=None, n_win=8, lr=0.0002, weight_decay=0.0001, no_decay=[], loss_scale=512.0,
+             warmup=(1000, 0.1), schedule=('cosine', 80000, 1e-08), norm_eval=False, sync_bn=True, batch_size=4,
+             crop=512)),
+    'segmentation/biformer/biformer-b_upernet_8xb2-amp-160k_ade20k-512x512.py': (
+        BIFORMER_REPO, 'semantic_segmentation/configs/ade20k/upernet.biformer_base.py',
+        dict(checkpoint='https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvChHI_XPhoadjaNxtO/root/content',
+             drop_path_rate=0.4, dilations=None, n_win=8, lr=6e-05, weight_decay=0.01,
+             no_decay=['absolute_pos_embed', 'norm', 'relative_position_bias_table'], loss_scale=512.0,
+             warmup=(1500, 1e-06), schedule=('poly', 160000), norm_eval=False, sync_bn=True, batch_size=2, crop=512)),
+    'segmentation/biformer/biformer-s_fpn_8xb4-amp-80k_ade20k-512x512.py': (
+        BIFORMER_REPO, 'semantic_segmentation/configs/ade20k/sfpn.biformer_small.py',
+        dict(checkpoint='https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvChHDyM-x9KWRBZ832/root/content',
+             drop_path_rate=0.15, dilations=None, n_win=8, lr=0.0002, weight_decay=0.0001, no_decay=[],
+             loss_scale=512.0, warmup=(1000, 0.1), schedule=('cosine', 80000, 1e-08), norm_eval=False, sync_bn=True,
+             batch_size=4, crop=512)),
+    'segmentation/biformer/biformer-s_upernet_8xb2-amp-160k_ade20k-512x512.py': (
+        BIFORMER_REPO, 'semantic_segmentation/configs/ade20k/upernet.biformer_small.py',
+        dict(checkpoint='https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvChHDyM-x9KWRBZ832/root/content',
+             drop_path_rate=0.3, dilations=None, n_win=8, lr=6e-05, weight_decay=0.01,
+             no_decay=['absolute_pos_embed', 'norm', 'relative_position_bias_table'], loss_scale=512.0,
+             warmup=(1500, 1e-06), schedule=('poly', 160000), norm_eval=False, sync_bn=True, batch_size=2, crop=512)),
+}
+
+DETR_SCALES = [(480, 1333), (512, 1333), (544, 1333), (576, 1333), (608, 1333), (640, 1333), (672, 1333), (704, 1333),
+               (736, 1333), (768, 1333), (800, 1333)]
+# the DETR-style multi-scale + crop pipeline of the DaViT and L²ViT detection files: (scales of the plain resize,
+# scales before the crop, crop type, crop size, scales after the crop)
+MS_CROP = (DETR_SCALES, [(400, 1333), (500, 1333), (600, 1333)], 'absolute_range', (384, 600), DETR_SCALES)
+# mmdet 2's schedule_1x.py (and its 3x form) under the DaViT / L²ViT detection files: AdamW, step schedule
+_DET_SCHEDULE = {'1x': ('step', 12, [8, 11]), '3x': ('step', 36, [27, 33])}
+_ADAMW_DET = dict(optimizer='AdamW', lr=1e-4, weight_decay=0.05, wrapper='OptimWrapper', paramwise=False,
+                  clip_grad=None, loss_scale=None, warmup=(500, 0.001), warmup_by_epoch=False, batch_size=2)
+_ADAMW_SEG = dict(optimizer='AdamW', lr=6e-5, weight_decay=0.01, wrapper='OptimWrapper', paramwise=False,
+                  warmup=(1500, 1e-6), poly=(1.0, 0.0, 160000), schedule=('poly', 160000), batch_size=2)
+
+DAVIT = {
+    **{f'detection/davit/{name}_davit-tiny_fpn_ms-crop-{sched}_coco.py': (
+        DAVIT_REPO, f'mmdet/configs/davit_{official}_{sched}_coco.py',
+        dict(_ADAMW_DET, model_name='davit_tiny', checkpoint='timm/davit_tiny.msft_in1k', window_size=None,
+             drop_path_rate=drop_path, schedule=_DET_SCHEDULE[sched], ms_crop=MS_CROP))
+       for name, official in (('mask-rcnn', 'maskrcnn'), ('retinanet', 'retinanet'))
+       for sched, drop_path in (('1x', 0.1), ('3x', 0.2))},
+    'segmentation/davit/davit-tiny_upernet_8xb2-160k_ade20k-512x512.py': (
+        DAVIT_REPO, 'mmseg/configs/upernet_davit_512x512_160k_ade20k.py',
+        dict(_ADAMW_SEG, model_name='davit_tiny', checkpoint='timm/davit_tiny.msft_in1k', drop_path_rate=0.3,
+             decode_in=[96, 192, 384, 768], aux_in=384)),
+}
+
+_L2VIT_RELEASE = 'https://github.com/ChuanyangZheng/L2ViT/releases/download/v1.0/L2ViT-{}-checkpoint-best-ema.pth'
+_L2VIT_WIDTHS = dict(tiny=[96, 192, 384, 768], small=[96, 192, 384, 768], base=[128, 256, 512, 1024])
+# drop path per (detector, schedule) and size
+_L2VIT_DROP_PATH = {
+    ('maskrcnn', '1x'): dict(tiny=0.1, small=0.1, base=0.2), ('maskrcnn', '3x'): dict(tiny=0.2, small=0.2, base=0.3),
+    ('retinanet', '1x'): dict(tiny=0.1, small=0.1, base=0.2), ('retinanet', '3x'): dict(tiny=0.2, small=0.2, base=0.3),
+}
+
+
+def _l2vit_det(det: str, sched: str, size: str) -> Dict:
+    values = dict(_ADAMW_DET, backbone_type='hiervit.L2ViT', model_name=f'l2vit_{size}',
+                  checkpoint=_L2VIT_RELEASE.format(size.capitalize()),
+                  drop_path_rate=_L2VIT_DROP_PATH[det, sched][size],
+                  schedule=_DET_SCHEDULE[sched], ms_crop=MS_CROP)
+    if det == 'retinanet':  # the released RetinaNets use outputs 1-3, the neck adds its extra levels on the input
+        return dict(values, out_indices=(1, 2, 3), neck_in=_L2VIT_WIDTHS[size][1:], retina_neck=(0, 'on_input', 5))
+    return dict(values, neck_in=_L2VIT_WIDTHS[size])
+
+
+L2VIT = {
+    **{f'detection/l2vit/{"mask-rcnn" if det == "maskrcnn" else det}_l2vit-{size}_fpn_ms-crop-{sched}_coco.py': (
+        L2VIT_REPO, f'object_detection/configs/L2ViT/{det}_{sched}_l2vit_v0_{size}_coco.py',
+        _l2vit_det(det, sched, size))
+       for det, sched in _L2VIT_DROP_PATH for size in ('tiny', 'small', 'base')},
+    **{f'segmentation/l2vit/l2vit-{size}_upernet_8xb2-160k_ade20k-512x512.py': (
+        L2VIT_REPO, f'semantic_segmentation/configs/novel/upernet_l2vit_{size}_512x512_160k_ade20k.py',
+        dict(_ADAMW_SEG, model_name=f'l2vit_{size}', checkpoint=_L2VIT_RELEASE.format(size.capitalize()),
+             drop_path_rate=0.3, decode_in=_L2VIT_WIDTHS[size], aux_in=_L2VIT_WIDTHS[size][2]))
+       for size in ('tiny', 'small', 'base')},
+}
+
+# family folder -> its table; a family listed here has a row for every one of its configs
+OFFICIAL_TABLES = {'nat': NAT, 'dinat': DINAT, 'dinat_s': DINAT_S, 'biformer': BIFORMER, 'davit': DAVIT,
+                   'l2vit': L2VIT}
+OFFICIAL = {rel: row for table in OFFICIAL_TABLES.values() for rel, row in table.items()}
+# DaViT's small/base configs follow the tiny ones with the model swapped (no official file per size)
+UNTABLED = {p for p in CONFIGS if os.path.basename(os.path.dirname(p)) == 'davit' and '-tiny_' not in p}
+
+
+def _schedule(cfg: Config) -> tuple:
+    (main,) = [s for s in cfg.param_scheduler if s.type != 'LinearLR']
+    if cfg.default_scope == 'mmdet':
+        return 'step', cfg.train_cfg.max_epochs, list(main.milestones)
+    if main.type == 'PolyLR':
+        return 'poly', cfg.train_cfg.max_iters
+    return 'cosine', cfg.train_cfg.max_iters, main.eta_min_ratio
+
+
+def _warmup(cfg: Config):
+    return next(s for s in cfg.param_scheduler if s.type == 'LinearLR')
+
+
+def _ms_crop(cfg: Config) -> tuple:
+    choice = next(t for t in cfg.train_dataloader.dataset.pipeline if t.type == 'RandomChoice')
+    resize, (small, crop, again) = choice.transforms
+    return ([tuple(s) for s in resize[0].scales], [tuple(s) for s in small.scales], crop.crop_type,
+            tuple(crop.crop_size), [tuple(s) for s in again.scales])
+
+
+def _poly(cfg: Config) -> tuple:
+    (poly,) = [s for s in cfg.param_scheduler if s.type == 'PolyLR']
+    return poly.power, poly.eta_min, poly.end
+
+
+# how each value of the tables is read from one of our configs
+VALUE_OF = {
+    'backbone_type': lambda cfg: cfg.model.backbone.type,
+    'model_name': lambda cfg: cfg.model.backbone.model_name,
+    'checkpoint': lambda cfg: cfg.model.backbone.init_cfg.checkpoint,
+    'drop_path_rate': lambda cfg: cfg.model.backbone.drop_path_rate,
+    'dilations': lambda cfg: cfg.model.backbone.get('dilations'),
+    'n_win': lambda cfg: cfg.model.backbone.get('n_win'),
+    'window_size': lambda cfg: cfg.model.backbone.get('window_size'),
+    'out_indices': lambda cfg: tuple(cfg.model.backbone.out_indices),
+    'norm_eval': lambda cfg: bool(cfg.model.backbone.get('norm_eval', False)),
+    'sync_bn': lambda cfg: cfg.get('sync_bn') == 'torch',
+    'neck_in': lambda cfg: list(cfg.model.neck.in_channels),
+    'retina_neck': lambda cfg: (cfg.model.neck.start_level, cfg.model.neck.add_extra_convs, cfg.model.neck.num_outs),
+    'decode_in': lambda cfg: list(cfg.model.decode_head.in_channels),
+    'aux_in': lambda cfg: cfg.model.auxiliary_head.in_channels,
+    'wrapper': lambda cfg: cfg.optim_wrapper.type,
+    'optimizer': lambda cfg: cfg.optim_wrapper.optimizer.type,
+    'lr': lambda cfg: cfg.optim_wrapper.optimizer.lr,
+    'weight_decay': lambda cfg: cfg.optim_wrapper.optimizer.weight_decay,
+    'paramwise': lambda cfg: 'paramwise_cfg' in cfg.optim_wrapper,
+    'no_decay': lambda cfg: sorted(k for k, v in (cfg.optim_wrapper.get('paramwise_cfg') or {}).get(
+        'custom_keys', {}).items() if v.get('decay_mult') == 0),
+    'clip_grad': lambda cfg: cfg.optim_wrapper.get('clip_grad'),
+    'loss_scale': lambda cfg: cfg.optim_wrapper.get('loss_scale', 'dynamic')
+    if cfg.optim_wrapper.type == 'AmpOptimWrapper' else None,
+    'warmup': lambda cfg: (_warmup(cfg).end, _warmup(cfg).start_factor),
+    'warmup_by_epoch': lambda cfg: _warmup(cfg).by_epoch,
+    'schedule': _schedule,
+    'poly': _poly,
+    'batch_size': lambda cfg: cfg.train_dataloader.batch_size,
+    'crop': lambda cfg: cfg.crop_size[0],
+    'ms_crop': _ms_crop,
 }
 
 
@@ -489,147 +626,19 @@ def _param_names(backbone_type: str, model_name: str) -> List[str]:
         return [n for n, _ in MODELS.build(dict(type=backbone_type, model_name=model_name)).named_parameters()]
 
 
-def _config_values(cfg: Config) -> Dict:
-    bb, ow = cfg.model.backbone, cfg.optim_wrapper
-    warmup = next(s for s in cfg.param_scheduler if s.type == 'LinearLR')
-    (main,) = [s for s in cfg.param_scheduler if s.type != 'LinearLR']
-    det = cfg.default_scope == 'mmdet'
-    if det:
-        schedule = ('step', cfg.train_cfg.max_epochs, list(main.milestones))
-    elif main.type == 'PolyLR':
-        schedule = ('poly', cfg.train_cfg.max_iters)
-    else:
-        schedule = ('cosine', cfg.train_cfg.max_iters, main.eta_min_ratio)
-    keys = (ow.get('paramwise_cfg') or {}).get('custom_keys', {})
-    values = dict(
-        checkpoint=bb.init_cfg.checkpoint, drop_path_rate=bb.drop_path_rate, dilations=bb.get('dilations'),
-        n_win=bb.get('n_win'), lr=ow.optimizer.lr, weight_decay=ow.optimizer.weight_decay,
-        no_decay=sorted(k for k, v in keys.items() if v.get('decay_mult') == 0),
-        loss_scale=ow.get('loss_scale', 'dynamic') if ow.type == 'AmpOptimWrapper' else None,
-        warmup=(warmup.end, warmup.start_factor), schedule=schedule, norm_eval=bool(bb.get('norm_eval', False)),
-        sync_bn=cfg.get('sync_bn') == 'torch', batch_size=cfg.train_dataloader.batch_size)
-    if not det:
-        values['crop'] = cfg.crop_size[0]
-    return values
+def test_every_value_has_a_reader():
+    assert {k for _, _, values in OFFICIAL.values() for k in values} <= set(VALUE_OF)
 
 
 @pytest.mark.parametrize('rel', sorted(OFFICIAL))
 def test_config_values_match_the_official_file(rel):
     repo, official_file, official = OFFICIAL[rel]
-    path = os.path.join(ROOT, rel)
-    cfg = Config.fromfile(path)
-    ours = _config_values(cfg)
-    # no_decay: the keys that match a parameter name of this backbone family
-    names = _param_names(cfg.model.backbone.type, _tiny_backbone(cfg.model.backbone)['model_name'])
-    official = dict(official, no_decay=[k for k in official['no_decay'] if any(k in n for n in names)])
-    ours['no_decay'] = [k for k in ours['no_decay'] if any(k in n for n in names)]
+    cfg = Config.fromfile(os.path.join(ROOT, rel))
+    ours = {k: VALUE_OF[k](cfg) for k in official}
+    if 'no_decay' in official:  # the keys that match a parameter name of this backbone family
+        names = _param_names(cfg.model.backbone.type, _tiny_backbone(cfg.model.backbone)['model_name'])
+        official = dict(official, no_decay=[k for k in official['no_decay'] if any(k in n for n in names)])
+        ours['no_decay'] = [k for k in ours['no_decay'] if any(k in n for n in names)]
     drift = {k: (ours[k], v) for k, v in official.items() if ours[k] != v}
     assert not drift, f'{rel} differs from {repo} {official_file} (ours, official): {drift}'
 
-
-# The official DaViT-T detection configs (dingmyu/davit mmdet/configs/davit_{maskrcnn,retinanet}_{1x,3x}_coco.py on
-# mmdet 2's schedule_1x.py): drop path, epochs and LR steps per file.
-DAVIT_TINY_OFFICIAL = {
-    'detection/davit/mask-rcnn_davit-tiny_fpn_ms-crop-1x_coco.py': (0.1, 12, [8, 11]),
-    'detection/davit/mask-rcnn_davit-tiny_fpn_ms-crop-3x_coco.py': (0.2, 36, [27, 33]),
-    'detection/davit/retinanet_davit-tiny_fpn_ms-crop-1x_coco.py': (0.1, 12, [8, 11]),
-    'detection/davit/retinanet_davit-tiny_fpn_ms-crop-3x_coco.py': (0.2, 36, [27, 33]),
-}
-DETR_SCALES = [(480, 1333), (512, 1333), (544, 1333), (576, 1333), (608, 1333), (640, 1333), (672, 1333), (704, 1333),
-               (736, 1333), (768, 1333), (800, 1333)]
-
-
-@pytest.mark.parametrize('rel', sorted(DAVIT_TINY_OFFICIAL))
-def test_davit_tiny_detection_configs_follow_the_official_files(rel):
-    cfg = Config.fromfile(os.path.join(ROOT, rel))
-    drop_path, epochs, steps = DAVIT_TINY_OFFICIAL[rel]
-    bb = cfg.model.backbone
-    assert (bb.model_name, bb.drop_path_rate, bb.get('window_size', 7)) == ('davit_tiny', drop_path, 7)
-    assert bb.init_cfg.checkpoint == 'timm/davit_tiny.msft_in1k'
-    opt = cfg.optim_wrapper
-    assert opt.type == 'OptimWrapper' and 'paramwise_cfg' not in opt and opt.get('clip_grad') is None
-    assert (opt.optimizer.type, opt.optimizer.lr, opt.optimizer.weight_decay) == ('AdamW', 1e-4, 0.05)
-    warmup, step = cfg.param_scheduler
-    assert (warmup.type, warmup.start_factor, warmup.end, warmup.by_epoch) == ('LinearLR', 0.001, 500, False)
-    assert step.milestones == steps and cfg.train_cfg.max_epochs == epochs
-    assert cfg.train_dataloader.batch_size == 2  # x 8 GPUs
-    choice = next(t for t in cfg.train_dataloader.dataset.pipeline if t.type == 'RandomChoice')
-    resize, (small, crop, again) = choice.transforms
-    assert [tuple(s) for s in resize[0].scales] == DETR_SCALES == [tuple(s) for s in again.scales]
-    assert [tuple(s) for s in small.scales] == [(400, 1333), (500, 1333), (600, 1333)]
-    assert (crop.crop_type, tuple(crop.crop_size)) == ('absolute_range', (384, 600))
-
-
-def test_davit_tiny_upernet_config_follows_the_official_file():
-    cfg = Config.fromfile(os.path.join(ROOT, 'segmentation/davit/davit-tiny_upernet_8xb2-160k_ade20k-512x512.py'))
-    bb = cfg.model.backbone
-    assert (bb.model_name, bb.drop_path_rate) == ('davit_tiny', 0.3)
-    assert list(cfg.model.decode_head.in_channels) == [96, 192, 384, 768]
-    assert cfg.model.auxiliary_head.in_channels == 384
-    opt = cfg.optim_wrapper
-    assert opt.type == 'OptimWrapper' and 'paramwise_cfg' not in opt
-    assert (opt.optimizer.type, opt.optimizer.lr, opt.optimizer.weight_decay) == ('AdamW', 6e-5, 0.01)
-    warmup, poly = cfg.param_scheduler
-    assert (warmup.start_factor, warmup.end) == (1e-6, 1500)
-    assert (poly.type, poly.power, poly.eta_min, poly.end) == ('PolyLR', 1.0, 0.0, 160000)
-    assert cfg.train_cfg.max_iters == 160000 and cfg.train_dataloader.batch_size == 2
-
-
-# The official L²ViT dense configs (ChuanyangZheng/L2ViT@fad0341 object_detection/configs/L2ViT/
-# {maskrcnn,retinanet}_{1x,3x}_l2vit_v0_{tiny,small,base}_coco.py on its mmdet 2 schedule_1x.py, and
-# semantic_segmentation/configs/novel/upernet_l2vit_{size}_512x512_160k_ade20k.py): drop path per file; every
-# detector AdamW lr 1e-4 wd 0.05, no clipping, fp32, the DETR-style multi-scale + crop pipeline; RetinaNet outputs 1-3.
-L2VIT_DROP_PATH = {
-    ('maskrcnn', '1x'): dict(tiny=0.1, small=0.1, base=0.2), ('maskrcnn', '3x'): dict(tiny=0.2, small=0.2, base=0.3),
-    ('retinanet', '1x'): dict(tiny=0.1, small=0.1, base=0.2), ('retinanet', '3x'): dict(tiny=0.2, small=0.2, base=0.3),
-}
-L2VIT_WIDTHS = dict(tiny=[96, 192, 384, 768], small=[96, 192, 384, 768], base=[128, 256, 512, 1024])
-L2VIT_RELEASE = 'https://github.com/ChuanyangZheng/L2ViT/releases/download/v1.0/L2ViT-{}-checkpoint-best-ema.pth'
-
-
-@pytest.mark.parametrize('size', ['tiny', 'small', 'base'])
-@pytest.mark.parametrize('det,sched', sorted(L2VIT_DROP_PATH))
-def test_l2vit_detection_configs_follow_the_official_files(det, sched, size):
-    name = 'mask-rcnn' if det == 'maskrcnn' else 'retinanet'
-    cfg = Config.fromfile(os.path.join(ROOT, f'detection/l2vit/{name}_l2vit-{size}_fpn_ms-crop-{sched}_coco.py'))
-    bb = cfg.model.backbone
-    assert (bb.type, bb.model_name, bb.drop_path_rate) == ('hiervit.L2ViT', f'l2vit_{size}',
-                                                           L2VIT_DROP_PATH[(det, sched)][size])
-    assert bb.init_cfg.checkpoint == L2VIT_RELEASE.format(size.capitalize())
-    widths = L2VIT_WIDTHS[size]
-    if det == 'retinanet':
-        assert tuple(bb.out_indices) == (1, 2, 3) and list(cfg.model.neck.in_channels) == widths[1:]
-        assert (cfg.model.neck.start_level, cfg.model.neck.add_extra_convs, cfg.model.neck.num_outs) == (
-            0, 'on_input', 5)
-    else:
-        assert list(cfg.model.neck.in_channels) == widths
-    opt = cfg.optim_wrapper
-    assert opt.type == 'OptimWrapper' and 'paramwise_cfg' not in opt and opt.get('clip_grad') is None
-    assert (opt.optimizer.type, opt.optimizer.lr, opt.optimizer.weight_decay) == ('AdamW', 1e-4, 0.05)
-    warmup, step = cfg.param_scheduler
-    assert (warmup.type, warmup.start_factor, warmup.end, warmup.by_epoch) == ('LinearLR', 0.001, 500, False)
-    epochs, steps = (36, [27, 33]) if sched == '3x' else (12, [8, 11])
-    assert step.milestones == steps and cfg.train_cfg.max_epochs == epochs
-    assert cfg.train_dataloader.batch_size == 2  # x 8 GPUs
-    choice = next(t for t in cfg.train_dataloader.dataset.pipeline if t.type == 'RandomChoice')
-    resize, (small, crop, again) = choice.transforms
-    assert [tuple(s) for s in resize[0].scales] == DETR_SCALES == [tuple(s) for s in again.scales]
-    assert [tuple(s) for s in small.scales] == [(400, 1333), (500, 1333), (600, 1333)]
-    assert (crop.crop_type, tuple(crop.crop_size)) == ('absolute_range', (384, 600))
-
-
-@pytest.mark.parametrize('size', ['tiny', 'small', 'base'])
-def test_l2vit_upernet_configs_follow_the_official_files(size):
-    cfg = Config.fromfile(os.path.join(ROOT, f'segmentation/l2vit/l2vit-{size}_upernet_8xb2-160k_ade20k-512x512.py'))
-    bb = cfg.model.backbone
-    assert (bb.model_name, bb.drop_path_rate) == (f'l2vit_{size}', 0.3)
-    assert bb.init_cfg.checkpoint == L2VIT_RELEASE.format(size.capitalize())
-    widths = L2VIT_WIDTHS[size]
-    assert list(cfg.model.decode_head.in_channels) == widths and cfg.model.auxiliary_head.in_channels == widths[2]
-    opt = cfg.optim_wrapper
-    assert opt.type == 'OptimWrapper' and 'paramwise_cfg' not in opt
-    assert (opt.optimizer.type, opt.optimizer.lr, opt.optimizer.weight_decay) == ('AdamW', 6e-5, 0.01)
-    warmup, poly = cfg.param_scheduler
-    assert (warmup.start_factor, warmup.end) == (1e-6, 1500)
-    assert (poly.type, poly.power, poly.eta_min, poly.end) == ('PolyLR', 1.0, 0.0, 160000)
-    assert cfg.train_cfg.max_iters == 160000 and cfg.train_dataloader.batch_size == 2

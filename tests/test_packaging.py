@@ -55,3 +55,14 @@ def test_wheel_installs_and_imports(tmp_path):
     for path in out[:3]:
         assert path.startswith(str(site)), path
     assert int(out[3]) == len(__import__('hiervit').list_hiervit_models())
+
+
+def test_make_test_installs_every_extra():
+    # `make test` runs every test, so it installs every extra (the bench extra's matplotlib draws the sweep's plot).
+    import re
+    import tomllib
+    extras = set(tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']['optional-dependencies'])
+    installed = re.search(r"pip install -q -e '\.\[([^\]]*)\]'", (ROOT / 'Makefile').read_text())
+    assert installed, 'the Makefile no longer installs hiervit with extras'
+    # `triton` is also a requirement of `test`, which the Makefile installs.
+    assert extras - set(installed.group(1).split(',')) <= {'triton'}, 'extras that `make test` does not install'

@@ -79,6 +79,8 @@ def test_biformer_variants_have_their_own_cache_files(offline):
     ('nat_mini', 'nat_mini_keys.json'),
     ('dinat_s_tiny', 'dinat_s_tiny_keys.json'),
     ('biformer_tiny', 'biformer_tiny_keys.json'),
+    ('cswin_tiny', 'cswin_tiny_keys.json'),
+    ('l2vit_tiny', 'l2vit_tiny_keys.json'),
 ])
 def test_checkpoint_path_loads_official_files(tmp_path, name, fixture):
     """`create_model(checkpoint_path=)` runs no filter in timm; the models convert official layouts on load (strictly:
@@ -98,6 +100,20 @@ def test_checkpoint_path_values_land_in_the_renamed_modules(tmp_path):
     torch.testing.assert_close(model.head.fc.weight, sd['head.weight'])
     torch.testing.assert_close(model.stem[1].bn.running_mean, sd['downsample_layers.0.4.running_mean'])
     torch.testing.assert_close(model.stages[3].blocks[1].mlp.fc2.weight, sd['stages.3.1.mlp.3.weight'])
+
+
+def test_checkpoint_path_official_classifier_of_another_size(tmp_path):
+    """Converted official classifiers are checked against the model's (load_state_dict would report a bare size
+    mismatch); as pretrained weights the same file starts a fresh classifier (timm drops it after the filter)."""
+    sd = _official('cswin_tiny_keys.json')
+    path = tmp_path / 'official.pth'
+    torch.save(sd, path)
+    with pytest.raises(ValueError, match=r'head\.fc has 1000 classes, the model 10.*num_classes=1000'):
+        timm.create_model('cswin_tiny', num_classes=10, checkpoint_path=str(path))
+    model = timm.create_model('cswin_tiny', num_classes=10, pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(path)))
+    assert model.head.fc.weight.shape == (10, 512)
+    torch.testing.assert_close(model.levels[3].blocks[0].mlp.fc2.weight, sd['stage4.0.mlp.fc2.weight'])
 
 
 def test_checkpoint_path_wrong_variant_names_keys(tmp_path):

@@ -102,6 +102,18 @@ DERIVED: Dict[str, Tuple[Callable[[str], Any], Tuple[str, ...]]] = {
     'eval_interpolation': (lambda n: _eval_data(n, 'interpolation'), ('interpolation',)),
 }
 
+# --- InLine (LeapLabTHU/InLine: main.py / main_ema.py on the Swin config system) ---------------------------------
+IL_SWIN_1K = ('inline_swin_tiny', 'inline_swin_small', 'inline_swin_base')
+IL_SWIN = IL_SWIN_1K + ('inline_swin_base_384',)
+IL_CSWIN_1K = ('inline_cswin_tiny', 'inline_cswin_small', 'inline_cswin_base')
+IL_CSWIN = IL_CSWIN_1K + ('inline_cswin_base_384',)
+IL_ALL = IL_SWIN + IL_CSWIN
+IL_CONFIG = 'LeapLabTHU/InLine config.py default'
+IL_CFG = 'LeapLabTHU/InLine cfgs/<recipe>.yaml'
+IL_SCALE = 'LeapLabTHU/InLine main.py / main_ema.py: BASE_LR, WARMUP_LR, MIN_LR x DATA.BATCH_SIZE x 8 GPUs / 512'
+IL_README = 'LeapLabTHU/InLine README.md training command (8 GPUs, --amp)'
+IL_EMA = 'LeapLabTHU/InLine main_ema.py: --model-ema on, decay 0.9996 ** (global batch / 4096)'
+
 # --- NAT / DiNAT / DiNAT_s (SHI-Labs/Neighborhood-Attention-Transformer, classification/) -------------------------
 NAT_REPO = 'SHI-Labs/Neighborhood-Attention-Transformer classification/'
 NAT_1K = ('nat_mini', 'nat_tiny', 'nat_small', 'nat_base', 'dinat_mini', 'dinat_tiny', 'dinat_small', 'dinat_base',
@@ -189,8 +201,12 @@ def _flatten_published():
         out += published_values(
             (name,), src, batch_size=batch, weight_decay=wd, warmup_epochs=warmup, drop_path=dp, img_size=size,
             lr_at_global_batch_1024=lr * 1024 / 512, eval_crop_pct=crop)
-        out += published_values((name,), src + ' over ' + FL_CONFIG + ' (lr_scheduler.py runs EPOCHS, not '
-                                'COOLDOWN_EPOCHS)', epochs_run=epochs)
+        if name in FL_EMA:
+            out += published_values((name,), src + ' EPOCHS + COOLDOWN_EPOCHS 10 (main_ema.py trains both)',
+                                    epochs_run=epochs + 10)
+        else:
+            out += published_values((name,), src + ' over ' + FL_CONFIG + ' (main.py: lr_scheduler.py runs EPOCHS, '
+                                    'COOLDOWN_EPOCHS unused)', epochs_run=epochs)
         out += published_values((name,), src + ' WARMUP_LR / MIN_LR' + FL_SCALE, warmup_lr=warm * scale,
                                 min_lr=low * scale)
         if clip is not None:
@@ -409,6 +425,70 @@ PUBLISHED = [
     Published(S2AFORMER, 'img_size', 224, S2A_PAPER),
     # FLatten
     *_flatten_published(),
+    # InLine (every value of the Swin config system: config.py defaults overridden by the variant's cfgs/*.yaml)
+    Published(IL_ALL, 'opt', 'adamw', IL_CONFIG),
+    Published(IL_ALL, 'adamw_eps', 1e-8, IL_CONFIG + ' TRAIN.OPTIMIZER.EPS'),
+    Published(IL_ALL, 'lr_schedule', 'CosineLRScheduler', IL_CONFIG + ' TRAIN.LR_SCHEDULER.NAME cosine'),
+    Published(IL_ALL, 'sched_on_updates', True, 'LeapLabTHU/InLine lr_scheduler.py: t_in_epochs=False'),
+    Published(IL_ALL, 'lr_base_size', 512, IL_SCALE),
+    Published(IL_ALL, 'lr_base_scale', 'linear', IL_SCALE),
+    Published(IL_ALL, 'aa', 'rand-m9-mstd0.5-inc1', IL_CONFIG),
+    Published(IL_ALL, 'color_jitter', 0.4, IL_CONFIG),
+    Published(IL_ALL, 'mixup', 0.8, IL_CONFIG),
+    Published(IL_ALL, 'cutmix', 1.0, IL_CONFIG),
+    Published(IL_ALL, 'smoothing', 0.1, IL_CONFIG + ' MODEL.LABEL_SMOOTHING'),
+    Published(IL_ALL, 'reprob', 0.25, IL_CONFIG),
+    Published(IL_ALL, 'remode', 'pixel', IL_CONFIG),
+    Published(IL_ALL, 'train_interpolation', 'bicubic', IL_CONFIG + ' DATA.INTERPOLATION'),
+    Published(IL_ALL, 'amp', True, IL_README),
+    Published(IL_SWIN, 'model_ema', False, 'LeapLabTHU/InLine main.py (no EMA)'),
+    Published(IL_SWIN, 'clip_grad', 5.0, IL_CONFIG),
+    Published(IL_SWIN_1K + IL_CSWIN_1K, 'img_size', 224, IL_CONFIG),
+    Published(IL_SWIN_1K, 'epochs_run', 300, IL_CONFIG + ' (no cooldown in main.py)'),
+    Published(IL_SWIN_1K + IL_CSWIN_1K, 'warmup_epochs', 20, IL_CONFIG),
+    Published(IL_SWIN_1K + IL_CSWIN_1K, 'lr_base', 5e-4, IL_CONFIG + ' / ' + IL_CFG),
+    Published(IL_SWIN_1K + ('inline_cswin_tiny', 'inline_cswin_small'), 'weight_decay', 0.05, IL_CFG),
+    Published(('inline_swin_tiny', 'inline_swin_small', 'inline_cswin_tiny', 'inline_cswin_small'), 'batch_size', 128,
+              IL_CFG + ' DATA.BATCH_SIZE'),
+    Published(('inline_swin_base', 'inline_cswin_base'), 'batch_size', 64, IL_CFG + ' DATA.BATCH_SIZE'),
+    Published(('inline_swin_tiny', 'inline_swin_small'), 'warmup_lr', 1e-6, IL_SCALE + ': 5e-7 x 1024 / 512'),
+    Published(('inline_swin_tiny', 'inline_swin_small'), 'min_lr', 1e-5, IL_SCALE + ': 5e-6 x 1024 / 512'),
+    Published(('inline_swin_base',), 'warmup_lr', 5e-7, IL_SCALE + ': 5e-7 x 512 / 512'),
+    Published(('inline_swin_base',), 'min_lr', 5e-6, IL_SCALE + ': 5e-6 x 512 / 512'),
+    Published(('inline_swin_tiny',), 'drop_path', 0.2, IL_CFG),
+    Published(('inline_swin_small',), 'drop_path', 0.3, IL_CFG),
+    Published(('inline_swin_base', 'inline_swin_base_384'), 'drop_path', 0.5, IL_CFG),
+    Published(('inline_swin_base_384',), 'img_size', 384, IL_CFG),
+    Published(('inline_swin_base_384',), 'eval_crop_pct', 1.0, IL_CFG + ' TEST.CROP False'),
+    Published(('inline_swin_base_384',), 'batch_size', 32, IL_CFG),
+    Published(('inline_swin_base_384',), 'epochs_run', 30, IL_CFG),
+    Published(('inline_swin_base_384',), 'warmup_epochs', 5, IL_CFG),
+    Published(('inline_swin_base_384',), 'weight_decay', 1e-8, IL_CFG),
+    Published(('inline_swin_base_384',), 'lr_base', 2e-5, IL_CFG),
+    Published(('inline_swin_base_384',), 'warmup_lr', 1e-8, IL_SCALE + ': 2e-8 x 256 / 512'),
+    Published(('inline_swin_base_384',), 'min_lr', 1e-7, IL_SCALE + ': 2e-7 x 256 / 512'),
+    Published(IL_CSWIN, 'model_ema', True, IL_EMA),
+    Published(IL_CSWIN_1K, 'epochs_run', 310, IL_CFG + ' EPOCHS 300 + COOLDOWN_EPOCHS 10 (main_ema.py)'),
+    Published(('inline_cswin_tiny', 'inline_cswin_small'), 'model_ema_decay', 0.9999, IL_EMA + ': 1024 -> 0.99990'),
+    Published(('inline_cswin_base',), 'model_ema_decay', 0.99995, IL_EMA + ': 512 -> 0.99995'),
+    Published(('inline_cswin_base_384',), 'model_ema_decay', 0.999975, IL_EMA + ': 256 -> 0.999975'),
+    Published(('inline_cswin_tiny', 'inline_cswin_small'), 'warmup_lr', 2e-6, IL_SCALE + ': 1e-6 x 1024 / 512'),
+    Published(('inline_cswin_tiny', 'inline_cswin_small'), 'min_lr', 2e-5, IL_SCALE + ': 1e-5 x 1024 / 512'),
+    Published(('inline_cswin_base',), 'warmup_lr', 1e-6, IL_SCALE + ': 1e-6 x 512 / 512'),
+    Published(('inline_cswin_base',), 'min_lr', 1e-5, IL_SCALE + ': 1e-5 x 512 / 512'),
+    Published(('inline_cswin_base',), 'weight_decay', 0.1, IL_CFG),
+    Published(('inline_cswin_tiny',), 'drop_path', 0.2, IL_CFG),
+    Published(('inline_cswin_small',), 'drop_path', 0.4, IL_CFG),
+    Published(('inline_cswin_base',), 'drop_path', 0.5, IL_CFG),
+    Published(('inline_cswin_base_384',), 'drop_path', 0.7, IL_CFG),
+    Published(('inline_cswin_base_384',), 'img_size', 384, IL_CFG),
+    Published(('inline_cswin_base_384',), 'batch_size', 32, IL_CFG),
+    Published(('inline_cswin_base_384',), 'epochs_run', 30, IL_CFG + ' EPOCHS 20 + COOLDOWN_EPOCHS 10'),
+    Published(('inline_cswin_base_384',), 'warmup_epochs', 0, IL_CFG),
+    Published(('inline_cswin_base_384',), 'weight_decay', 1e-8, IL_CFG),
+    Published(('inline_cswin_base_384',), 'lr_base', 5e-6, IL_CFG),
+    Published(('inline_cswin_base_384',), 'warmup_lr', 2.5e-6, IL_SCALE + ': 5e-6 x 256 / 512'),
+    Published(('inline_cswin_base_384',), 'min_lr', 2.5e-7, IL_SCALE + ': 5e-7 x 256 / 512'),
 ]
 
 ASSUMED = [
@@ -420,7 +500,8 @@ ASSUMED = [
                                      'drop_path', 'aa', 'color_jitter', 'mixup', 'cutmix', 'mixup_prob',
                                      'mixup_switch_prob', 'smoothing', 'reprob', 'remode', 'recount', 'model_ema',
                                      'amp'),
-            'the repository has no config for FLatten-PVTv2-B5 (models/flatten_pvt_v2.py defines it): B4\'s is assumed'),
+            'the repository has no config for FLatten-PVTv2-B5 (models/flatten_pvt_v2.py defines it): B4\'s is '
+            'assumed'),
     Assumed(NAT_1K, ('lr_base_size', 'lr_base_scale'),
             'the configs give lr 1e-3 at 128 images per GPU; the global batch 1024 (8 GPUs) it is scaled from is '
             'not stated in the repository, and linear scaling to other batches is hiervit\'s'),

@@ -515,6 +515,28 @@ def test_validate_log_interval(trained_run, image_folder, caplog):
     assert [ln.split(']')[0] for ln in lines] == ['Test: [   0/5', 'Test: [   2/5', 'Test: [   4/5']  # 9 images
 
 
+def test_validate_reads_the_checkpoint_once(trained_run, image_folder, monkeypatch):
+    path = os.path.join(trained_run['output_dir'], 'last.pth.tar')
+    reads, load = [], torch.load
+    monkeypatch.setattr(torch, 'load', lambda f, *a, **k: reads.append(f) or load(f, *a, **k))
+    validate(['--checkpoint', path, '--use-ema', '--data-dir', str(image_folder), '--workers', '0'])
+    assert reads.count(path) == 1, reads
+
+
+def test_official_layouts_load_through_the_model(tmp_path):
+    """hiervit-train leaves official key layouts to the model's own conversion (its load pre-hook), with the same
+    errors: a classifier of another size names the flags that fix it."""
+    from hiervit.train.train import _load_weights_into
+    keys = json.loads((pathlib.Path(__file__).parent / 'fixtures' / 'nat_mini_keys.json').read_text())
+    official = {k: torch.empty(s, device='meta') for k, s in keys.items()}
+    with torch.device('meta'):
+        model, other = timm.create_model('nat_mini'), timm.create_model('nat_mini', num_classes=10)
+    _load_weights_into(model, official, '--initial-checkpoint', 'nat_mini.pth')
+    with pytest.raises(ValueError, match=r'--initial-checkpoint nat_mini.pth does not fit --model nat_mini '
+                                         r'\(--num-classes .*--pretrained-path.*has 1000 classes, the model 10'):
+        _load_weights_into(other, official, '--initial-checkpoint', 'nat_mini.pth')
+
+
 def test_weight_decay_of_the_model_exempt_list(tmp_path):
     from hiervit.train.train import _create_optimizer
     model = timm.create_model('nat_mini', embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), kernel_size=3)

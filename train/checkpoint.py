@@ -5,11 +5,13 @@ so a reader (or a resumed run) sees the old file or the new one, never half of o
 and plain tuples and args as a dict, so our own checkpoints load with `torch.load(weights_only=True)`
 (`load_resume_state`).
 
-Model weights from other trainers go through timm's `load_state_dict` (`load_weights`): `.safetensors`, EMA keys
-(`state_dict_ema` / `model_ema`), `state_dict` / `model` wrappers and `module.` / `_orig_mod.` prefixes. Checkpoints
-of timm's `CheckpointSaver`, DeiT/BiFormer `main.py` and NAT's `train.py` store `args` as an `argparse.Namespace`,
-which is allowed in the safe (weights-only) unpickler; a file needing any other class is unpickled in full, with a
-warning, as timm's train.py does for local checkpoints.
+Model weights from other trainers are picked out of a checkpoint as timm's `load_state_dict` picks them
+(`weights_of`, `load_weights`): `.safetensors`, EMA keys (`state_dict_ema` / `model_ema`), `state_dict` / `model`
+wrappers and `module.` / `_orig_mod.` prefixes, from a checkpoint read once (`read_checkpoint`). Checkpoints of timm's
+`CheckpointSaver`, DeiT/BiFormer `main.py` and NAT's `train.py` store `args` as an `argparse.Namespace`, which is
+allowed in the safe (weights-only) unpickler; a file needing any other class is unpickled in full, with a warning, as
+timm's train.py does for local checkpoints. Official key layouts are converted by the model itself on
+`load_state_dict` (its family's `checkpoint_filter_fn`, `hiervit.backbones._pretrained.convert_official_on_load`).
 """
 import argparse
 import contextlib
@@ -20,16 +22,15 @@ import pickle
 import random
 import re
 import shutil
-import sys
 import tempfile
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from timm.models import load_state_dict
+from timm.models import clean_state_dict
 
-__all__ = ['atomic_save', 'load_resume_state', 'read_checkpoint', 'load_weights', 'rng_state', 'set_rng_state',
-           'CheckpointManager', 'trim_summary', 'has_ema', 'adapt_to_model', 'RESUME_KEYS']
+__all__ = ['atomic_save', 'load_resume_state', 'read_checkpoint', 'weights_of', 'load_weights', 'rng_state',
+           'set_rng_state', 'CheckpointManager', 'trim_summary', 'has_ema', 'RESUME_KEYS']
 
 _logger = logging.getLogger('hiervit.train')
 
@@ -119,12 +120,20 @@ def has_ema(checkpoint: Any) -> bool:
     return isinstance(checkpoint, dict) and any(checkpoint.get(k) is not None for k in ('state_dict_ema', 'model_ema'))
 
 
+def weights_of(checkpoint: Any, use_ema: bool, path: str, flag: str) -> Dict[str, torch.Tensor]:
+    """The model weights in a `read_checkpoint` result, chosen as timm's `load_state_dict` chooses them (EMA weights
+    first with `use_ema`, then `state_dict`, then `model`, else the whole dict), wrapper prefixes removed."""
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f'{flag} {path} holds a {type(checkpoint).__name__}, not a state dict or a checkpoint dict')
+    for key in (('state_dict_ema', 'model_ema') if use_ema else ()) + ('state_dict', 'model'):
+        if checkpoint.get(key) is not None:
+            return clean_state_dict(checkpoint[key])
+    return clean_state_dict(checkpoint)
+
+
 def load_weights(path: str, flag: str, use_ema: bool = False) -> Dict[str, torch.Tensor]:
-    """Model weights of any timm-style checkpoint through timm's `load_state_dict` (EMA weights with `use_ema`)."""
-    _check_exists(path, flag)
-    return _with_fallback(
-        lambda weights_only: load_state_dict(path, use_ema=use_ema, device='cpu', weights_only=weights_only),
-        path, flag)
+    """Model weights of any timm-style checkpoint file (EMA weights with `use_ema`)."""
+    return weights_of(read_checkpoint(path, flag), use_ema, path, flag)
 
 
 def rng_state() -> Dict[str, Any]:
@@ -149,20 +158,6 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     torch.set_rng_state(state['torch'])
     if 'cuda' in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state['cuda'])
-
-
-def adapt_to_model(state: Dict[str, torch.Tensor], model: torch.nn.Module) -> Tuple[Dict[str, torch.Tensor], str]:
-    """`state` as is when its keys are the model's, else through the family's `checkpoint_filter_fn` (the official
-    NAT/DiNAT/BiFormer layouts), as timm's `load_checkpoint(filter_fn=...)`; returns it and why conversion failed."""
-    if not set(state) - set(model.state_dict()):
-        return state, ''
-    filter_fn = getattr(sys.modules.get(type(model).__module__), 'checkpoint_filter_fn', None)
-    if filter_fn is None:
-        return state, ''
-    try:
-        return filter_fn(state, model), ''
-    except ValueError as e:  # not an official layout either: the caller reports the key mismatch
-        return state, f'; read as an official checkpoint: {e}'
 
 
 def trim_summary(path: str, start_epoch: int) -> None:

@@ -34,8 +34,8 @@ from timm.utils import (
 import hiervit
 from .args import build_train_parser, parse_with_config
 from .checkpoint import (
-    RESUME_KEYS, CheckpointManager, adapt_to_model, load_resume_state, load_weights, rng_state, set_rng_state,
-    trim_summary)
+    RESUME_KEYS, CheckpointManager, load_resume_state, load_weights, read_checkpoint, rng_state, set_rng_state,
+    trim_summary, weights_of)
 from .data import create_eval_loader, create_source, create_train_loader, source_num_classes
 
 try:
@@ -126,18 +126,20 @@ def _check_classes(model: nn.Module, state: Dict[str, torch.Tensor], flag: str, 
 
 
 def _load_weights_into(model: nn.Module, state: Dict[str, torch.Tensor], flag: str, path: str) -> None:
-    """Load weights whose classifier may be missing (e.g. a dropped 21k head: the fresh classifier stays)."""
-    state, note = adapt_to_model(state, model)
+    """Load weights whose classifier may be missing (e.g. a dropped 21k head: the fresh classifier stays). Official
+    key layouts are converted by the model's load pre-hook (its family's `checkpoint_filter_fn`)."""
     _check_classes(model, state, flag, path)
     classifier, head_keys = _classifier_keys(model)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except ValueError as e:  # the model's load pre-hook read it as an official layout and refused it
-        raise ValueError(f'{flag} {path} does not fit --model {model.default_cfg.get("architecture")}: {e}') from e
+        raise ValueError(f'{flag} {path} does not fit --model {model.default_cfg.get("architecture")} '
+                         f'(--num-classes sets num_classes, --pretrained --pretrained-path loads pretrained '
+                         f'weights): {e}') from e
     if unexpected or set(missing) - head_keys:
         raise ValueError(f'{flag} {path} does not fit --model {model.default_cfg.get("architecture")}: '
                          f'missing keys {sorted(set(missing) - head_keys)[:8]}, '
-                         f'unexpected keys {sorted(unexpected)[:8]}{note}')
+                         f'unexpected keys {sorted(unexpected)[:8]}')
     if missing:
         _logger.info(f'{flag} {path} has no {classifier}: the classifier keeps its initialisation')
 
@@ -343,11 +345,13 @@ def _train(args, args_text: str) -> Dict[str, Any]:
 
     start_epoch, start_batch, num_updates = 0, 0, 0
     epoch_sums = None
+    foreign = None  # another trainer's --resume checkpoint, read once for its weights and its EMA weights
     if resume is not None:
         _check_classes(model, resume['state_dict'], '--resume', args.resume)
         model.load_state_dict(resume['state_dict'])
     elif args.resume:
-        _load_weights_into(model, load_weights(args.resume, '--resume'), '--resume', args.resume)
+        foreign = read_checkpoint(args.resume, '--resume')
+        _load_weights_into(model, weights_of(foreign, False, args.resume, '--resume'), '--resume', args.resume)
     if continuing:
         optimizer.load_state_dict(resume['optimizer'])
         if scaler is not None and 'scaler' in resume:
@@ -372,9 +376,10 @@ def _train(args, args_text: str) -> Dict[str, Any]:
                 # mid-epoch each rank's EMA has tracked its own BatchNorm statistics
                 for name, buf in model_ema.module.named_buffers():
                     buf.copy_(resume['ema_buffers'][rank][name])
-        elif args.resume:  # another trainer's checkpoint: its EMA weights when it has them (timm's fallback)
-            _load_weights_into(model_ema.module, load_weights(args.resume, '--resume', use_ema=True), '--resume',
+        elif foreign is not None:  # another trainer's checkpoint: its EMA weights when it has them (timm's fallback)
+            _load_weights_into(model_ema.module, weights_of(foreign, True, args.resume, '--resume'), '--resume',
                                args.resume)
+    del foreign
 
     train_model = model
     if distributed:

@@ -20,7 +20,7 @@ from timm.models import get_pretrained_cfg_value
 from timm.utils import setup_default_logging
 
 from .args import build_validate_parser, parse_with_config
-from .checkpoint import adapt_to_model, has_ema, load_weights, read_checkpoint
+from .checkpoint import has_ema, read_checkpoint, weights_of
 from .data import create_eval_loader, create_source
 from .train import check_num_classes, cpu_threads, create_model_from_args, evaluate
 
@@ -69,8 +69,8 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Dict
         if args.use_ema and not has_ema(checkpoint):
             raise ValueError(f'--use-ema: --checkpoint {args.checkpoint} holds no EMA weights (state_dict_ema or '
                              f'model_ema); drop --use-ema')
+        state = weights_of(checkpoint, args.use_ema, args.checkpoint, '--checkpoint')
         del checkpoint
-        state = load_weights(args.checkpoint, '--checkpoint', use_ema=args.use_ema)
 
     num_classes = args.num_classes
     if state is not None and args.model:
@@ -83,14 +83,13 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Dict
             num_classes = head.shape[0]
     model = create_model_from_args(args, num_classes, pretrained=args.pretrained and state is None)
     if state is not None:
-        state, note = adapt_to_model(state, model)
-        try:
+        try:  # official key layouts: the model's load pre-hook converts them (its family's checkpoint_filter_fn)
             missing, unexpected = model.load_state_dict(state, strict=False)
-        except ValueError as e:  # the model's load pre-hook read it as an official layout and refused it
+        except ValueError as e:  # the pre-hook read it as an official layout and refused it
             raise ValueError(f'--checkpoint {args.checkpoint} does not fit --model {args.model}: {e}') from e
         if missing or unexpected:
             raise ValueError(f'--checkpoint {args.checkpoint} does not fit --model {args.model}: missing keys '
-                             f'{sorted(missing)[:8]}, unexpected keys {sorted(unexpected)[:8]}{note}')
+                             f'{sorted(missing)[:8]}, unexpected keys {sorted(unexpected)[:8]}')
     source = create_source(args.dataset, args.data_dir, args.val_split, False, args.class_map, args.dataset_download,
                            args.input_img_mode)
     check_num_classes(source, model.num_classes, '--num-classes or --checkpoint', args.val_split)

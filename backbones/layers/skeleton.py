@@ -32,10 +32,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import ClassifierHead, DropPath, Mlp, register_notrace_function, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq
+from timm.models import checkpoint_seq
 from timm.models.swin_transformer import PatchMerging
 
 from hiervit.backbones._compat import feature_take_indices
+from hiervit.backbones._pretrained import build_with_official_layouts
 
 __all__ = [
     'MixerFactory', 'MixerBlock', 'LayoutLevel', 'HierarchicalTransformer', 'SwinLayout', 'CSWinLayout',
@@ -120,7 +121,9 @@ class ConvMerge(nn.Module):
 
 class MixerBlock(nn.Module):
     """Pre-norm transformer block around a token mixer: mixer then MLP, each with optional layer scale
-    (`gamma1`/`gamma2`) and drop path."""
+    (`gamma1`/`gamma2`) and drop path. A mixer with `takes_block_input = True` also gets the block input before
+    `norm1` (InLine-CSwin pools it)."""
+    mixer_takes_input: torch.jit.Final[bool]
 
     def __init__(
             self,
@@ -136,6 +139,7 @@ class MixerBlock(nn.Module):
         super().__init__()
         self.norm1 = norm_layer(dim)
         self.attn = mixer
+        self.mixer_takes_input = bool(getattr(mixer, 'takes_block_input', False))
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
@@ -147,7 +151,7 @@ class MixerBlock(nn.Module):
             self.gamma1 = self.gamma2 = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.attn(self.norm1(x))
+        y = self.attn(self.norm1(x), x) if self.mixer_takes_input else self.attn(self.norm1(x))
         x = x + self.drop_path(y if self.gamma1 is None else self.gamma1 * y)
         y = self.mlp(self.norm2(x))
         x = x + self.drop_path(y if self.gamma2 is None else self.gamma2 * y)
@@ -441,9 +445,4 @@ def build_layout_model(
     if kwargs.get('features_only', False) and feature_cfg['feature_cls'] == 'getter':
         kwargs.setdefault('output_norms', True)
         feature_cfg['norm'] = True
-    return build_model_with_cfg(
-        model_cls, variant, pretrained,
-        pretrained_filter_fn=filter_fn,
-        feature_cfg=feature_cfg,
-        **kwargs,
-    )
+    return build_with_official_layouts(model_cls, variant, pretrained, filter_fn, feature_cfg=feature_cfg, **kwargs)

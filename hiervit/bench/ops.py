@@ -403,6 +403,8 @@ def linear_sweep(device: str, dtype: str, batch: int, heads: int, head_dim: int,
     from hiervit.kernels.linear import linear_attention
 
     from ._timing import best_time
+    if not _importable('matplotlib'):  # checked before the measurements, not after them
+        raise ImportError('linear --sweep plots with matplotlib: pip install "hiervit[bench]"')
     dev, dt = torch.device(device), _dtype(dtype)
     rows = []
     for side in sides:

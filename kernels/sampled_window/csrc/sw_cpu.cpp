@@ -1,0 +1,442 @@
+// Sampled-window attention (VSA) on the CPU, forward and backward (semantics in the package docstring).
+//
+// The sampled keys and values are never materialised for the whole map: each task bilinearly samples the wh * ww
+// keys and values of one (window, head) into a small per-thread buffer, in pixel coordinates
+//   x = J ww + i + (i - (ww - 1) / 2) * scale_x + offset_x * (W - 1) / (2 (W / ww))        (y likewise)
+// with grid_sample's zero padding (a tap outside the map contributes nothing), then runs the window's dense
+// attention from that buffer. Every inner loop is an axpy over a contiguous axis (channels, or samples of a
+// transposed buffer), which the compiler vectorises without reassociating sums.
+//
+// Forward: one task per (batch, window, head); exact softmax over the window's samples, logsumexp saved.
+// Backward, deterministic without atomics: one task per (batch, head) owns that head's slices of dK and dV and walks
+// the windows in a fixed order. Per window it recomputes the samples and the probabilities (from the logits, so the
+// saved fp32 logsumexp is not needed and fp64 stays exact), dS = P (dP - rowsum(dP o P)), writes dQ, accumulates the
+// sampled-key/value gradients, scatters them through the bilinear weights into dK and dV, and turns them into the
+// gradients of the sample positions, hence of the window's offsets and scales. Each task sums its bias gradient into
+// its own table; the tables are summed over the batch in a fixed order at the end.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace {
+
+using i64 = int64_t;
+
+struct Geometry {
+  i64 B, H, W, heads, d, wh, ww, nh, nw, N, table;
+};
+
+Geometry geometry(const at::Tensor& q, at::IntArrayRef window) {
+  TORCH_CHECK(q.dim() == 5, "hiervit_sw_cpu: q must be [B, H, W, heads, d]");
+  TORCH_CHECK(window.size() == 2, "hiervit_sw_cpu: window must be [wh, ww]");
+  Geometry g;
+  g.B = q.size(0); g.H = q.size(1); g.W = q.size(2); g.heads = q.size(3); g.d = q.size(4);
+  g.wh = window[0]; g.ww = window[1];
+  TORCH_CHECK(g.wh >= 1 && g.ww >= 1 && g.H % g.wh == 0 && g.W % g.ww == 0 && g.H >= 2 && g.W >= 2,
+              "hiervit_sw_cpu: the map must be a multiple of the window, at least 2 x 2");
+  g.nh = g.H / g.wh; g.nw = g.W / g.ww; g.N = g.wh * g.ww;
+  g.table = (2 * g.wh - 1) * (2 * g.ww - 1);
+  return g;
+}
+
+void check(const at::Tensor& t, const char* name, const at::Tensor& like) {
+  TORCH_CHECK(t.device().is_cpu(), "hiervit_sw_cpu: ", name, " must be a CPU tensor");
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), "hiervit_sw_cpu: ", name, " must have the dtype of q");
+  TORCH_CHECK(t.sizes() == like.sizes(), "hiervit_sw_cpu: ", name, " must have the shape of q");
+  TORCH_CHECK(t.stride(4) == 1, "hiervit_sw_cpu: ", name, " needs a contiguous channel axis");
+}
+
+// A [B, H, W, heads, d] map with its strides (the channel stride is 1).
+template <class T>
+struct Map {
+  T* p;
+  i64 sb, sy, sx, sh;
+  Map(const at::Tensor& t)
+      : p(t.data_ptr<T>()), sb(t.stride(0)), sy(t.stride(1)), sx(t.stride(2)), sh(t.stride(3)) {}
+  T* at(i64 b, i64 y, i64 x, i64 h) const { return p + b * sb + y * sy + x * sx + h * sh; }
+};
+
+// One bilinear sample: the top-left tap and the fractional parts.
+template <class T>
+struct Sample {
+  i64 x0, y0;
+  T fx, fy;
+};
+
+// The samples of window (I, J), head h of batch b, and the pixel-position derivatives of its grid parameters.
+template <class T>
+void window_samples(const Geometry& g, const T* offsets, const T* scales, i64 b, i64 h, i64 I, i64 J,
+                    Sample<T>* out) {
+  const i64 base = (((b * g.heads + h) * g.nh + I) * g.nw + J) * 2;
+  const T sx = scales[base], sy = scales[base + 1];
+  const T ox = offsets[base] * T(g.W - 1) / T(2 * g.nw), oy = offsets[base + 1] * T(g.H - 1) / T(2 * g.nh);
+  for (i64 j = 0; j < g.wh; ++j) {
+    for (i64 i = 0; i < g.ww; ++i) {
+      T x = T(J * g.ww + i) + (T(i) - T(g.ww - 1) / 2) * sx + ox;
+      T y = T(I * g.wh + j) + (T(j) - T(g.wh - 1) / 2) * sy + oy;
+      // Beyond one pixel outside the map every tap is outside: clamping there changes nothing and keeps the integer
+      // conversion in range for any finite position.
+      x = std::min(std::max(x, T(-2)), T(g.W + 1));
+      y = std::min(std::max(y, T(-2)), T(g.H + 1));
+      const T xf = std::floor(x), yf = std::floor(y);
+      out[j * g.ww + i] = Sample<T>{i64(xf), i64(yf), x - xf, y - yf};
+    }
+  }
+}
+
+// dst[c] = bilinear sample of map at s (zeros outside), for one (batch, head).
+template <class T>
+inline void gather(const Map<T>& m, const Geometry& g, i64 b, i64 h, const Sample<T>& s, T* dst) {
+  for (i64 c = 0; c < g.d; ++c) dst[c] = T(0);
+  for (int dy = 0; dy < 2; ++dy) {
+    const i64 y = s.y0 + dy;
+    if (y < 0 || y >= g.H) continue;
+    const T wy = dy ? s.fy : T(1) - s.fy;
+    for (int dx = 0; dx < 2; ++dx) {
+      const i64 x = s.x0 + dx;
+      if (x < 0 || x >= g.W) continue;
+      const T w = wy * (dx ? s.fx : T(1) - s.fx);
+      const T* src = m.at(b, y, x, h);
+      for (i64 c = 0; c < g.d; ++c) dst[c] += w * src[c];
+    }
+  }
+}
+
+inline i64 bias_index(const Geometry& g, i64 n, i64 m) {
+  return (n / g.ww - m / g.ww + g.wh - 1) * (2 * g.ww - 1) + (n % g.ww - m % g.ww + g.ww - 1);
+}
+
+// exp(x) for x <= 0 (logits minus their row maximum) in a form the compiler vectorises: 2^t = 2^floor(t) * 2^f,
+// 2^f on [0, 1) by a degree-7 Taylor polynomial of e^(f ln 2) (relative error below 2e-7, the float rounding level).
+// Doubles (gradcheck) use std::exp.
+inline float exp_nonpositive(float x) {
+  const float t = std::max(x, -126.0f) * 1.44269504088896341f;
+  const float fi = std::floor(t);
+  const float f = (t - fi) * 0.693147180559945309f;
+  float p = 1.0f / 5040.0f;
+  p = p * f + 1.0f / 720.0f;
+  p = p * f + 1.0f / 120.0f;
+  p = p * f + 1.0f / 24.0f;
+  p = p * f + 1.0f / 6.0f;
+  p = p * f + 0.5f;
+  p = p * f + 1.0f;
+  p = p * f + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(fi) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+inline double exp_nonpositive(double x) { return std::exp(x); }
+
+constexpr i64 kRows = 4, kCols = 16;  // register tile of the window products
+
+inline i64 round_up(i64 x, i64 m) { return (x + m - 1) / m * m; }
+
+// 256-bit vectors through the compiler's vector extension (AVX2 registers with -march=native, plain code elsewhere).
+typedef float VecF8 __attribute__((vector_size(32)));
+typedef double VecD4 __attribute__((vector_size(32)));
+template <class T> struct Vec;
+template <> struct Vec<float> { using V = VecF8; static constexpr i64 L = 8; };
+template <> struct Vec<double> { using V = VecD4; static constexpr i64 L = 4; };
+
+// C[M, Nc] = alpha * A B for small row-major buffers, a 4 x 16 register tile at a time: A[i, k] = A[i * a_rs +
+// k * a_cs] (so A may be a transposed view), B rows contiguous. M must be a multiple of 4 and Nc of 16; the buffers
+// carry zero padding up to those sizes.
+template <class T>
+void small_mm(i64 M, i64 Nc, i64 K, T alpha, const T* A, i64 a_rs, i64 a_cs, const T* B, i64 ldb, T* C,
+              i64 ldc) {
+  using V = typename Vec<T>::V;
+  constexpr i64 L = Vec<T>::L, NV = kCols / L;
+  for (i64 i0 = 0; i0 < M; i0 += kRows) {
+    for (i64 j0 = 0; j0 < Nc; j0 += kCols) {
+      V acc[kRows][NV];
+      for (i64 r = 0; r < kRows; ++r) {
+        for (i64 v = 0; v < NV; ++v) acc[r][v] = V{};
+      }
+      for (i64 k = 0; k < K; ++k) {
+        V bv[NV];
+        for (i64 v = 0; v < NV; ++v) std::memcpy(&bv[v], B + k * ldb + j0 + v * L, sizeof(V));
+        for (i64 r = 0; r < kRows; ++r) {
+          const V a = V{} + A[(i0 + r) * a_rs + k * a_cs];
+          for (i64 v = 0; v < NV; ++v) acc[r][v] += a * bv[v];
+        }
+      }
+      for (i64 r = 0; r < kRows; ++r) {
+        for (i64 v = 0; v < NV; ++v) {
+          const V out = acc[r][v] * alpha;
+          std::memcpy(C + (i0 + r) * ldc + j0 + v * L, &out, sizeof(V));
+        }
+      }
+    }
+  }
+}
+
+// Per-thread buffers of one window, zero-padded: [Np, dp] rows of queries, sampled keys and values (and their
+// gradients), their [dp, Np] transposes, [Np, Np] probabilities and score gradients (Np, dp: N and d rounded up to
+// 16; padding rows and columns stay zero, so they add nothing to any product).
+template <class T>
+struct Buffers {
+  i64 Mr, Np, dp;
+  std::vector<Sample<T>> samples;
+  std::vector<T> qs, ks, kt, vs, vt, o, p, dp_, dks, dvs;
+  explicit Buffers(const Geometry& g, bool backward)
+      : Mr(round_up(g.N, kRows)), Np(round_up(g.N, kCols)), dp(round_up(g.d, kCols)), samples(g.N),
+        qs(Np * dp), ks(Np * dp), kt(dp * Np), vs(Np * dp), vt(backward ? dp * Np : 0), o(Np * dp), p(Np * Np),
+        dp_(backward ? Np * Np : 0), dks(backward ? Np * dp : 0), dvs(backward ? Np * dp : 0) {}
+};
+
+// Copies the window's rows of a map into (to = true) or out of (to = false) a [Np, dp] buffer.
+template <class T>
+inline void window_rows(const Geometry& g, const Map<T>& m, i64 b, i64 h, i64 I, i64 J, T* buf, i64 ld, bool to) {
+  for (i64 n = 0; n < g.N; ++n) {
+    T* row = m.at(b, I * g.wh + n / g.ww, J * g.ww + n % g.ww, h);
+    if (to) std::copy(row, row + g.d, buf + n * ld);
+    else std::copy(buf + n * ld, buf + n * ld + g.d, row);
+  }
+}
+
+// Samples K and V of window (I, J), gathers its queries, and leaves the softmax probabilities in buf.p (the log-sum-
+// exp of each query in lse, if given).
+template <class T>
+void attend(const Geometry& g, const Map<T>& Q, const Map<T>& K, const Map<T>& V, const T* offsets, const T* scales,
+            const T* rpb, T scale, i64 b, i64 h, i64 I, i64 J, Buffers<T>& buf, T* lse) {
+  const i64 Np = buf.Np, dp = buf.dp;
+  window_samples(g, offsets, scales, b, h, I, J, buf.samples.data());
+  for (i64 m = 0; m < g.N; ++m) {
+    gather(K, g, b, h, buf.samples[m], buf.ks.data() + m * dp);
+    gather(V, g, b, h, buf.samples[m], buf.vs.data() + m * dp);
+  }
+  for (i64 m = 0; m < g.N; ++m) {
+    for (i64 c = 0; c < g.d; ++c) {
+      buf.kt[c * Np + m] = buf.ks[m * dp + c];
+      if (!buf.vt.empty()) buf.vt[c * Np + m] = buf.vs[m * dp + c];
+    }
+  }
+  window_rows(g, Q, b, h, I, J, buf.qs.data(), dp, true);
+  T* P = buf.p.data();
+  small_mm<T>(buf.Mr, Np, g.d, scale, buf.qs.data(), dp, 1, buf.kt.data(), Np, P, Np);
+  for (i64 n = 0; n < g.N; ++n) {
+    T* row = P + n * Np;
+    if (rpb != nullptr) {
+      for (i64 m = 0; m < g.N; ++m) row[m] += rpb[bias_index(g, n, m) * g.heads + h];
+    }
+    T mx = -std::numeric_limits<T>::infinity();
+    for (i64 m = 0; m < g.N; ++m) mx = std::max(mx, row[m]);
+    T sum = T(0);
+    for (i64 m = 0; m < g.N; ++m) row[m] = exp_nonpositive(row[m] - mx);
+    for (i64 m = 0; m < g.N; ++m) sum += row[m];
+    const T inv = T(1) / sum;
+    for (i64 m = 0; m < g.N; ++m) row[m] *= inv;
+    for (i64 m = g.N; m < Np; ++m) row[m] = T(0);
+    if (lse != nullptr) lse[n] = mx + std::log(sum);
+  }
+}
+
+template <class T>
+std::vector<at::Tensor> forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                     const at::Tensor& offsets, const at::Tensor& scales,
+                                     const c10::optional<at::Tensor>& rpb, const Geometry& g, double scale_) {
+  auto out = at::empty({g.B, g.H, g.W, g.heads, g.d}, q.options());
+  auto lse = at::empty({g.B, g.H, g.W, g.heads}, q.options().dtype(at::kFloat));
+  const Map<T> Q(q), K(k), V(v), O(out);
+  const T* off = offsets.data_ptr<T>();
+  const T* sc = scales.data_ptr<T>();
+  const T* bias = rpb.has_value() ? rpb->data_ptr<T>() : nullptr;
+  float* lse_p = lse.data_ptr<float>();
+  const T scale = T(scale_);
+  at::parallel_for(0, g.B * g.nh * g.nw * g.heads, 1, [&](i64 begin, i64 end) {
+    Buffers<T> buf(g, false);
+    std::vector<T> wlse(g.N);
+    for (i64 t = begin; t < end; ++t) {
+      const i64 h = t % g.heads, J = (t / g.heads) % g.nw, I = (t / (g.heads * g.nw)) % g.nh;
+      const i64 b = t / (g.heads * g.nw * g.nh);
+      attend(g, Q, K, V, off, sc, bias, scale, b, h, I, J, buf, wlse.data());
+      small_mm<T>(buf.Mr, buf.dp, g.N, T(1), buf.p.data(), buf.Np, 1, buf.vs.data(), buf.dp, buf.o.data(), buf.dp);
+      window_rows(g, O, b, h, I, J, buf.o.data(), buf.dp, false);
+      for (i64 n = 0; n < g.N; ++n) {
+        const i64 y = I * g.wh + n / g.ww, x = J * g.ww + n % g.ww;
+        lse_p[((b * g.H + y) * g.W + x) * g.heads + h] = float(wlse[n]);
+      }
+    }
+  });
+  return {out, lse};
+}
+
+template <class T>
+std::vector<at::Tensor> backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                                      const at::Tensor& v, const at::Tensor& offsets, const at::Tensor& scales,
+                                      const c10::optional<at::Tensor>& rpb, const Geometry& g, double scale_) {
+  auto dq = at::empty({g.B, g.H, g.W, g.heads, g.d}, q.options());
+  auto dk = at::zeros({g.B, g.H, g.W, g.heads, g.d}, q.options());
+  auto dv = at::zeros({g.B, g.H, g.W, g.heads, g.d}, q.options());
+  auto doffsets = at::empty(offsets.sizes(), offsets.options());
+  auto dscales = at::empty(scales.sizes(), scales.options());
+  auto partial = at::zeros({g.B, g.heads, rpb.has_value() ? g.table : 0}, q.options());
+  const Map<T> Q(q), K(k), V(v), dO(dout), dQ(dq), dK(dk), dV(dv);
+  const T* off = offsets.data_ptr<T>();
+  const T* sc = scales.data_ptr<T>();
+  T* doff = doffsets.data_ptr<T>();
+  T* dsc = dscales.data_ptr<T>();
+  const T* bias = rpb.has_value() ? rpb->data_ptr<T>() : nullptr;
+  T* part = partial.data_ptr<T>();
+  const T scale = T(scale_);
+  const T ux = T(g.W - 1) / T(2 * g.nw), uy = T(g.H - 1) / T(2 * g.nh);  // d pixel / d offset per axis
+  at::parallel_for(0, g.B * g.heads, 1, [&](i64 begin, i64 end) {
+    Buffers<T> buf(g, true);
+    for (i64 t = begin; t < end; ++t) {
+      const i64 b = t / g.heads, h = t % g.heads;
+      T* dbias = bias != nullptr ? part + t * g.table : nullptr;
+      for (i64 I = 0; I < g.nh; ++I) {
+        for (i64 J = 0; J < g.nw; ++J) {
+          attend(g, Q, K, V, off, sc, bias, scale, b, h, I, J, buf, static_cast<T*>(nullptr));
+          const i64 Np = buf.Np, dp = buf.dp, Mr = buf.Mr;
+          const T* P = buf.p.data();
+          T* dS = buf.dp_.data();
+          T* dOw = buf.o.data();
+          window_rows(g, dO, b, h, I, J, dOw, dp, true);
+          small_mm<T>(Mr, Np, g.d, T(1), dOw, dp, 1, buf.vt.data(), Np, dS, Np);  // dP = dO Vs^T
+          for (i64 n = 0; n < g.N; ++n) {
+            const T* prow = P + n * Np;
+            T* row = dS + n * Np;
+            T rowsum = T(0);
+            for (i64 m = 0; m < g.N; ++m) rowsum += prow[m] * row[m];
+            for (i64 m = 0; m < Np; ++m) row[m] = prow[m] * (row[m] - rowsum);
+            if (dbias != nullptr) {
+              for (i64 m = 0; m < g.N; ++m) dbias[bias_index(g, n, m)] += row[m];
+            }
+          }
+          // dVs = P^T dO, dKs = scale dS^T Q, then dQ = scale dS Ks into the query buffer (no longer needed).
+          small_mm<T>(Mr, dp, g.N, T(1), P, 1, Np, dOw, dp, buf.dvs.data(), dp);
+          small_mm<T>(Mr, dp, g.N, scale, dS, 1, Np, buf.qs.data(), dp, buf.dks.data(), dp);
+          small_mm<T>(Mr, dp, g.N, scale, dS, Np, 1, buf.ks.data(), dp, buf.qs.data(), dp);
+          window_rows(g, dQ, b, h, I, J, buf.qs.data(), dp, false);
+          // Scatter the sampled gradients through the bilinear taps; the position gradient of each sample is the
+          // sum over taps of d(weight)/d(position) times <d sample, tap value>.
+          T gsx = T(0), gsy = T(0), gox = T(0), goy = T(0);
+          for (i64 m = 0; m < g.N; ++m) {
+            const Sample<T>& s = buf.samples[m];
+            const T* dkrow = buf.dks.data() + m * dp;
+            const T* dvrow = buf.dvs.data() + m * dp;
+            T gx = T(0), gy = T(0);
+            for (int dy = 0; dy < 2; ++dy) {
+              const i64 yy = s.y0 + dy;
+              if (yy < 0 || yy >= g.H) continue;
+              const T wy = dy ? s.fy : T(1) - s.fy;
+              for (int dx = 0; dx < 2; ++dx) {
+                const i64 xx = s.x0 + dx;
+                if (xx < 0 || xx >= g.W) continue;
+                const T wx = dx ? s.fx : T(1) - s.fx;
+                const T w = wy * wx;
+                const T* krow = K.at(b, yy, xx, h);
+                const T* vrow = V.at(b, yy, xx, h);
+                T* dk_out = dK.at(b, yy, xx, h);
+                T* dv_out = dV.at(b, yy, xx, h);
+                T dot = T(0);
+                for (i64 c = 0; c < g.d; ++c) {
+                  dot += dkrow[c] * krow[c] + dvrow[c] * vrow[c];
+                  dk_out[c] += w * dkrow[c];
+                  dv_out[c] += w * dvrow[c];
+                }
+                gx += (dx ? wy : -wy) * dot;
+                gy += (dy ? wx : -wx) * dot;
+              }
+            }
+            const i64 i = m % g.ww, j = m / g.ww;
+            gsx += gx * (T(i) - T(g.ww - 1) / 2);
+            gsy += gy * (T(j) - T(g.wh - 1) / 2);
+            gox += gx;
+            goy += gy;
+          }
+          const i64 base = (((b * g.heads + h) * g.nh + I) * g.nw + J) * 2;
+          dsc[base] = gsx;
+          dsc[base + 1] = gsy;
+          doff[base] = gox * ux;
+          doff[base + 1] = goy * uy;
+        }
+      }
+    }
+  });
+  std::vector<at::Tensor> result = {dq, dk, dv, doffsets, dscales};
+  if (rpb.has_value()) {
+    auto drpb = at::zeros({g.table, g.heads}, q.options());
+    T* dr = drpb.data_ptr<T>();
+    for (i64 b = 0; b < g.B; ++b) {  // fixed order: deterministic
+      for (i64 h = 0; h < g.heads; ++h) {
+        const T* src = part + (b * g.heads + h) * g.table;
+        for (i64 e = 0; e < g.table; ++e) dr[e * g.heads + h] += src[e];
+      }
+    }
+    result.push_back(drpb);
+  }
+  return result;
+}
+
+void check_params(const at::Tensor& q, const at::Tensor& offsets, const at::Tensor& scales,
+                  const c10::optional<at::Tensor>& rpb, const Geometry& g) {
+  for (const at::Tensor* t : {&offsets, &scales}) {
+    TORCH_CHECK(t->scalar_type() == q.scalar_type() && t->is_contiguous() &&
+                t->sizes() == at::IntArrayRef({g.B, g.heads, g.nh, g.nw, 2}),
+                "hiervit_sw_cpu: offsets and scales must be contiguous [B, heads, H / wh, W / ww, 2] of q's dtype");
+  }
+  if (rpb.has_value()) {
+    TORCH_CHECK(rpb->scalar_type() == q.scalar_type() && rpb->is_contiguous() &&
+                rpb->sizes() == at::IntArrayRef({g.table, g.heads}),
+                "hiervit_sw_cpu: rpb must be a contiguous [(2wh - 1)(2ww - 1), heads] table of q's dtype");
+  }
+}
+
+c10::optional<at::Tensor> defined(const c10::optional<at::Tensor>& t) {
+  if (t.has_value() && t->defined()) return t;
+  return c10::nullopt;
+}
+
+std::vector<at::Tensor> sw_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   const at::Tensor& offsets, const at::Tensor& scales,
+                                   const c10::optional<at::Tensor>& rpb_, at::IntArrayRef window, double scale) {
+  const Geometry g = geometry(q, window);
+  check(q, "q", q);
+  check(k, "k", q);
+  check(v, "v", q);
+  const auto rpb = defined(rpb_);
+  check_params(q, offsets, scales, rpb, g);
+  if (q.scalar_type() == at::kDouble) return forward_impl<double>(q, k, v, offsets, scales, rpb, g, scale);
+  TORCH_CHECK(q.scalar_type() == at::kFloat, "hiervit_sw_cpu: float32 or float64 inputs");
+  return forward_impl<float>(q, k, v, offsets, scales, rpb, g, scale);
+}
+
+std::vector<at::Tensor> sw_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                                    const at::Tensor& v, const at::Tensor& offsets, const at::Tensor& scales,
+                                    const c10::optional<at::Tensor>& rpb_, at::IntArrayRef window, double scale) {
+  const Geometry g = geometry(q, window);
+  check(dout, "dout", q);
+  check(q, "q", q);
+  check(k, "k", q);
+  check(v, "v", q);
+  const auto rpb = defined(rpb_);
+  check_params(q, offsets, scales, rpb, g);
+  if (q.scalar_type() == at::kDouble) return backward_impl<double>(dout, q, k, v, offsets, scales, rpb, g, scale);
+  TORCH_CHECK(q.scalar_type() == at::kFloat, "hiervit_sw_cpu: float32 or float64 inputs");
+  return backward_impl<float>(dout, q, k, v, offsets, scales, rpb, g, scale);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(hiervit_sw_cpu, m) {
+  m.def("sw_forward(Tensor q, Tensor k, Tensor v, Tensor offsets, Tensor scales, Tensor? rpb, int[] window, "
+        "float scale) -> Tensor[]");
+  m.def("sw_backward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor offsets, Tensor scales, Tensor? rpb, "
+        "int[] window, float scale) -> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(hiervit_sw_cpu, CPU, m) {
+  m.impl("sw_forward", &sw_forward);
+  m.impl("sw_backward", &sw_backward);
+}
