@@ -126,7 +126,8 @@ class KernelOp:
             checks decide on. Runs on real and on fake tensors.
         fake: `fake(*tensors, *attrs)`: empty outputs of the right shape and dtype (contiguous).
         flops: `flops(*tensor_shapes, *attrs)`: forward FLOPs (None shapes for absent optional tensors).
-        reference: Module path of the reference formulation; its `forward` is the export decomposition.
+        reference: Module path of the reference formulation; its `forward` is the export decomposition
+            (`'module:function'` names another function of the module).
         check_values: Optional `check_values(*tensors, *attrs)` for data-dependent checks (real tensors only).
         prepare: Optional `prepare(*tensors, *attrs) -> (tensors, attrs)` run before a backend (e.g. broadcasts).
         backward_flops: Backward FLOPs as a multiple of the forward's.
@@ -283,4 +284,5 @@ class KernelOp:
         tensors, attrs = call[:nt], call[nt:]
         if self.prepare is not None:
             tensors, attrs = self.prepare(*tensors, *attrs)
-        return tuple(importlib.import_module(self.reference).forward(*tensors, *attrs))
+        module, _, fn = self.reference.partition(':')
+        return tuple(getattr(importlib.import_module(module), fn or 'forward')(*tensors, *attrs))

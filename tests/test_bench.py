@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hiervit.bench._timing import PeakMemory, format_table
-from hiervit.bench.ops import _flex_na2d, flatten_official, gather_na2d, l2vit_official, linear_sweep
+from hiervit.bench.ops import _flex_na2d, flatten_official, gather_na2d, l2vit_official, linear_sweep, na_sweep
 
 
 @pytest.mark.parametrize('size,kernel,dilation', [((13, 17), 5, 1), ((12, 9), 3, 2), ((10, 10), 4, 1)])
@@ -35,6 +35,23 @@ def test_linear_sweep_writes_a_plot(tmp_path):
     png = tmp_path / 'sweep.png'
     rows = linear_sweep('cpu', 'float32', 1, 1, 8, [2, 5], repeats=1, png=str(png))
     assert [r['tokens'] for r in rows] == [4, 25] and all(r['linear_ms'] > 0 and r['sdpa_ms'] > 0 for r in rows)
+    assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_na_sweep_writes_csv_and_plot(tmp_path):
+    import csv
+    spec = dict(op='neighborhood', device='cpu', dtype='float32', repeats=1, peers=True, batch=1, threads=0, heads=1,
+                size=[9, 9], kernel=3, dilation=1, head_dim=8, rpb=True)
+    csv_path, png = tmp_path / 'na.csv', tmp_path / 'na.png'
+    # 6x6 and 9x9 maps at k=3, then k=5 on the 9x9 map; the gathers hold about 0.05 MiB at 6x6, 0.11 at 9x9 k=3
+    rows = na_sweep(spec, [6, 9], [3, 5], ['cpu', 'reference', 'gather'], 0.08, str(csv_path), str(png))
+    got = [(r['backend'], r['tokens'], r['kernel'], 'fwd_ms' in r, 'fwdbwd_ms' in r) for r in rows]
+    assert got == [(b, n, k, timed, timed) for n, k in ((36, 3), (81, 3), (81, 5))
+                   for b in ('hiervit:cpu', 'hiervit:reference', 'peer:gather')
+                   for timed in [b == 'hiervit:cpu' or n == 36]]
+    assert all(r['note'].startswith('skipped') for r in rows if 'fwd_ms' not in r)
+    with open(csv_path) as f:
+        assert [(r['backend'], int(r['tokens']), int(r['kernel'])) for r in csv.DictReader(f)] == [g[:3] for g in got]
     assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 

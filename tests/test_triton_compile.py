@@ -12,7 +12,8 @@ rest of the suite, `triton.jit` builds interpreter objects that cannot be compil
 cache directory, so nothing is reused between processes.
 
 The CI matrix compiles every kernel for every dtype x rpb x tile path (2-D, 1-D short, 1-D long) once at its largest
-tiles, rotating head dims 64/128/256 and the two targets, plus every distinct fp16 kernel variant the registered
+tiles, rotating head dims 64/128/256 and the two targets (the window op's plain and context-mode kernels for every
+dtype, bias and context border rotating with it), plus every distinct fp16 kernel variant the registered
 models launch (head dim 32, kernels 7 and 11, BiFormer's region sizes); `HIERVIT_COMPILE_MATRIX=full` compiles all of
 it for every head dim and dtype on both targets. Identical variants (same signature, constexprs, options, target) compile once.
 Register spills (local memory) are reported as a warning, not a failure: a kernel that spills still runs.
@@ -100,6 +101,11 @@ def tile_matrix(full: bool) -> List[dict]:
         for d in HEAD_DIMS if full else (256,):
             jobs.append(dict(op='routed', dtype=dtype, d=d, tokens=200, topk=3,
                              targets=TARGETS if full else (TARGETS[i % 2],), why='largest tile'))
+        # window (plain and context mode, one module): 64-slot blocks, windows and contexts of two blocks; in CI the
+        # bias and the context border rotate with the dtype
+        for j, d in enumerate(HEAD_DIMS if full else (HEAD_DIMS[1 + i % 3],)):
+            jobs.append(dict(op='window', dtype=dtype, d=d, rpb=i % 2 == 0, border=('zeros', 'mask', 'shift')[i % 3],
+                             targets=TARGETS if full else (TARGETS[(i + 1) % 2],), why='two blocks'))
         i += 1
     return jobs
 
@@ -125,6 +131,20 @@ def _launches(job: dict) -> list:
         def run():
             out, lse = mod.forward(q, q, q, rpb, kernel, dilation, 0.1)
             mod.backward(out, q, q, q, rpb, out, lse, kernel, dilation, 0.1)
+    elif job['op'] == 'window':
+        import hiervit.kernels.window.triton as mod
+        heads, d = 2, job['d']
+        q = torch.zeros(1, 10, 10, heads, d, dtype=dtype)
+        rpb = torch.zeros(19 * 19, heads, dtype=dtype) if job['rpb'] else None
+        k = torch.zeros(1, 12, 12, heads, d, dtype=dtype)
+        plain = ([10, 10], [2, 3], [0, 0, 0, 0], True, 0.1)
+        context = ([10, 10], [10, 10], [2, 2], [-1, -1], [1, 1], job['border'], 0.1)
+
+        def run():
+            out, lse = mod.forward(q, q, q, rpb, *plain)
+            mod.backward(out, q, q, q, rpb, out, lse, *plain)
+            out, lse = mod.context_forward(q, k, k, *context)
+            mod.context_backward(out, q, k, k, out, lse, *context)
     else:
         import hiervit.kernels.routed.triton as mod
         B, H, blocks, d = 2, 2, 4, job['d']
@@ -291,6 +311,8 @@ def _name(row: dict) -> str:
             f'{row["tiles"]}')
     if row['op'] == 'neighborhood':
         what += f' rpb={row["rpb"]} spatial={row["spatial"]} kernel={row["kernel"]}'
+    elif row['op'] == 'window':
+        what += f' rpb={row["rpb"]} border={row["border"]}'
     return what
 
 
@@ -302,13 +324,14 @@ def test_every_kernel_compiles_and_fits(compiled):
     assert not over, 'shared memory over the per-block limit:\n' + '\n'.join(over)
     # every kernel was compiled for every dtype and rpb setting, and for both targets
     kernels = {(r['op'], r['kernel']) for r in compiled}
-    assert len(kernels) == 6, kernels
+    assert len(kernels) == 12, kernels
     seen = {(r['op'], r['kernel'], r['dtype'], r.get('rpb')) for r in compiled}
     targets = {(r['op'], r['kernel'], r['target']) for r in compiled}
     for op, kernel in kernels:
         for dtype in DTYPES:
             for rpb in ((True, False) if op == 'neighborhood' else (None,)):
-                assert (op, kernel, dtype, rpb) in seen, (op, kernel, dtype, rpb)
+                assert (op, kernel, dtype, rpb) in seen or (op == 'window' and any(
+                    key[:3] == (op, kernel, dtype) for key in seen)), (op, kernel, dtype, rpb)
         assert {(op, kernel, cc) for cc in TARGETS} <= targets, (op, kernel)
     spills = [f'{_name(r)}: {r["local"]} B local memory per thread, {r["reg"]} registers' for r in compiled
               if r['local']]

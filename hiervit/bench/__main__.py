@@ -1,6 +1,8 @@
 """`python -m hiervit.bench`: op and model benchmarks on this machine.
 
   python -m hiervit.bench op neighborhood [--batch 8 --heads 2 --size 56 56 --kernel 7 --head-dim 32]
+  python -m hiervit.bench op neighborhood --sweep [--sides 14 28 56 112 224 --kernels 3 5 7 9 11 13 --csv na_sweep.csv
+      --png na_sweep.png --max-mib 1024]
   python -m hiervit.bench op routed [--stage 1 2 3 --batch 8]
   python -m hiervit.bench op window [--shape swin1 swin3 cswin1 cswin2 cswin3 --batch 8]
   python -m hiervit.bench op linear [--stage 1 2 3 4 --normalizer clamp|mean] [--sweep --png linear_sweep.png]
@@ -40,6 +42,8 @@ def cmd_op(args: argparse.Namespace) -> None:
     base = dict(op=args.op, device=args.device, dtype=args.dtype, repeats=args.repeats, peers=not args.no_peers,
                 batch=args.batch, threads=args.threads)
     if args.op == 'neighborhood':
+        if args.sweep:
+            return _na_sweep(args, base)
         specs = [dict(base, heads=args.heads, size=args.size, kernel=args.kernel, dilation=args.dilation,
                       head_dim=args.head_dim, rpb=not args.no_rpb)]
         title = (f'neighborhood attention: B={args.batch} heads={args.heads} {args.size[0]}x{args.size[1]} '
@@ -78,12 +82,29 @@ def cmd_op(args: argparse.Namespace) -> None:
     print(format_table(rows, OP_COLUMNS))
 
 
+def _na_sweep(args: argparse.Namespace, base: Dict) -> None:
+    from .ops import na_sweep
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = dict(base, heads=args.heads, size=args.size, kernel=args.kernel, dilation=args.dilation,
+                head_dim=args.head_dim, rpb=not args.no_rpb)
+    sides = args.sides or [14, 28, 56, 112, 224]
+    png = args.png or 'na_sweep.png'
+    rows = na_sweep(spec, sides, args.kernels, args.backends, args.max_mib, args.csv, png)
+    print(f'neighborhood attention sweep, all rows in this one process: B={args.batch} heads={args.heads} '
+          f'head_dim={args.head_dim} rpb={not args.no_rpb} dilation={args.dilation} {args.dtype} on {args.device}, '
+          f'{torch.get_num_threads()} threads; maps {sides} at kernel {args.kernel}, kernels {args.kernels} at '
+          f'{args.size[0]}x{args.size[1]}; csv: {args.csv}, plot: {png}')
+    print(format_table(rows, ['backend', 'height', 'width', 'kernel', 'fwd_ms', 'fwdbwd_ms', 'fwd_ns_per_query',
+                              'fwdbwd_ns_per_query', 'note']))
+
+
 def _linear_sweep(args: argparse.Namespace) -> None:
     from .ops import linear_sweep
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = linear_sweep(args.device, args.dtype, args.batch, args.heads, args.head_dim, args.sides, args.repeats,
-                        args.png)
+    rows = linear_sweep(args.device, args.dtype, args.batch, args.heads, args.head_dim,
+                        args.sides or [4, 7, 10, 14, 20, 28, 40, 56, 80], args.repeats, args.png or 'linear_sweep.png')
     cross = next((r['tokens'] for r in rows if r['speedup'] > 1), None)
     print(f'linear attention (clamp, auto backend) vs softmax SDPA, fwd+bwd: B={args.batch} heads={args.heads} '
           f'head_dim={args.head_dim} {args.dtype} on {args.device}, {torch.get_num_threads()} threads; plot: {args.png}')
@@ -146,10 +167,17 @@ def main(argv=None) -> None:
     op.add_argument('--normalizer', default='clamp', choices=['clamp', 'mean', 'sum', 'injective', 'none'],
                     help='linear: clamp (L2ViT, beside its official chain), mean (FLatten, beside its chain), ...')
     op.add_argument('--sweep', action='store_true',
-                    help='linear: fwd+bwd time against softmax SDPA over map sizes, with a plot (--png)')
-    op.add_argument('--sides', type=int, nargs='+', default=[4, 7, 10, 14, 20, 28, 40, 56, 80],
-                    help='linear --sweep: square map sides (tokens = side^2); --heads/--head-dim set the heads')
-    op.add_argument('--png', default='linear_sweep.png', help='linear --sweep: where the plot goes')
+                    help='linear: fwd+bwd time against softmax SDPA over map sizes; neighborhood: every backend and '
+                         'peer over map sizes (--sides, at --kernel) and kernels (--kernels, at --size); with a plot')
+    op.add_argument('--sides', type=int, nargs='+',
+                    help='--sweep: square map sides (tokens = side^2); default 4 7 10 14 20 28 40 56 80 (linear), '
+                         '14 28 56 112 224 (neighborhood)')
+    op.add_argument('--kernels', type=int, nargs='+', default=[3, 5, 7, 9, 11, 13],
+                    help='neighborhood --sweep: kernel sizes, on the --size map')
+    op.add_argument('--max-mib', type=float, default=1024,
+                    help='neighborhood --sweep: skip rows whose gathered / dense intermediates would exceed this')
+    op.add_argument('--csv', default='na_sweep.csv', help='neighborhood --sweep: where the rows go')
+    op.add_argument('--png', help='--sweep: where the plot goes (default linear_sweep.png / na_sweep.png)')
     op.add_argument('--shape', nargs='+', default=['swin1', 'swin3', 'cswin1', 'cswin2', 'cswin3'],
                     choices=['swin1', 'swin3', 'cswin1', 'cswin2', 'cswin3'],
                     help='window: Swin-T stage 1/3 and CSWin-T stage 1/2/3 shapes at 224 px')

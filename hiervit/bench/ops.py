@@ -437,6 +437,114 @@ def linear_sweep(device: str, dtype: str, batch: int, heads: int, head_dim: int,
     return rows
 
 
+# Bytes per (query, neighbour, head, channel) that a row materialises: the gathers copy k and v per neighbour
+# (the compiled gather's backward keeps about 2.5 such copies: 660 MiB at B=8, 56x56, k=7, d=32); dense attention
+# (FlexAttention eager, NATTEN's CPU path) holds about three N x N score tensors per head.
+_GATHER_BYTES_PER_SCORE_CHANNEL = 2 * 4 * 2.5
+_DENSE_BYTES_PER_SCORE = 3 * 4
+
+
+def _na_sweep_bytes(label: str, batch: int, heads: int, tokens: int, kernel: int, head_dim: int) -> float:
+    """What one sweep row would materialise, for the rows whose memory grows faster than N * d (others: 0)."""
+    if label in ('hiervit:reference', 'peer:gather', 'peer:gather+compile'):
+        return _GATHER_BYTES_PER_SCORE_CHANNEL * batch * heads * tokens * kernel * kernel * head_dim
+    if label in ('peer:flex', 'peer:natten'):
+        return _DENSE_BYTES_PER_SCORE * batch * heads * tokens * tokens
+    return 0.0
+
+
+def na_sweep(spec: Dict, sides: List[int], kernels: List[int], backends: Optional[List[str]], max_mib: float,
+             csv_path: str, png: str) -> List[Dict]:
+    """Neighborhood attention over square maps of `sides` (at `spec['kernel']`) and over `kernels` (at the map
+    `spec['size']`), every backend and installed peer timed in this one process, shape by shape. Rows whose
+    gathered or dense intermediates would exceed `max_mib` are skipped with a note (their cost is known: it grows
+    with N * k^2 * d or N^2). Writes the rows to `csv_path` and a two-panel plot (time against tokens, against
+    kernel area) to `png`; returns the rows."""
+    import csv
+
+    from ._timing import best_time
+    device = torch.device(spec['device'])
+    shapes = [(side, side, spec['kernel']) for side in sides]
+    shapes += [(*spec['size'], k) for k in kernels if (*spec['size'], k) not in shapes]
+    rows: List[Dict] = []
+    for H, W, kernel in shapes:
+        shape_spec = dict(spec, size=[H, W], kernel=kernel)
+        cases = neighborhood_cases(shape_spec)
+        labels = [lb for lb in cases if not backends or lb.split(':', 1)[1] in backends]
+        for label in labels:
+            row: Dict = {'backend': label, 'height': H, 'width': W, 'tokens': H * W, 'kernel': kernel}
+            rows.append(row)
+            need = _na_sweep_bytes(label, spec['batch'], spec['heads'], H * W, kernel, spec['head_dim']) / 2 ** 20
+            if need > max_mib:
+                row['note'] = f'skipped: would hold about {need:.3g} MiB (> --max-mib {max_mib:g})'
+                continue
+            try:
+                case = cases[label]()
+                with torch.no_grad():
+                    row['fwd_ms'] = 1e3 * best_time(case.fwd, device, repeats=spec['repeats'])
+                if case.backward:
+                    grad = torch.randn_like(case.fwd())
+                    row['fwdbwd_ms'] = 1e3 * best_time(lambda: torch.autograd.grad(case.fwd(), case.inputs, grad),
+                                                       device, repeats=spec['repeats'])
+                row['note'] = case.note
+            except (BackendError, ValueError, RuntimeError, ImportError, NotImplementedError) as e:
+                reason = str(e).replace('\n', ' ').split(' Backends that can')[0].split('cannot run this call: ')[-1]
+                row['note'] = f'refused: {reason}'[:160]
+                continue
+            per_query = spec['batch'] * spec['heads'] * H * W
+            row['fwd_ns_per_query'] = row['fwd_ms'] * 1e6 / per_query
+            if 'fwdbwd_ms' in row:
+                row['fwdbwd_ns_per_query'] = row['fwdbwd_ms'] * 1e6 / per_query
+    columns = ['backend', 'height', 'width', 'tokens', 'kernel', 'fwd_ms', 'fwdbwd_ms', 'fwd_ns_per_query',
+               'fwdbwd_ns_per_query', 'note']
+    with open(csv_path, 'w', newline='') as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    _plot_na_sweep(rows, spec, sides, png)
+    return rows
+
+
+def _plot_na_sweep(rows: List[Dict], spec: Dict, sides: List[int], png: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, (by_n, by_k) = plt.subplots(1, 2, figsize=(11, 4.2))
+    labels = list(dict.fromkeys(r['backend'] for r in rows))
+    H, W = spec['size']
+    for i, label in enumerate(labels):
+        color = f'C{i % 10}'
+        mine = [r for r in rows if r['backend'] == label and 'fwd_ms' in r]
+        n_rows = sorted((r for r in mine if r['kernel'] == spec['kernel'] and r['height'] == r['width']
+                         and r['height'] in sides), key=lambda r: r['tokens'])
+        k_rows = sorted((r for r in mine if (r['height'], r['width']) == (H, W)), key=lambda r: r['kernel'])
+        for key, style, suffix in (('fwd_ms', 'o-', ' fwd'), ('fwdbwd_ms', 's--', ' fwd+bwd')):
+            pts = [r for r in n_rows if key in r]
+            if pts:
+                by_n.loglog([r['tokens'] for r in pts], [r[key] for r in pts], style, color=color, ms=4,
+                            label=label + suffix)
+            pts = [r for r in k_rows if key in r]
+            if pts:
+                by_k.semilogy([r['kernel'] for r in pts], [r[key] for r in pts], style, color=color, ms=4)
+    tokens = sorted({r['tokens'] for r in rows if r['height'] in sides and r['height'] == r['width']})
+    if tokens:
+        # a slope-1 guide through the fastest first point: cost linear in N runs parallel to it
+        first = [r['fwd_ms'] for r in rows if r['tokens'] == tokens[0] and 'fwd_ms' in r]
+        if first:
+            ref = min(first)
+            by_n.loglog(tokens, [ref * t / tokens[0] for t in tokens], ':', color='gray', label='linear in N')
+    by_n.set_xlabel(f'tokens N (square maps, kernel {spec["kernel"]})')
+    by_n.set_ylabel('ms')
+    by_k.set_xlabel(f'kernel size k ({H}x{W} map; cost grows with k^2)')
+    by_k.set_ylabel('ms')
+    fig.suptitle(f'neighborhood attention: B={spec["batch"]}, {spec["heads"]} heads x {spec["head_dim"]}, rpb, '
+                 f'{spec["dtype"]}, {spec["device"]}, {torch.get_num_threads()} threads (solid: fwd, dashed: fwd+bwd)',
+                 fontsize=9)
+    by_n.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
+
+
 def _importable(name: str) -> bool:
     import importlib.util
     return importlib.util.find_spec(name) is not None

@@ -26,6 +26,27 @@ Semantics (one definition for every backend; `reference.py` is it written out):
 The region mask and the padding mask are exact masks (-inf), where Swin adds -100: the results agree to fp32
 precision (e^-100 relative to a real logit).
 
+Context mode (`context_window_attention`): each query window attends to its own key/value window, which may be
+larger than the query window, overlap its neighbours', reach past the map border and come from another map (keys at
+another resolution, e.g. pre-scaled):
+
+    out = context_window_attention(q, k, v, window, context, stride=None, offset=None, dilation=1, border='zeros',
+                                   scale=None, backend=None)
+
+q `[B, H, W, heads, d]` is tiled into `(wh, ww)` query windows (H, W multiples of the window); k `[B, Hk, Wk, heads,
+d]`, v `[B, Hk, Wk, heads, dv]`. Query window (i, j) attends to the `kh x kw` keys at rows
+`i * sy + oy + t * dy` (t < kh) and columns `j * sx + ox + u * dx` (u < kw) of the key map: `context` (kh, kw),
+`stride` (sy, sx, default the window: maps of one resolution), `offset` (oy, ox, default centred:
+`-(((kh - 1) * dy + 1 - sy) // 2)`), `dilation` (dy, dx). A key coordinate outside the map follows `border`:
+'zeros' (a zero token: logit 0, value 0; HaloNet's zero-padded halo), 'mask' (excluded; every window must keep at
+least one key) or 'shift' (VWFormer's copy-shift padding: moved by the context extent `kh * dy`, i.e. y + kh * dy
+below the map and y - kh * dy above it; the moved coordinate must lie in the map). HaloNet's blocked attention with
+block b and halo h is `window=b, context=b + 2h, offset=-h, border='zeros'`; VWFormer's varying window with ratio R
+on a map of p x p windows is `context=R * p, stride=p, offset=-(R * p - (R + 1) * p // 2), border='shift'` (its
+pre-scaled form is in `hiervit.mm.VWHead`). No relative position bias in this mode. Custom ops
+`hiervit::window_context_fwd` / `_bwd`; FLOPs `2 * B * heads * windows * (wh * ww) * (kh * kw) * (d + dv)`, backward
+twice that.
+
 Backends (`window_dispatcher`; `backend=` argument, or env `HIERVIT_WINDOW_BACKEND` / `HIERVIT_BACKEND`):
 `triton` (CUDA, or CPU tensors under `TRITON_INTERPRET=1`; partition, shift, padding and bias fused in-kernel),
 `cpu` (PyTorch's fused CPU attention with one additive bias/mask term and one gather each way), `reference`
@@ -50,13 +71,15 @@ from .._op import KernelOp, check_tensors
 
 __all__ = [
     'window_attention', 'window_attention_op', 'window_dispatcher', 'WindowProblem', 'resolve_window',
-    'window_attention_flops', 'WINDOW',
+    'window_attention_flops', 'WINDOW', 'context_window_attention', 'context_window_attention_op',
+    'resolve_context', 'context_window_attention_flops', 'WINDOW_CONTEXT', 'BORDERS', 'context_coords', 'shift_coords',
 ]
 
 _HAS_TRITON = module_available('triton')  # probed once: find_spec inside a compiled region is a graph break
 WindowSize = Union[int, Sequence[Optional[int]]]
 _PADDING = ('mask', 'zeros')
 _PAD_POSITION = ('end', 'center')
+BORDERS = ('zeros', 'mask', 'shift')
 
 
 @dataclass(frozen=True)
@@ -243,3 +266,172 @@ WINDOW = KernelOp(
     reference=f'{_PKG}.reference',
 )
 window_dispatcher = WINDOW.dispatcher
+
+
+# --- context mode --------------------------------------------------------------------------------------------------
+
+
+def _pair(name: str, value: Union[int, Sequence[int]]) -> List[int]:
+    if isinstance(value, bool) or not isinstance(value, (int, tuple, list)):
+        raise TypeError(f'context_window_attention: {name} must be an int or a pair of ints, got {value!r}.')
+    pair = [value] * 2 if isinstance(value, int) else list(value)
+    if len(pair) != 2 or not all(isinstance(p, int) and not isinstance(p, bool) for p in pair):
+        raise ValueError(f'context_window_attention: {name} must be an int or a pair of ints, got {value!r}.')
+    return pair
+
+
+def resolve_context(
+        window: Union[int, Sequence[int]], context: Union[int, Sequence[int]],
+        stride: Optional[Union[int, Sequence[int]]] = None, offset: Optional[Union[int, Sequence[int]]] = None,
+        dilation: Union[int, Sequence[int]] = 1,
+) -> Tuple[List[int], List[int], List[int], List[int], List[int]]:
+    """Per-axis window, context, stride, offset and dilation of a context-mode call, defaults filled in (stride: the
+    window; offset: the context centred on the window's stride). Raises an error naming the bad argument."""
+    win, ctx, dil = _pair('window', window), _pair('context', context), _pair('dilation', dilation)
+    st = list(win) if stride is None else _pair('stride', stride)
+    for name, vals in (('window', win), ('context', ctx), ('stride', st), ('dilation', dil)):
+        if min(vals) < 1:
+            raise ValueError(f'context_window_attention: {name} must be >= 1 on both axes, got {vals}.')
+    off = ([-(((c - 1) * d + 1 - s) // 2) for c, d, s in zip(ctx, dil, st)] if offset is None
+           else _pair('offset', offset))
+    return win, ctx, st, off, dil
+
+
+def context_coords(length: int, windows: int, context: int, stride: int, offset: int, dilation: int,
+                   border: str, device: Optional[torch.device] = None) -> Tensor:
+    """Key coordinate `[windows, context]` of each context slot on one axis of a key map of `length` (-1: outside the
+    map, for the 'zeros' and 'mask' borders; 'shift' moves it by the context extent `context * dilation`)."""
+    y = (torch.arange(windows, device=device)[:, None] * stride + offset
+         + torch.arange(context, device=device)[None, :] * dilation)
+    if border == 'shift':
+        return shift_coords(y, length, context * dilation)
+    return torch.where((y < 0) | (y >= length), torch.full_like(y, -1), y)
+
+
+def shift_coords(y: Tensor, length: int, extent: int) -> Tensor:
+    """VWFormer's copy-shift rule for coordinates of an axis of `length`: below 0 moved up by `extent`, past the end
+    moved down by it (`extent` <= length; the results must land in the axis, which the op's checks ensure)."""
+    return torch.where(y < 0, y + extent, torch.where(y >= length, y - extent, y))
+
+
+def _context_problem(q: Tensor, k: Tensor, v: Tensor, window: List[int], context: List[int], stride: List[int],
+                     offset: List[int], dilation: List[int], border: str, scale: float) -> WindowProblem:
+    check_tensors('context_window_attention', q=q, k=k, v=v)
+    for name, t in (('q', q), ('k', k), ('v', v)):
+        if t.dim() != 5:
+            raise ValueError(f'context_window_attention: {name} must be [B, H, W, heads, head_dim] (5-D), got shape '
+                             f'{tuple(t.shape)}.')
+    if k.shape[0] != q.shape[0] or k.shape[3:] != q.shape[3:]:
+        raise ValueError(f'context_window_attention: k {tuple(k.shape)} must match q {tuple(q.shape)} in batch, heads '
+                         f'and head_dim (its map may differ).')
+    if v.shape[:-1] != k.shape[:-1]:
+        raise ValueError(f'context_window_attention: v {tuple(v.shape)} must match k {tuple(k.shape)} in all but the '
+                         f'last (head_dim) axis.')
+    if min(q.shape[1:]) == 0 or min(k.shape[1:]) == 0 or v.shape[-1] == 0:
+        raise ValueError(f'context_window_attention: empty inputs q {tuple(q.shape)}, k {tuple(k.shape)}, v '
+                         f'{tuple(v.shape)} (only the batch may be empty).')
+    if border not in BORDERS:
+        raise ValueError(f'context_window_attention: border must be one of {BORDERS}, got {border!r}.')
+    if not all(len(a) == 2 for a in (window, context, stride, offset, dilation)):
+        raise ValueError('context_window_attention: window, context, stride, offset and dilation need 2 entries each '
+                         '(see resolve_context).')
+    for axis in range(2):
+        L, Lk = q.shape[1 + axis], k.shape[1 + axis]
+        w, c, s, o, d = window[axis], context[axis], stride[axis], offset[axis], dilation[axis]
+        if min(w, c, s, d) < 1:
+            raise ValueError(f'context_window_attention: window, context, stride and dilation must be >= 1, got '
+                             f'{window}, {context}, {stride}, {dilation}.')
+        if L % w:
+            raise ValueError(f'context_window_attention: axis {axis} of q has length {L}, not a multiple of the query '
+                             f'window {w}; pad the map to a multiple first.')
+        n = L // w
+        first, last = o, (n - 1) * s + o + (c - 1) * d  # lowest and highest key coordinate
+        if border == 'shift':
+            extent = c * d
+            if extent > Lk or first + extent < 0 or last - extent >= Lk:
+                raise ValueError(
+                    f'context_window_attention: border=\'shift\' on axis {axis} moves keys by the context extent '
+                    f'{extent}, which must fit the key map (length {Lk}) and bring every coordinate in '
+                    f'[{first}, {last}] into it.')
+        elif border == 'mask':
+            for i in range(n):
+                lo = i * s + o
+                if not any(0 <= lo + t * d < Lk for t in range(c)):
+                    raise ValueError(
+                        f'context_window_attention: with border=\'mask\' query window {i} on axis {axis} has no key '
+                        f'inside the key map (length {Lk}); use border=\'zeros\' or another offset.')
+    return WindowProblem(device=q.device, dtype=q.dtype, heads=q.shape[3], dim=q.shape[-1], v_dim=v.shape[-1],
+                         window=(context[0], context[1]), has_rpb=False)
+
+
+def context_window_attention(
+        q: Tensor, k: Tensor, v: Tensor, window: Union[int, Sequence[int]], context: Union[int, Sequence[int]],
+        stride: Optional[Union[int, Sequence[int]]] = None, offset: Optional[Union[int, Sequence[int]]] = None,
+        dilation: Union[int, Sequence[int]] = 1, border: str = 'zeros', scale: Optional[float] = None,
+        backend: Optional[str] = None,
+) -> Tensor:
+    """Window attention with a per-window key/value context (see the package docstring's context mode).
+
+    Args:
+        q: Queries `[B, H, W, heads, d]`, H and W multiples of the window (any strides).
+        k: Keys `[B, Hk, Wk, heads, d]`, any map size.
+        v: Values `[B, Hk, Wk, heads, dv]`.
+        window: Query window `(wh, ww)` or an int.
+        context: Keys per query window and axis `(kh, kw)` or an int.
+        stride: Key-map step between neighbouring query windows; default the window.
+        offset: Key coordinate of the first window's first key; default centred (a halo before and after).
+        dilation: Key-map step between the keys of one window.
+        border: 'zeros', 'mask' or 'shift' (VWFormer's copy-shift padding) for keys outside the map.
+        scale: Logit scale; default `d ** -0.5`.
+        backend: `cpu`, `triton`, `reference` or None/'auto'.
+
+    Returns:
+        Tensor `[B, H, W, heads, dv]`.
+    """
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    elif isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f'context_window_attention: scale must be a Python number or None, got '
+                        f'{type(scale).__name__}.')
+    win, ctx, st, off, dil = resolve_context(window, context, stride, offset, dilation)
+    return context_window_attention_op(q, k, v, win, ctx, st, off, dil, border, float(scale), backend or 'auto')
+
+
+def context_window_attention_op(
+        q: Tensor, k: Tensor, v: Tensor, window: List[int], context: List[int], stride: List[int],
+        offset: List[int], dilation: List[int], border: str, scale: float, backend: str = 'auto',
+) -> Tensor:
+    """`context_window_attention` with resolved arguments (`resolve_context`): one op call, as models call it."""
+    return torch.ops.hiervit.window_context_fwd(q, k, v, window, context, stride, offset, dilation, border, scale,
+                                                backend)[0]
+
+
+def context_window_attention_flops(
+        q_shape: Sequence[int], window: Sequence[int], context: Sequence[int], v_dim: Optional[int] = None,
+        backward: bool = False,
+) -> int:
+    """FLOPs of one context-mode call for q `[B, H, W, heads, d]` (matmuls only, as torch's SDPA counter)."""
+    B, H, W, heads, d = q_shape
+    dv = d if v_dim is None else v_dim
+    fwd = 2 * B * heads * H * W * math.prod(context) * (d + dv)
+    return 2 * fwd if backward else fwd
+
+
+def _context_fake(q: Tensor, k: Tensor, v: Tensor, *attrs) -> Tuple[Tensor, Tensor]:
+    return v.new_empty(q.shape[:-1] + v.shape[-1:]), q.new_empty(q.shape[:-1], dtype=torch.float32)
+
+
+WINDOW_CONTEXT = KernelOp(
+    'window_context',
+    inputs='Tensor q, Tensor k, Tensor v',
+    attrs='int[] window, int[] context, int[] stride, int[] offset, int[] dilation, str border, float scale',
+    outputs=('out', 'lse'), differentiable_outputs=1, grads=('q', 'k', 'v'),
+    backends=[
+        Backend('cpu', _check_cpu, f'{_PKG}.cpu', 'context_forward', 'context_backward'),
+        Backend('triton', _check_triton, f'{_PKG}.triton', 'context_forward', 'context_backward'),
+        Backend('reference', _check_reference, f'{_PKG}.reference', 'context_forward', 'context_backward'),
+    ],
+    problem=_context_problem, fake=_context_fake,
+    flops=lambda q, k, v, window, context, *attrs: context_window_attention_flops(q, window, context, v[-1]),
+    reference=f'{_PKG}.reference:context_forward',
+)

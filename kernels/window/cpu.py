@@ -17,6 +17,11 @@ masks as one additive term; chunked batched GEMMs for the backward where the bia
 * Backward without a bias (and without padding slots): that kernel's backward. With a bias, whose gradient needs dS,
   per chunk of images: recompute P = softmax(S) with S = bias + scale * Q K^T (baddbmm onto the bias),
   dS = P o (dP - rowsum(dP o P)), dQ = dS K, dK = dS^T Q, dV = P^T dO; d_rpb sums dS over the batch and windows.
+
+Context mode: the query windows are one permute-copy, each window's context one `index_select` of whole head
+vectors (a zero row stands in for keys outside the map with the 'zeros' border); 'mask' is one additive `[windows,
+1, 1, N]` term. The same fused CPU kernel runs forward and backward (explicit batched GEMMs when d != dv), and the
+context gradients go back to the key map with one `index_add_` (a token in several contexts sums their gradients).
 """
 import functools
 from dataclasses import dataclass
@@ -26,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .reference import relative_position_index, window_logit_mask
+from .reference import context_slots, relative_position_index, window_logit_mask
 
-__all__ = ['forward', 'backward']
+__all__ = ['forward', 'backward', 'context_forward', 'context_backward']
 
 # Bytes of fp32 scores per backward chunk: P and dS of one chunk stay in cache between the GEMMs that use them.
 _CHUNK_BYTES = 4 << 20
@@ -204,19 +209,21 @@ def _chunk(batch: int, rows: int, n: int) -> int:
 
 
 def _explicit_forward(qt: Tensor, kt: Tensor, vt: Tensor, add: Optional[Tensor], scale: float) -> Tuple[Tensor, Tensor]:
-    """Chunked batched-GEMM attention on `[B, rows, N, c]` tiles: output and log-sum-exp `[B, rows, N]`."""
+    """Chunked batched-GEMM attention on `[B, rows, N, c]` query tiles and `[B, rows, Nk, c]` key/value tiles: output
+    and log-sum-exp `[B, rows, N]`."""
     B, rows, n, _ = qt.shape
+    nk = kt.shape[2]
     out = qt.new_empty(B, rows, n, vt.shape[-1])
     lse = qt.new_empty(B, rows, n, dtype=torch.float32)
-    step = _chunk(B, rows, n)
+    step = _chunk(B, rows, max(n, nk))
     for b in range(0, B, step):
         sl = slice(b, b + step)
         c = qt[sl].shape[0]
-        s = _scores(add, c, qt[sl].reshape(c * rows, n, -1), kt[sl].reshape(c * rows, n, -1), scale)
+        s = _scores(add, c, qt[sl].reshape(c * rows, n, -1), kt[sl].reshape(c * rows, nk, -1), scale)
         p = torch.softmax(s, -1)
         # log-sum-exp = max(s) + log(sum(exp(s - max(s)))), and the largest probability is 1 / that sum
         lse[sl] = s.amax(-1).sub_(p.amax(-1).log_()).view(c, rows, n)
-        out[sl] = torch.bmm(p, vt[sl].reshape(c * rows, n, -1)).view(c, rows, n, -1)
+        out[sl] = torch.bmm(p, vt[sl].reshape(c * rows, nk, -1)).view(c, rows, n, -1)
     return out, lse
 
 
@@ -277,3 +284,109 @@ def backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor
         drpb = torch.zeros(rpb.shape, dtype=acc, device=q.device).index_add_(0, plan.rel.view(-1), per_head)
         drpb = drpb.to(rpb.dtype)
     return dq, dk, dv, drpb
+
+
+# --- context mode --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ContextPlan:
+    windows: int
+    slot: Tensor  # [windows * heads * Nk] row of the flattened key map (+ one zero row) read by each context slot
+    mask: Optional[Tensor]  # [windows * heads, 1, Nk] additive -inf outside the map ('mask' border), else None
+
+
+@functools.lru_cache(maxsize=64)
+def _context_plan(H: int, W: int, Hk: int, Wk: int, heads: int, window: Tuple[int, ...], context: Tuple[int, ...],
+                  stride: Tuple[int, ...], offset: Tuple[int, ...], dilation: Tuple[int, ...], border: str,
+                  device: torch.device) -> _ContextPlan:
+    tok, inside = context_slots(H, W, Hk, Wk, list(window), list(context), list(stride), list(offset),
+                                list(dilation), border)
+    hd = torch.arange(heads)
+    slot = tok[:, None, :] * heads + hd[None, :, None]  # [windows, heads, Nk] of heads-last rows
+    slot = torch.where(tok[:, None, :] < 0, torch.full_like(slot, Hk * Wk * heads), slot).reshape(-1)  # zero row
+    mask = None
+    if border == 'mask' and not bool(inside.all()):
+        add = torch.zeros(inside.shape).masked_fill_(~inside, float('-inf'))
+        mask = add[:, None, None, :].expand(-1, heads, 1, -1).reshape(-1, 1, inside.shape[1]).to(device)
+    return _ContextPlan(windows=inside.shape[0], slot=slot.to(device), mask=mask)
+
+
+def _context_setup(q: Tensor, k: Tensor, window, context, stride, offset, dilation, border) -> _ContextPlan:
+    _, H, W, heads, _ = q.shape
+    return _context_plan(H, W, k.shape[1], k.shape[2], heads, tuple(window), tuple(context), tuple(stride),
+                         tuple(offset), tuple(dilation), border, q.device)
+
+
+def _context_gather(t: Tensor, plan: _ContextPlan, acc: torch.dtype) -> Tensor:
+    """Key map `[B, Hk, Wk, heads, c]` -> `[B, windows * heads, Nk, c]` (zero row for outside keys)."""
+    B, c = t.shape[0], t.shape[-1]
+    rows = torch.cat([t.reshape(B, -1, c), t.new_zeros(B, 1, c)], 1)
+    return rows.index_select(1, plan.slot).view(B, plan.windows * t.shape[3], -1, c).to(acc)
+
+
+def _query_part(t: Tensor, window: List[int], acc: torch.dtype) -> Tensor:
+    """`[B, H, W, heads, c]` -> `[B, windows * heads, wh * ww, c]`."""
+    B, H, W, heads, c = t.shape
+    wh, ww = window
+    t = t.reshape(B, H // wh, wh, W // ww, ww, heads, c).permute(0, 1, 3, 5, 2, 4, 6)
+    return t.reshape(B, -1, wh * ww, c).to(acc)
+
+
+def _query_unpart(t: Tensor, shape: Tuple[int, ...], window: List[int], dtype: torch.dtype) -> Tensor:
+    B, H, W, heads = shape[:4]
+    wh, ww = window
+    t = t.reshape(B, H // wh, W // ww, heads, wh, ww, -1).permute(0, 1, 4, 2, 5, 3, 6)
+    return t.to(dtype).reshape(shape)
+
+
+def _context_scatter(g: Tensor, plan: _ContextPlan, k: Tensor) -> Tensor:
+    """Context gradients `[B, windows * heads, Nk, c]` summed back onto the key map `[B, Hk, Wk, heads, c]`."""
+    B, Hk, Wk, heads, c = k.shape
+    rows = torch.zeros(B, Hk * Wk * heads + 1, c, dtype=g.dtype, device=g.device)
+    rows.index_add_(1, plan.slot, g.reshape(B, -1, c))
+    return rows[:, :-1].to(k.dtype).view(k.shape)
+
+
+def context_forward(q: Tensor, k: Tensor, v: Tensor, window: List[int], context: List[int], stride: List[int],
+                    offset: List[int], dilation: List[int], border: str, scale: float) -> Tuple[Tensor, Tensor]:
+    """Output `[B, H, W, heads, dv]` and fp32 log-sum-exp `[B, H, W, heads]`."""
+    B, H, W, heads, _ = q.shape
+    acc = torch.promote_types(q.dtype, torch.float32)
+    plan = _context_setup(q, k, window, context, stride, offset, dilation, border)
+    qt = _query_part(q, window, acc)
+    kt, vt = (_context_gather(t, plan, acc) for t in (k, v))
+    if q.shape[-1] == v.shape[-1]:
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            qt, kt, vt, 0.0, False, attn_mask=None if plan.mask is None else plan.mask[None].to(acc), scale=scale)
+    else:  # the fused kernel needs d == dv
+        out, lse = _explicit_forward(qt, kt, vt, None if plan.mask is None else plan.mask.to(acc), scale)
+    return (_query_unpart(out, (B, H, W, heads, v.shape[-1]), window, v.dtype),
+            _query_unpart(lse[..., None], (B, H, W, heads), window, torch.float32))
+
+
+def context_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, window: List[int],
+                     context: List[int], stride: List[int], offset: List[int], dilation: List[int], border: str,
+                     scale: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """Gradients of q, k, v (recomputes the probabilities where the fused kernel cannot run)."""
+    acc = torch.promote_types(q.dtype, torch.float32)
+    plan = _context_setup(q, k, window, context, stride, offset, dilation, border)
+    qt, dot = (_query_part(t, window, acc) for t in (q, dout))
+    kt, vt = (_context_gather(t, plan, acc) for t in (k, v))
+    if q.shape[-1] == v.shape[-1]:
+        ot = _query_part(out, window, acc)
+        lt = _query_part(lse[..., None], window, torch.float32)[..., 0]
+        dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            dot, qt, kt, vt, ot, lt, 0.0, False, attn_mask=None if plan.mask is None else plan.mask[None].to(acc),
+            scale=scale)
+    else:
+        B, rows, n, _ = qt.shape
+        flat = lambda t: t.reshape(B * rows, t.shape[2], -1)  # noqa: E731
+        s = _scores(None if plan.mask is None else plan.mask.to(acc), B, flat(qt), flat(kt), scale)
+        p = torch.softmax(s, -1)
+        ds = torch.ops.aten._softmax_backward_data(torch.bmm(flat(dot), flat(vt).transpose(1, 2)), p, -1, acc)
+        dv = torch.bmm(p.transpose(1, 2), flat(dot)).view(vt.shape)
+        dk = torch.bmm(ds.transpose(1, 2), flat(qt)).mul_(scale).view(kt.shape)
+        dq = torch.bmm(ds, flat(kt)).mul_(scale).view(qt.shape)
+    return (_query_unpart(dq, tuple(q.shape), window, q.dtype), _context_scatter(dk, plan, k),
+            _context_scatter(dv, plan, v))

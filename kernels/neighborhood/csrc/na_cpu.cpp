@@ -619,6 +619,51 @@ struct QueryBlock {
   }
 };
 
+// What every block kernel starts from: the geometry, its axes, and the packed rows of its (batch, head).
+template <class V>
+struct Site {
+  const Geo<V>& g;
+  const Axis &az, &ay, &ax;
+  const i64 C, CV, Wp, bh;
+
+  Site(const Geo<V>& geo, i64 b, i64 h)
+      : g(geo), az(geo.ax[0]), ay(geo.ax[1]), ax(geo.ax[2]), C(geo.C), CV(geo.CV), Wp(geo.Wp), bh(b * geo.H + h) {}
+  // Packed row `row` (reordered z * y) of a buffer with `ch` channels per row (1 for lse / delta), from lane x.
+  template <class T>
+  const T* at(const T* base, i64 row, i64 ch, i64 x) const { return base + (bh * g.R + row) * ch * Wp + x; }
+};
+
+// Runs kernel(mode, scratch, b, h, row, block) for every lane block of every (batch, head, row), in parallel over
+// (batch, head, row) with at::parallel_for. `mode` is the block's window-load mode (see win()) as a
+// std::integral_constant, so each kernel is instantiated per mode; `scratch` is made once per thread.
+template <class V, class Block, class MakeScratch, class Kernel>
+void for_each_block(const Geo<V>& g, MakeScratch make_scratch, Kernel kernel) {
+  at::parallel_for(0, g.B * g.H * g.R, 1, [&](i64 begin, i64 end) {
+    auto scratch = make_scratch();
+    Block blk;
+    for (i64 it = begin; it < end; ++it) {
+      const i64 b = it / (g.H * g.R), h = (it / g.R) % g.H;
+      const int row = it % g.R;
+      for (int x0 = 0; x0 < g.W; x0 += V::N) {
+        blk.init(g, b, row, h, x0);
+        switch (blk.mode) {
+          case 0: kernel(std::integral_constant<int, 0>{}, scratch, b, h, row, blk); break;
+          case 1: kernel(std::integral_constant<int, 1>{}, scratch, b, h, row, blk); break;
+          default: kernel(std::integral_constant<int, 2>{}, scratch, b, h, row, blk);
+        }
+      }
+    }
+  });
+}
+
+// The rpb table `[H, TZ, TY, TX]` with its x extent zero-padded to TXp (whole vectors for the bias loads).
+template <class V>
+at::Tensor padded_rpb(const at::Tensor& rpb, const Geo<V>& g) {
+  at::Tensor rp = at::zeros({g.H, g.TZ, g.TY, g.TXp}, rpb.options());
+  rp.narrow(3, 0, g.TX).copy_(rpb.view({g.H, g.TZ, g.TY, g.TX}));
+  return rp;
+}
+
 // ------------------------------------------------------------------------------------------------------------------
 // forward
 
@@ -636,11 +681,10 @@ void fwd_block(const FwdArgs<V>& A, i64 b, i64 h, int row, const QueryBlock<V>& 
                const typename V::scalar** vbase) {
   using T = typename V::scalar;
   constexpr int N = V::N;
-  const Geo<V>& g = *A.g;
-  const Axis &az = g.ax[0], &ay = g.ax[1], &ax = g.ax[2];
-  const i64 C = g.C, CV = g.CV, Wp = g.Wp;
-  const i64 bh = b * g.H + h;
-  const T* qrow = A.q + (bh * g.R + row) * C * Wp + qb.x0;
+  const Site<V> site(*A.g, b, h);
+  const Geo<V>& g = site.g;
+  const Axis &az = site.az, &ay = site.ay, &ax = site.ax;
+  const T* qrow = site.at(A.q, row, site.C, qb.x0);
   const typename V::I idx = V::iload(qb.idx), rel0 = V::iload(qb.rel);
   const int pz = row / ay.L, py = row % ay.L;
   V m = V::set1(-INFINITY);
@@ -651,12 +695,12 @@ void fwd_block(const FwdArgs<V>& A, i64 b, i64 h, int row, const QueryBlock<V>& 
     for (int iy = 0; iy < ay.K; ++iy) {
       const int ky = ay.start[py] + iy, ry = ky - py + ay.K - 1;
       const i64 krow = (i64)kz * ay.L + ky;
-      const T* kb = A.k + (bh * g.R + krow) * C * Wp + qb.sx0;
+      const T* kb = site.at(A.k, krow, site.C, qb.sx0);
       const T* trow = A.rpb ? A.rpb + ((h * g.TZ + rz) * g.TY + ry) * g.TXp : nullptr;
-      vbase[ngroups++] = A.v + (bh * g.R + krow) * CV * Wp + qb.sx0;
+      vbase[ngroups++] = site.at(A.v, krow, site.CV, qb.sx0);
       for (int j0 = 0; j0 < ax.K; j0 += 8) {
         const int nj = std::min(8, ax.K - j0);
-        dots<V, MODE>(qrow, kb + j0, Wp, C, idx, nj, s);
+        dots<V, MODE>(qrow, kb + j0, site.Wp, site.C, idx, nj, s);
         for (int jj = 0; jj < nj; ++jj) {
           V sc = trow ? s[jj] + bias<V>(trow, V::iadd(rel0, j0 + jj), g.small_table) : s[jj];
           sc.store(sbuf + (n + jj) * N);
@@ -676,8 +720,8 @@ void fwd_block(const FwdArgs<V>& A, i64 b, i64 h, int row, const QueryBlock<V>& 
   m.store(mv);
   sum.store(sv);
   for (int l = 0; l < qb.nvalid; ++l) A.lse[qb.pos[l]] = (float)(mv[l] + std::log(sv[l]));
-  LaneStore<V> st{A.out, qb.pos, qb.nvalid, CV, V::set1(T(1)) / sum};
-  wsum<V, MODE>(sbuf, vbase, ngroups, ax.K, Wp, CV, idx, st);
+  LaneStore<V> st{A.out, qb.pos, qb.nvalid, site.CV, V::set1(T(1)) / sum};
+  wsum<V, MODE>(sbuf, vbase, ngroups, ax.K, site.Wp, site.CV, idx, st);
 }
 
 template <class T>
@@ -692,32 +736,20 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& q, const at::Tensor& k, c
   const T* qp = pack<V>(q, g, scale, 0, hq);
   const T* kp = pack<V>(k, g, 1.0, 1, hk);
   const T* vp = pack<V>(v, g, 1.0, 2, hv);
-  at::Tensor rp;
-  if (rpb.has_value()) {
-    rp = at::zeros({g.H, g.TZ, g.TY, g.TXp}, q.options());
-    rp.narrow(3, 0, g.TX).copy_(rpb->view({g.H, g.TZ, g.TY, g.TX}));
-  }
+  const at::Tensor rp = rpb.has_value() ? padded_rpb(*rpb, g) : at::Tensor();
   at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2), q.size(3), q.size(4), v.size(5)}, v.options());
   at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2), q.size(3), q.size(4)}, q.options().dtype(at::kFloat));
   FwdArgs<V> A{&g, qp, kp, vp, rp.defined() ? rp.data_ptr<T>() : nullptr,
                out.data_ptr<T>(), lse.data_ptr<float>()};
-  at::parallel_for(0, g.B * g.H * g.R, 1, [&](i64 begin, i64 end) {
-    std::vector<T> sbuf(g.kn * N + N);
-    std::vector<const T*> vbase(g.kn / g.ax[2].K);
-    QueryBlock<V> qb;
-    for (i64 it = begin; it < end; ++it) {
-      const i64 b = it / (g.H * g.R), h = (it / g.R) % g.H;
-      const int row = it % g.R;
-      for (int x0 = 0; x0 < g.W; x0 += N) {
-        qb.init(g, b, row, h, x0);
-        switch (qb.mode) {
-          case 0: fwd_block<V, 0>(A, b, h, row, qb, sbuf.data(), vbase.data()); break;
-          case 1: fwd_block<V, 1>(A, b, h, row, qb, sbuf.data(), vbase.data()); break;
-          default: fwd_block<V, 2>(A, b, h, row, qb, sbuf.data(), vbase.data()); break;
-        }
-      }
-    }
-  });
+  struct Scratch {
+    std::vector<T> scores;
+    std::vector<const T*> vbase;
+  };
+  for_each_block<V, QueryBlock<V>>(
+      g, [&] { return Scratch{std::vector<T>(g.kn * N + N), std::vector<const T*>(g.kn / g.ax[2].K)}; },
+      [&](auto mode, Scratch& w, i64 b, i64 h, int row, const QueryBlock<V>& qb) {
+        fwd_block<V, decltype(mode)::value>(A, b, h, row, qb, w.scores.data(), w.vbase.data());
+      });
   return {out, lse};
 }
 
@@ -740,17 +772,16 @@ void bwd_q_block(const BwdArgs<V>& A, i64 b, i64 h, int row, const QueryBlock<V>
                  const typename V::scalar** kbase) {
   using T = typename V::scalar;
   constexpr int N = V::N;
-  const Geo<V>& g = *A.g;
-  const Axis &az = g.ax[0], &ay = g.ax[1], &ax = g.ax[2];
-  const i64 C = g.C, CV = g.CV, Wp = g.Wp;
-  const i64 bh = b * g.H + h;
-  const T* qrow = A.q + (bh * g.R + row) * C * Wp + qb.x0;
-  const T* dorow = A.dout + (bh * g.R + row) * CV * Wp + qb.x0;
-  const V lsev = V::load(A.lse + (bh * g.R + row) * Wp + qb.x0);
-  const V delv = V::load(A.delta + (bh * g.R + row) * Wp + qb.x0);
+  const Site<V> site(*A.g, b, h);
+  const Geo<V>& g = site.g;
+  const Axis &az = site.az, &ay = site.ay, &ax = site.ax;
+  const T* qrow = site.at(A.q, row, site.C, qb.x0);
+  const T* dorow = site.at(A.dout, row, site.CV, qb.x0);
+  const V lsev = V::load(site.at(A.lse, row, 1, qb.x0));
+  const V delv = V::load(site.at(A.delta, row, 1, qb.x0));
   const typename V::I idx = V::iload(qb.idx), rel0 = V::iload(qb.rel);
   const int pz = row / ay.L, py = row % ay.L;
-  T* part = A.part ? A.part + (bh * g.R + row) * g.TZ * g.TY * g.TX : nullptr;
+  T* part = A.part ? A.part + (site.bh * g.R + row) * g.TZ * g.TY * g.TX : nullptr;
   V s[8], dp[8];
   i64 n = 0, ngroups = 0;
   for (int iz = 0; iz < az.K; ++iz) {
@@ -758,14 +789,14 @@ void bwd_q_block(const BwdArgs<V>& A, i64 b, i64 h, int row, const QueryBlock<V>
     for (int iy = 0; iy < ay.K; ++iy) {
       const int ky = ay.start[py] + iy, ry = ky - py + ay.K - 1;
       const i64 krow = (i64)kz * ay.L + ky;
-      const T* kb = A.k + (bh * g.R + krow) * C * Wp + qb.sx0;
-      const T* vb = A.v + (bh * g.R + krow) * CV * Wp + qb.sx0;
+      const T* kb = site.at(A.k, krow, site.C, qb.sx0);
+      const T* vb = site.at(A.v, krow, site.CV, qb.sx0);
       const T* trow = A.rpb ? A.rpb + ((h * g.TZ + rz) * g.TY + ry) * g.TXp : nullptr;
       kbase[ngroups++] = kb;
       for (int j0 = 0; j0 < ax.K; j0 += 8) {
         const int nj = std::min(8, ax.K - j0);
-        dots<V, MODE>(qrow, kb + j0, Wp, C, idx, nj, s);
-        dots<V, MODE>(dorow, vb + j0, Wp, CV, idx, nj, dp);
+        dots<V, MODE>(qrow, kb + j0, site.Wp, site.C, idx, nj, s);
+        dots<V, MODE>(dorow, vb + j0, site.Wp, site.CV, idx, nj, dp);
         for (int jj = 0; jj < nj; ++jj) {
           V sc = trow ? s[jj] + bias<V>(trow, V::iadd(rel0, j0 + jj), g.small_table) : s[jj];
           V p = V::exp(sc - lsev);
@@ -783,8 +814,8 @@ void bwd_q_block(const BwdArgs<V>& A, i64 b, i64 h, int row, const QueryBlock<V>
       }
     }
   }
-  LaneStore<V> st{A.dq, qb.pos, qb.nvalid, C, V::set1(A.scale)};  // dQ = scale * dS K (Q was packed scaled)
-  wsum<V, MODE>(dsbuf, kbase, ngroups, ax.K, Wp, C, idx, st);
+  LaneStore<V> st{A.dq, qb.pos, qb.nvalid, site.C, V::set1(A.scale)};  // dQ = scale * dS K (Q was packed scaled)
+  wsum<V, MODE>(dsbuf, kbase, ngroups, ax.K, site.Wp, site.C, idx, st);
 }
 
 // Lane set-up of a key block: lane l holds reordered key x0 + l, seen by queries lo[l] .. lo[l] + cnt[l] - 1.
@@ -832,12 +863,11 @@ void bwd_kv_block(const BwdArgs<V>& A, i64 b, i64 h, int row, const KeyBlock<V>&
                   typename V::scalar* dsbuf, const typename V::scalar** qbase, const typename V::scalar** dobase) {
   using T = typename V::scalar;
   constexpr int N = V::N;
-  const Geo<V>& g = *A.g;
-  const Axis &az = g.ax[0], &ay = g.ax[1], &ax = g.ax[2];
-  const i64 C = g.C, CV = g.CV, Wp = g.Wp;
-  const i64 bh = b * g.H + h;
-  const T* kblk = A.k + (bh * g.R + row) * C * Wp + kb.x0;
-  const T* vblk = A.v + (bh * g.R + row) * CV * Wp + kb.x0;
+  const Site<V> site(*A.g, b, h);
+  const Geo<V>& g = site.g;
+  const Axis &az = site.az, &ay = site.ay, &ax = site.ax;
+  const T* kblk = site.at(A.k, row, site.C, kb.x0);
+  const T* vblk = site.at(A.v, row, site.CV, kb.x0);
   const typename V::I idx = V::iload(kb.idx), cntv = V::iload(kb.cnt), rel0 = V::iload(kb.rel);
   const int kz = row / ay.L, ky = row % ay.L;
   V s[8], dp[8];
@@ -847,17 +877,17 @@ void bwd_kv_block(const BwdArgs<V>& A, i64 b, i64 h, int row, const KeyBlock<V>&
     for (int qy = ay.lo[ky]; qy < ay.lo[ky] + ay.cnt[ky]; ++qy) {
       const int ry = ky - qy + ay.K - 1;
       const i64 qrow = (i64)qz * ay.L + qy;
-      const T* qb = A.q + (bh * g.R + qrow) * C * Wp + kb.lo0;
-      const T* dob = A.dout + (bh * g.R + qrow) * CV * Wp + kb.lo0;
-      const T* lb = A.lse + (bh * g.R + qrow) * Wp + kb.lo0;
-      const T* db = A.delta + (bh * g.R + qrow) * Wp + kb.lo0;
+      const T* qb = site.at(A.q, qrow, site.C, kb.lo0);
+      const T* dob = site.at(A.dout, qrow, site.CV, kb.lo0);
+      const T* lb = site.at(A.lse, qrow, 1, kb.lo0);
+      const T* db = site.at(A.delta, qrow, 1, kb.lo0);
       const T* trow = A.rpb ? A.rpb + ((h * g.TZ + rz) * g.TY + ry) * g.TXp : nullptr;
       qbase[ngroups] = qb;
       dobase[ngroups++] = dob;
       for (int t0 = 0; t0 < kb.tmax; t0 += 8) {
         const int nt = std::min(8, kb.tmax - t0);
-        dots<V, MODE>(kblk, qb + t0, Wp, C, idx, nt, s);
-        dots<V, MODE>(vblk, dob + t0, Wp, CV, idx, nt, dp);
+        dots<V, MODE>(kblk, qb + t0, site.Wp, site.C, idx, nt, s);
+        dots<V, MODE>(vblk, dob + t0, site.Wp, site.CV, idx, nt, dp);
         for (int tt = 0; tt < nt; ++tt) {
           const int t = t0 + tt;
           V sc = trow ? s[tt] + bias<V>(trow, V::imax0(V::iadd(rel0, -t)), g.small_table) : s[tt];
@@ -871,10 +901,10 @@ void bwd_kv_block(const BwdArgs<V>& A, i64 b, i64 h, int row, const KeyBlock<V>&
       }
     }
   }
-  LaneStore<V> sv{A.dv, kb.pos, kb.nvalid, CV, V::set1(T(1))};
-  wsum<V, MODE>(pbuf, dobase, ngroups, kb.tmax, Wp, CV, idx, sv);
-  LaneStore<V> sk{A.dk, kb.pos, kb.nvalid, C, V::set1(T(1))};
-  wsum<V, MODE>(dsbuf, qbase, ngroups, kb.tmax, Wp, C, idx, sk);
+  LaneStore<V> sv{A.dv, kb.pos, kb.nvalid, site.CV, V::set1(T(1))};
+  wsum<V, MODE>(pbuf, dobase, ngroups, kb.tmax, site.Wp, site.CV, idx, sv);
+  LaneStore<V> sk{A.dk, kb.pos, kb.nvalid, site.C, V::set1(T(1))};
+  wsum<V, MODE>(dsbuf, qbase, ngroups, kb.tmax, site.Wp, site.C, idx, sk);
 }
 
 template <class T>
@@ -893,52 +923,37 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dout, const at::Tensor& 
   const T* dop = pack<V>(dout, g, 1.0, 3, hdo);
   const T* lsep = pack_rows<V>(lse, at::Tensor(), at::Tensor(), g, 4, hl);
   const T* delp = pack_rows<V>(at::Tensor(), dout, out, g, 5, hd);
-  at::Tensor rp, part;
   const i64 TT = (i64)g.TZ * g.TY * g.TX;
-  if (rpb.has_value()) {
-    rp = at::zeros({g.H, g.TZ, g.TY, g.TXp}, q.options());
-    rp.narrow(3, 0, g.TX).copy_(rpb->view({g.H, g.TZ, g.TY, g.TX}));
-    part = at::zeros({g.B, g.H, g.R, TT}, q.options());
-  }
+  const at::Tensor rp = rpb.has_value() ? padded_rpb(*rpb, g) : at::Tensor();
+  const at::Tensor part = rpb.has_value() ? at::zeros({g.B, g.H, g.R, TT}, q.options()) : at::Tensor();
   at::Tensor dq = at::empty(q.sizes(), q.options()), dk = at::empty(k.sizes(), k.options());
   at::Tensor dv = at::empty(v.sizes(), v.options());
-  BwdArgs<V> A{&g, qp, kp, vp, dop, lsep, delp, rp.defined() ? rp.data_ptr<T>() : nullptr, dq.data_ptr<T>(), dk.data_ptr<T>(),
-               dv.data_ptr<T>(), part.defined() ? part.data_ptr<T>() : nullptr, (T)scale};
-  at::parallel_for(0, g.B * g.H * g.R, 1, [&](i64 begin, i64 end) {
-    std::vector<T> dsbuf(g.kn * N + N);
-    std::vector<const T*> kbase(g.kn / g.ax[2].K);
-    QueryBlock<V> qb;
-    for (i64 it = begin; it < end; ++it) {
-      const i64 b = it / (g.H * g.R), h = (it / g.R) % g.H;
-      const int row = it % g.R;
-      for (int x0 = 0; x0 < g.W; x0 += N) {
-        qb.init(g, b, row, h, x0);
-        switch (qb.mode) {
-          case 0: bwd_q_block<V, 0>(A, b, h, row, qb, dsbuf.data(), kbase.data()); break;
-          case 1: bwd_q_block<V, 1>(A, b, h, row, qb, dsbuf.data(), kbase.data()); break;
-          default: bwd_q_block<V, 2>(A, b, h, row, qb, dsbuf.data(), kbase.data()); break;
-        }
-      }
-    }
-  });
+  BwdArgs<V> A{&g, qp, kp, vp, dop, lsep, delp, rp.defined() ? rp.data_ptr<T>() : nullptr, dq.data_ptr<T>(),
+               dk.data_ptr<T>(), dv.data_ptr<T>(), part.defined() ? part.data_ptr<T>() : nullptr, (T)scale};
+  struct QScratch {
+    std::vector<T> ds;
+    std::vector<const T*> kbase;
+  };
+  for_each_block<V, QueryBlock<V>>(
+      g, [&] { return QScratch{std::vector<T>(g.kn * N + N), std::vector<const T*>(g.kn / g.ax[2].K)}; },
+      [&](auto mode, QScratch& w, i64 b, i64 h, int row, const QueryBlock<V>& qb) {
+        bwd_q_block<V, decltype(mode)::value>(A, b, h, row, qb, w.ds.data(), w.kbase.data());
+      });
   const i64 pairs = (i64)g.ax[0].max_cnt * g.ax[1].max_cnt * g.ax[2].max_cnt + 8;
-  at::parallel_for(0, g.B * g.H * g.R, 1, [&](i64 begin, i64 end) {
-    std::vector<T> pbuf(pairs * N), dsbuf(pairs * N);
-    std::vector<const T*> qbase(pairs), dobase(pairs);
-    KeyBlock<V> kb;
-    for (i64 it = begin; it < end; ++it) {
-      const i64 b = it / (g.H * g.R), h = (it / g.R) % g.H;
-      const int row = it % g.R;
-      for (int x0 = 0; x0 < g.W; x0 += N) {
-        kb.init(g, b, row, h, x0);
-        switch (kb.mode) {
-          case 0: bwd_kv_block<V, 0>(A, b, h, row, kb, pbuf.data(), dsbuf.data(), qbase.data(), dobase.data()); break;
-          case 1: bwd_kv_block<V, 1>(A, b, h, row, kb, pbuf.data(), dsbuf.data(), qbase.data(), dobase.data()); break;
-          default: bwd_kv_block<V, 2>(A, b, h, row, kb, pbuf.data(), dsbuf.data(), qbase.data(), dobase.data());
-        }
-      }
-    }
-  });
+  struct KScratch {
+    std::vector<T> p, ds;
+    std::vector<const T*> qbase, dobase;
+  };
+  for_each_block<V, KeyBlock<V>>(
+      g,
+      [&] {
+        return KScratch{std::vector<T>(pairs * N), std::vector<T>(pairs * N), std::vector<const T*>(pairs),
+                        std::vector<const T*>(pairs)};
+      },
+      [&](auto mode, KScratch& w, i64 b, i64 h, int row, const KeyBlock<V>& kb) {
+        bwd_kv_block<V, decltype(mode)::value>(A, b, h, row, kb, w.p.data(), w.ds.data(), w.qbase.data(),
+                                               w.dobase.data());
+      });
   at::Tensor drpb;
   if (part.defined()) {
     // Fixed summation order (batch, then rows) whatever the thread count: the rpb gradient is deterministic.
@@ -974,7 +989,17 @@ void check(const at::Tensor& t, const char* name) {
               " must be float32 or float64");
 }
 
-void check_geometry(const at::Tensor& q, at::IntArrayRef kernel, at::IntArrayRef dilation) {
+// An absent or undefined rpb as nullopt, else a contiguous copy (view) of it.
+c10::optional<at::Tensor> contiguous_bias(const c10::optional<at::Tensor>& rpb) {
+  if (rpb.has_value() && rpb->defined()) return rpb->contiguous();
+  return c10::nullopt;
+}
+
+void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::IntArrayRef kernel,
+               at::IntArrayRef dilation) {
+  check(q, "q");
+  check(k, "k");
+  check(v, "v");
   TORCH_CHECK(kernel.size() == 3 && dilation.size() == 3, "hiervit_cpp: kernel and dilation need 3 entries");
   for (int a = 0; a < 3; ++a) {
     TORCH_CHECK(kernel[a] >= 1 && dilation[a] >= 1 && kernel[a] * dilation[a] <= q.size(1 + a),
@@ -985,12 +1010,8 @@ void check_geometry(const at::Tensor& q, at::IntArrayRef kernel, at::IntArrayRef
 std::vector<at::Tensor> na_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                    const c10::optional<at::Tensor>& rpb, at::IntArrayRef kernel,
                                    at::IntArrayRef dilation, double scale) {
-  check(q, "q");
-  check(k, "k");
-  check(v, "v");
-  check_geometry(q, kernel, dilation);
-  c10::optional<at::Tensor> bias;
-  if (rpb.has_value() && rpb->defined()) bias = rpb->contiguous();
+  check_qkv(q, k, v, kernel, dilation);
+  const c10::optional<at::Tensor> bias = contiguous_bias(rpb);
   if (q.scalar_type() == at::kDouble) return forward_impl<double>(q, k, v, bias, kernel, dilation, scale);
   return forward_impl<float>(q, k, v, bias, kernel, dilation, scale);
 }
@@ -999,15 +1020,12 @@ std::vector<at::Tensor> na_backward(const at::Tensor& dout, const at::Tensor& q,
                                     const at::Tensor& v, const c10::optional<at::Tensor>& rpb, const at::Tensor& out,
                                     const at::Tensor& lse, at::IntArrayRef kernel, at::IntArrayRef dilation,
                                     double scale) {
+  check_qkv(q, k, v, kernel, dilation);
   check(dout, "dout");
-  check(q, "q");
-  check(k, "k");
-  check(v, "v");
   check(out, "out");
-  check_geometry(q, kernel, dilation);
-  TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.dim() == 5, "hiervit_cpp: lse must be float32 [B, L0, L1, L2, heads]");
-  c10::optional<at::Tensor> bias;
-  if (rpb.has_value() && rpb->defined()) bias = rpb->contiguous();
+  TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.dim() == 5,
+              "hiervit_cpp: lse must be float32 [B, L0, L1, L2, heads]");
+  const c10::optional<at::Tensor> bias = contiguous_bias(rpb);
   if (q.scalar_type() == at::kDouble) {
     return backward_impl<double>(dout, q, k, v, bias, out, lse, kernel, dilation, scale);
   }
