@@ -28,7 +28,7 @@ The variants plug this mixer into the shared layouts:
 Any input size works: the position encodings are exact at the trained map size and bilinearly interpolated for other
 sizes (also non-square maps; the official code assumes square windows).
 """
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -38,15 +38,17 @@ from timm.layers import register_notrace_function, to_2tuple
 from timm.models import generate_default_cfgs, register_model
 from torch.jit import Final
 
+from hiervit.backbones._pretrained import build_with_official_layouts
 from hiervit.backbones.cswin import CSWinAttention
 from hiervit.backbones.cswin import _official_key as _cswin_official_key
+from hiervit.backbones.layers.pvt import PVTLayout, pvt_official_key, pvt_stage_sizes
 from hiervit.backbones.layers.skeleton import CSWinLayout, MixerFactory, SwinLayout, build_layout_model
 from hiervit.backbones.layers.window import SwinWindowAttention
 from hiervit.kernels.linear import linear_attention_op
 
 __all__ = [
-    'FocusedLinearAttention', 'FLattenAttention', 'FLattenCSWinAttention', 'FLattenSwin',
-    'FLattenCSWin',
+    'FocusedLinearAttention', 'FLattenAttention', 'FLattenCSWinAttention', 'FLattenPVTAttention', 'FLattenSwin',
+    'FLattenCSWin', 'FLattenPVT',
 ]
 
 
@@ -215,10 +217,44 @@ class FLattenCSWinAttention(FocusedLinearAttention):
         return self.proj_drop(self.proj(x)).reshape(B, H, W, C)
 
 
-def _level_sizes(img_size: Union[int, Sequence[int]], levels: int) -> List[Tuple[int, int]]:
-    """Map size of every level at the build size (stride 4, then halved), as the official models compute it."""
-    h, w = to_2tuple(img_size)
-    return [(h // 4 // 2 ** i, w // 4 // 2 ** i) for i in range(levels)]
+class FLattenPVTAttention(FocusedLinearAttention):
+    """FLatten-PVT's mixer (PVT and PVTv2 layouts): focused linear attention over the whole map with PVT's separate
+    q and kv projections (the released `la_sr_ratios` 1111: no spatial reduction), NHWC in and out."""
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            pe_size: Union[int, Sequence[int]],
+            qkv_bias: bool = True,
+            proj_drop: float = 0.,
+            focusing_factor: float = 3.,
+            kernel_size: int = 5,
+            backend: Optional[str] = None,
+    ):
+        """
+        Args:
+            dim: Channels in and out.
+            num_heads: Attention heads.
+            pe_size: Trained map size of the K position encoding.
+            qkv_bias: Bias in the q and kv projections.
+            proj_drop: Dropout after the output projection.
+            focusing_factor: Power of the focusing function.
+            kernel_size: Depthwise rank-restoration conv size.
+            backend: Force a linear-attention backend (None: the op's dispatcher chooses).
+        """
+        super().__init__(dim, num_heads, pe_size, focusing_factor, kernel_size, backend)
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        x = x.reshape(B, H * W, C)
+        k, v = self.kv(x).reshape(B, H * W, 2, C).unbind(2)
+        x = self.attend(self.q(x), k, v, H, W)
+        return self.proj_drop(self.proj(x)).reshape(B, H, W, C)
 
 
 def _check_pattern(attn_type: str, levels: int) -> None:
@@ -266,7 +302,7 @@ class FLattenSwin(SwinLayout):
             **kwargs: Any other `HierarchicalTransformer` argument (`num_classes`, `drop_path_rate`, ...).
         """
         _check_pattern(attn_type, len(depths))
-        sizes = _level_sizes(img_size, len(depths))
+        sizes = pvt_stage_sizes(img_size, len(depths))
         swin_window = 7 if window_size <= 56 else 12
 
         def mixer(level: int) -> MixerFactory:
@@ -340,7 +376,7 @@ class FLattenCSWin(CSWinLayout):
         if len(split_size) != n or len(la_split_size) != n:
             raise ValueError(f'split_size={tuple(split_size)} and la_split_size={tuple(la_split_size)} need one '
                              f'entry per level of depths={tuple(depths)}.')
-        sizes = _level_sizes(img_size, n)
+        sizes = pvt_stage_sizes(img_size, n)
         for i, kind in enumerate(attn_type):
             if kind == 'L' and la_split_size[i] < max(sizes[i]):
                 raise ValueError(
@@ -370,6 +406,62 @@ class FLattenCSWin(CSWinLayout):
         )
         self.attn_type = attn_type
         self.seg_padding = seg_padding
+
+
+class FLattenPVT(PVTLayout):
+    """FLatten-PVT / FLatten-PVTv2: the PVT (`v2=False`) or PVTv2 layout with focused linear attention in every
+    stage (the released pattern `LLLL`)."""
+
+    def __init__(
+            self,
+            v2: bool = False,
+            img_size: Union[int, Sequence[int]] = 224,
+            embed_dims: Sequence[int] = (64, 128, 320, 512),
+            depths: Sequence[int] = (2, 2, 2, 2),
+            num_heads: Sequence[int] = (1, 2, 5, 8),
+            mlp_ratios: Sequence[float] = (8., 8., 4., 4.),
+            focusing_factor: float = 3.,
+            kernel_size: int = 5,
+            qkv_bias: bool = True,
+            proj_drop_rate: float = 0.,
+            attn_backend: Optional[str] = None,
+            **kwargs,
+    ):
+        """
+        Args:
+            v2: The PVTv2 layout instead of PVT v1.
+            img_size: Build (training) size: fixes the position-encoding sizes.
+            embed_dims: Channels per stage.
+            depths: Blocks per stage.
+            num_heads: Attention heads per stage.
+            mlp_ratios: MLP hidden width / dim per stage.
+            focusing_factor: Power of the focusing function.
+            kernel_size: Depthwise rank-restoration conv size.
+            qkv_bias: Bias in the q and kv projections.
+            proj_drop_rate: Dropout after the attention projection and in the MLP (the official `drop_rate`).
+            attn_backend: Force a linear-attention backend (None: the dispatcher chooses).
+            **kwargs: Any other `PVTLayout` argument (`num_classes`, `drop_path_rate`, ...).
+        """
+        sizes = pvt_stage_sizes(img_size, len(depths))
+
+        def mixer(stage: int) -> MixerFactory:
+            def make(dim: int, heads: int, block: int) -> nn.Module:
+                return FLattenPVTAttention(
+                    dim, heads, sizes[stage], qkv_bias=qkv_bias, proj_drop=proj_drop_rate,
+                    focusing_factor=focusing_factor, kernel_size=kernel_size, backend=attn_backend)
+            return make
+
+        super().__init__(
+            [mixer(i) for i in range(len(depths))],
+            v2=v2,
+            img_size=img_size,
+            embed_dims=embed_dims,
+            depths=depths,
+            num_heads=num_heads,
+            mlp_ratios=mlp_ratios,
+            proj_drop_rate=proj_drop_rate,
+            **kwargs,
+        )
 
 
 def _unwrap(state_dict: Dict[str, Any]) -> Dict[str, Any]:
@@ -403,8 +495,13 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
     saying what does not fit."""
     state_dict = _unwrap(state_dict)
     target = model.state_dict()
-    if any(k.startswith('levels.') for k in state_dict):
+    if any(k.startswith(('levels.', 'stages.')) for k in state_dict):
         out = dict(state_dict)
+    elif isinstance(model, PVTLayout):
+        # the official PVT v1 models hold a final LayerNorm that their forward never applies: dropped unless the
+        # model has one (final_norm=True)
+        out = {pvt_official_key(k): v for k, v in state_dict.items()
+               if not (k.startswith('norm.') and 'norm.weight' not in target)}
     elif isinstance(model, FLattenCSWin):
         out = {_cswin_key(k, model.num_levels): v for k, v in state_dict.items()}
         # the `L` levels' LePE conv is one module (`attn.get_v`), CSWin's branches are numbered (`attn.get_v.{b}`)
@@ -464,6 +561,16 @@ default_cfgs = generate_default_cfgs({
     'flatten_swin_small.in1k': _released('94188e52af354bf4a88b', 'flatten_swin_small'),
     'flatten_swin_base.in1k': _released('7a9e5186bad04e7fb3a9', 'flatten_swin_base'),
     'flatten_swin_base_384.in1k': _released('0d0330cf2e5249f1abb6', 'flatten_swin_base_384', **_384),
+    'flatten_pvt_tiny.in1k': _released('3ab1d773f19d45648690', 'flatten_pvt_tiny', first_conv='patch_embed.proj'),
+    'flatten_pvt_small.untrained': _unreleased(),
+    'flatten_pvt_medium.untrained': _unreleased(),
+    'flatten_pvt_large.untrained': _unreleased(),
+    'flatten_pvt_v2_b0.in1k': _released('5d1f01532b104da28e7b', 'flatten_pvt_v2_b0'),
+    'flatten_pvt_v2_b1.untrained': _unreleased(),
+    'flatten_pvt_v2_b2.untrained': _unreleased(),
+    'flatten_pvt_v2_b3.untrained': _unreleased(),
+    'flatten_pvt_v2_b4.untrained': _unreleased(),
+    'flatten_pvt_v2_b5.untrained': _unreleased(),
     'flatten_cswin_tiny.in1k': _released('48ba765ba8b0451d9d5a', 'flatten_cswin_tiny'),
     'flatten_cswin_small.untrained': _unreleased(),
     'flatten_cswin_base.untrained': _unreleased(),
@@ -477,6 +584,17 @@ _VARIANT_ARGS: Dict[str, Dict[str, Any]] = {
     'flatten_swin_base': dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), drop_path_rate=0.5),
     'flatten_swin_base_384': dict(img_size=384, window_size=96, embed_dim=128, depths=(2, 2, 18, 2),
                                   num_heads=(4, 8, 16, 32), drop_path_rate=0.5),
+    'flatten_pvt_tiny': dict(depths=(2, 2, 2, 2), drop_path_rate=0.1),
+    'flatten_pvt_small': dict(depths=(3, 4, 6, 3), drop_path_rate=0.1),
+    'flatten_pvt_medium': dict(depths=(3, 4, 18, 3), drop_path_rate=0.3),
+    'flatten_pvt_large': dict(depths=(3, 8, 27, 3), drop_path_rate=0.3),
+    'flatten_pvt_v2_b0': dict(v2=True, embed_dims=(32, 64, 160, 256), depths=(2, 2, 2, 2), drop_path_rate=0.1),
+    'flatten_pvt_v2_b1': dict(v2=True, depths=(2, 2, 2, 2), drop_path_rate=0.1),
+    'flatten_pvt_v2_b2': dict(v2=True, depths=(3, 4, 6, 3), drop_path_rate=0.1),
+    'flatten_pvt_v2_b3': dict(v2=True, depths=(3, 4, 18, 3), drop_path_rate=0.3),
+    'flatten_pvt_v2_b4': dict(v2=True, depths=(3, 8, 27, 3), drop_path_rate=0.3),
+    # b5: no official config; drop path 0.3 (b3/b4's) is an assumption
+    'flatten_pvt_v2_b5': dict(v2=True, depths=(3, 6, 40, 3), mlp_ratios=(4., 4., 4., 4.), drop_path_rate=0.3),
     'flatten_cswin_tiny': dict(embed_dim=64, depths=(2, 4, 18, 1), num_heads=(2, 4, 8, 16), drop_path_rate=0.2),
     'flatten_cswin_small': dict(embed_dim=64, depths=(2, 4, 32, 2), num_heads=(2, 4, 8, 16), drop_path_rate=0.4),
     'flatten_cswin_base': dict(embed_dim=96, depths=(3, 6, 29, 2), num_heads=(4, 8, 16, 32), drop_path_rate=0.5),
@@ -488,7 +606,17 @@ _VARIANT_ARGS: Dict[str, Dict[str, Any]] = {
 def _create_variant(cls: type, variant: str, pretrained: bool, kwargs: Dict[str, Any]) -> nn.Module:
     if cls is FLattenCSWin and kwargs.get('features_only', False):
         kwargs.setdefault('seg_padding', True)  # CSWin's segmentation padding rule in the `S` levels
-    return build_layout_model(cls, variant, pretrained, checkpoint_filter_fn, _VARIANT_ARGS[variant], **kwargs)
+    if cls is not FLattenPVT:
+        return build_layout_model(cls, variant, pretrained, checkpoint_filter_fn, _VARIANT_ARGS[variant], **kwargs)
+    # the PVT layouts' stage outputs are the official dense-task features (v2: after each stage's norm)
+    kwargs = dict(_VARIANT_ARGS[variant], **kwargs)
+    feature_cfg = dict(out_indices=kwargs.pop('out_indices', (0, 1, 2, 3)),
+                       feature_cls=kwargs.pop('feature_cls', 'getter'))
+    if feature_cfg['feature_cls'] == 'fx':
+        feature_cfg['output_fmt'] = 'NHWC'
+    return build_with_official_layouts(
+        cls, variant, pretrained, checkpoint_filter_fn, feature_cfg=feature_cfg, **kwargs)
+
 
 @register_model
 def flatten_swin_tiny(pretrained: bool = False, **kwargs) -> FLattenSwin:
@@ -512,6 +640,66 @@ def flatten_swin_base(pretrained: bool = False, **kwargs) -> FLattenSwin:
 def flatten_swin_base_384(pretrained: bool = False, **kwargs) -> FLattenSwin:
     """FLatten-Swin-B @ 384, LLSS, window 96 (official cfgs/flatten_swin_b_384.yaml; 85.0 top-1)."""
     return _create_variant(FLattenSwin, 'flatten_swin_base_384', pretrained, kwargs)
+
+
+@register_model
+def flatten_pvt_tiny(pretrained: bool = False, **kwargs) -> FLattenPVT:
+    """FLatten-PVT-T @ 224, LLLL, depths 2-2-2-2, 77.8 top-1."""
+    return _create_variant(FLattenPVT, 'flatten_pvt_tiny', pretrained, kwargs)
+
+
+@register_model
+def flatten_pvt_small(pretrained: bool = False, **kwargs) -> FLattenPVT:
+    """FLatten-PVT-S @ 224, LLLL, depths 3-4-6-3."""
+    return _create_variant(FLattenPVT, 'flatten_pvt_small', pretrained, kwargs)
+
+
+@register_model
+def flatten_pvt_medium(pretrained: bool = False, **kwargs) -> FLattenPVT:
+    """FLatten-PVT-M @ 224, LLLL, depths 3-4-18-3."""
+    return _create_variant(FLattenPVT, 'flatten_pvt_medium', pretrained, kwargs)
+
+
+@register_model
+def flatten_pvt_large(pretrained: bool = False, **kwargs) -> FLattenPVT:
+    """FLatten-PVT-L @ 224, LLLL, depths 3-8-27-3 (official cfgs/flatten_pvt_b.yaml)."""
+    return _create_variant(FLattenPVT, 'flatten_pvt_large', pretrained, kwargs)
+
+
+@register_model
+def flatten_pvt_v2_b0(pretrained: bool = False, **kwargs) -> FLattenPVT:
+    """FLatten-PVTv2-B0 @ 224, LLLL (32-64-160-256, 71.1 top-1)."""
+    return _create_variant(FLattenPVT, 'flatten_pvt_v2_b0', pretrained, kwargs)
+
+
+@register_model
+def flatten_pvt_v2_b1(pretrained: bool = False, **kwargs) -> FLattenPVT:
+    """FLatten-PVTv2-B1 @ 224, LLLL (2-2-2-2)."""
+    return _create_variant(FLattenPVT, 'flatten_pvt_v2_b1', pretrained, kwargs)
+
+
+@register_model
+def flatten_pvt_v2_b2(pretrained: bool = False, **kwargs) -> FLattenPVT:
+    """FLatten-PVTv2-B2 @ 224, LLLL (3-4-6-3)."""
+    return _create_variant(FLattenPVT, 'flatten_pvt_v2_b2', pretrained, kwargs)
+
+
+@register_model
+def flatten_pvt_v2_b3(pretrained: bool = False, **kwargs) -> FLattenPVT:
+    """FLatten-PVTv2-B3 @ 224, LLLL (3-4-18-3)."""
+    return _create_variant(FLattenPVT, 'flatten_pvt_v2_b3', pretrained, kwargs)
+
+
+@register_model
+def flatten_pvt_v2_b4(pretrained: bool = False, **kwargs) -> FLattenPVT:
+    """FLatten-PVTv2-B4 @ 224, LLLL (3-8-27-3)."""
+    return _create_variant(FLattenPVT, 'flatten_pvt_v2_b4', pretrained, kwargs)
+
+
+@register_model
+def flatten_pvt_v2_b5(pretrained: bool = False, **kwargs) -> FLattenPVT:
+    """FLatten-PVTv2-B5 @ 224, LLLL (3-6-40-3, mlp ratio 4 (no official config))."""
+    return _create_variant(FLattenPVT, 'flatten_pvt_v2_b5', pretrained, kwargs)
 
 
 @register_model

@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import hiervit  # noqa: F401  (registers the models)
 from hiervit.backbones.flatten import (
-    FLattenAttention, FLattenCSWinAttention, checkpoint_filter_fn, focus, resize_pos_encoding)
+    FLattenAttention, FLattenCSWinAttention, FLattenPVTAttention, checkpoint_filter_fn, focus, resize_pos_encoding)
 from hiervit.backbones.layers.window import SwinWindowAttention
 
 FIXTURES = Path(__file__).parent / 'fixtures'
@@ -26,6 +26,16 @@ OFFICIAL_PARAMS = {
     'flatten_swin_small': 50_510_288,
     'flatten_swin_base': 88_972_488,
     'flatten_swin_base_384': 91_433_928,
+    'flatten_pvt_tiny': 12_150_504,
+    'flatten_pvt_small': 21_670_248,
+    'flatten_pvt_medium': 37_242_216,
+    'flatten_pvt_large': 50_649_192,
+    'flatten_pvt_v2_b0': 3_594_824,
+    'flatten_pvt_v2_b1': 12_931_240,
+    'flatten_pvt_v2_b2': 22_548_264,
+    'flatten_pvt_v2_b3': 38_273_832,
+    'flatten_pvt_v2_b4': 51_836_968,
+    'flatten_pvt_v2_b5': 67_061_544,
     'flatten_cswin_tiny': 21_201_768,
     'flatten_cswin_small': 35_451_752,
     'flatten_cswin_base': 74_867_032,
@@ -45,11 +55,16 @@ RECORDED_GMACS = {
 }
 
 
+# The official PVT v1 models hold a final LayerNorm (2 x 512 parameters) that their forward never applies; here it
+# does not exist (every parameter trains) and the checkpoint filter drops it.
+UNUSED_OFFICIAL = {n: 1024 for n in OFFICIAL_PARAMS if n.startswith('flatten_pvt_') and '_v2_' not in n}
+
+
 @pytest.mark.parametrize('name', sorted(OFFICIAL_PARAMS))
 def test_params_equal_official(name):
     with torch.device('meta'):
         model = timm.create_model(name)
-    assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMS[name]
+    assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMS[name] - UNUSED_OFFICIAL.get(name, 0)
 
 
 def test_registered_variants():
@@ -60,7 +75,7 @@ def _from_fixture(name: str) -> Dict[str, torch.Tensor]:
     return {k: torch.empty(shape, device='meta') for k, shape in json.loads((FIXTURES / name).read_text()).items()}
 
 
-@pytest.mark.parametrize('name', ['flatten_swin_tiny', 'flatten_cswin_tiny'])
+@pytest.mark.parametrize('name', ['flatten_swin_tiny', 'flatten_cswin_tiny', 'flatten_pvt_tiny', 'flatten_pvt_v2_b0'])
 def test_official_checkpoint_loads_strictly(name):
     """The official key layout (fixture: the released model's keys and shapes) converts and loads strictly; its
     parameters (buffers aside) are the official count."""
@@ -73,7 +88,7 @@ def test_official_checkpoint_loads_strictly(name):
     model.load_state_dict(checkpoint_filter_fn({'model': sd}, model), assign=True)
     headless.load_state_dict(checkpoint_filter_fn(sd, headless), assign=True)
     with torch.device('meta'):
-        other = timm.create_model(name.replace('tiny', 'small'))
+        other = timm.create_model(name.replace('tiny', 'small').replace('b0', 'b1'))
     with pytest.raises(ValueError, match='does not fit'):
         checkpoint_filter_fn(sd, other)
 
@@ -119,20 +134,37 @@ class OfficialSwinL(nn.Module):
         return self.proj(out)
 
 
+class OfficialPVTL(nn.Module):
+    def __init__(self, dim: int, heads: int, side: int):
+        super().__init__()
+        self.heads = heads
+        self.q, self.kv, self.proj = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
+        self.dwc = nn.Conv2d(dim // heads, dim // heads, 5, padding=2, groups=dim // heads)
+        self.scale = nn.Parameter(torch.zeros(1, 1, dim))
+        self.positional_encoding = nn.Parameter(torch.zeros(1, side * side, dim))
+
+    def forward(self, x):
+        B, N, C = x.shape
+        H = W = int(N ** 0.5)
+        k, v = self.kv(x).reshape(B, N, 2, C).permute(2, 0, 1, 3)
+        return self.proj(official_focused(self.q(x), k, v, self.scale, self.positional_encoding, self.dwc,
+                                          self.heads, H, W))
+
+
 def _randomize(module: nn.Module) -> None:
     with torch.no_grad():
         for p in module.parameters():
             p.normal_(0, 0.3)
 
 
-@pytest.mark.parametrize('kind', ['swin', 'cswin'])
+@pytest.mark.parametrize('kind', ['swin', 'cswin', 'pvt'])
 def test_mixer_matches_official(kind):
     torch.manual_seed(0)
     dim, heads, side = 24, 3, 6
-    official = OfficialSwinL(dim, heads, side, kind == 'cswin')
+    official = (OfficialPVTL(dim, heads, side) if kind == 'pvt' else OfficialSwinL(dim, heads, side, kind == 'cswin'))
     official = official.double()
     _randomize(official)
-    ours = {'swin': FLattenAttention, 'cswin': FLattenCSWinAttention}[kind]
+    ours = {'swin': FLattenAttention, 'cswin': FLattenCSWinAttention, 'pvt': FLattenPVTAttention}[kind]
     ours = ours(dim, heads, side).double()
     ours.load_state_dict(official.state_dict())
     x = torch.randn(2, side, side, dim, dtype=torch.float64, requires_grad=True)
@@ -231,12 +263,14 @@ def test_any_input_size(name, size):
 TINY = {
     'flatten_swin_tiny': SMALL_SWIN,
     'flatten_cswin_tiny': dict(embed_dim=16, depths=(1, 1, 2, 1), num_heads=(2, 2, 4, 4), split_size=(1, 2, 2, 2)),
+    'flatten_pvt_tiny': dict(embed_dims=(8, 16, 16, 32), depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4)),
 }
 
 
 @pytest.mark.parametrize('name', sorted(TINY))
 def test_layout_mixers_export(name):
-    """The Swin- and CSWin-layout mixers through FX, TorchScript and torch.export, at a non-square size that is not the build
+    """The Swin-, CSWin- and PVT-layout mixers (PVTv2 gets the whole export battery in test_export.py as the
+    family's smallest model) through FX, TorchScript and torch.export, at a non-square size that is not the build
     size (the position encodings are interpolated)."""
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=3, img_size=64, drop_path_rate=0., **TINY[name]).eval()

@@ -174,6 +174,15 @@ FL_CFGS = {
     'flatten_swin_small': ('flatten_swin_s', 128, 0.05, 20, 0.3, 5.0, 300, 5e-4, 5e-7, 5e-6, 224, 0.875),
     'flatten_swin_base': ('flatten_swin_b', 64, 0.05, 20, 0.5, 5.0, 300, 5e-4, 5e-7, 5e-6, 224, 0.875),
     'flatten_swin_base_384': ('flatten_swin_b_384', 32, 1e-8, 5, 0.5, 5.0, 30, 2e-5, 2e-8, 2e-7, 384, 1.0),
+    'flatten_pvt_tiny': ('flatten_pvt_t', 128, 0.05, 5, 0.1, None, 300, 5e-4, 1e-6, 1e-5, 224, 0.875),
+    'flatten_pvt_small': ('flatten_pvt_s', 64, 0.05, 5, 0.1, None, 300, 5e-4, 1e-6, 1e-5, 224, 0.875),
+    'flatten_pvt_medium': ('flatten_pvt_m', 64, 0.05, 5, 0.3, 1.0, 300, 5e-4, 1e-6, 1e-5, 224, 0.875),
+    'flatten_pvt_large': ('flatten_pvt_b', 32, 0.05, 5, 0.3, 1.0, 300, 5e-4, 1e-6, 1e-5, 224, 0.875),
+    'flatten_pvt_v2_b0': ('flatten_pvt_v2_b0', 128, 0.05, 5, 0.1, None, 300, 5e-4, 1e-6, 1e-5, 224, 0.875),
+    'flatten_pvt_v2_b1': ('flatten_pvt_v2_b1', 128, 0.05, 5, 0.1, None, 300, 5e-4, 1e-6, 1e-5, 224, 0.875),
+    'flatten_pvt_v2_b2': ('flatten_pvt_v2_b2', 128, 0.05, 5, 0.1, None, 300, 5e-4, 1e-6, 1e-5, 224, 0.875),
+    'flatten_pvt_v2_b3': ('flatten_pvt_v2_b3', 128, 0.05, 5, 0.3, 1.0, 300, 5e-4, 1e-6, 1e-5, 224, 0.875),
+    'flatten_pvt_v2_b4': ('flatten_pvt_v2_b4', 64, 0.05, 5, 0.3, 1.0, 300, 5e-4, 1e-6, 1e-5, 224, 0.875),
     'flatten_cswin_tiny': ('flatten_cswin_t', 256, 0.05, 20, 0.2, None, 300, 5e-4, 1e-6, 1e-5, 224, 0.875),
     'flatten_cswin_small': ('flatten_cswin_s', 128, 0.05, 20, 0.4, None, 300, 5e-4, 1e-6, 1e-5, 224, 0.875),
     'flatten_cswin_base': ('flatten_cswin_b', 64, 0.1, 20, 0.5, None, 300, 5e-4, 1e-6, 1e-5, 224, 0.875),
@@ -181,7 +190,7 @@ FL_CFGS = {
 }
 FL_EMA = {'flatten_cswin_tiny': 0.99984, 'flatten_cswin_small': 0.99984, 'flatten_cswin_base': 0.99982,
           'flatten_cswin_base_384': 0.99982}
-FL_ALL = tuple(FL_CFGS)
+FL_ALL = tuple(FL_CFGS) + ('flatten_pvt_v2_b5',)
 
 
 def _flatten_published():
@@ -485,6 +494,14 @@ PUBLISHED = [
 ASSUMED = [
     Assumed(tuple(FL_CFGS), ('lr_base_scale',), 'main.py scales linearly from 512; the trainer\'s linear scaling to '
             'the actual global batch does the same'),
+    Assumed(('flatten_pvt_v2_b5',), ('img_size', 'crop_pct', 'train_interpolation', 'batch_size', 'epochs', 'opt',
+                                     'opt_eps', 'lr_base', 'lr_base_size', 'lr_base_scale', 'weight_decay', 'sched',
+                                     'sched_on_updates', 'warmup_epochs', 'warmup_lr', 'min_lr', 'clip_grad',
+                                     'drop_path', 'aa', 'color_jitter', 'mixup', 'cutmix', 'mixup_prob',
+                                     'mixup_switch_prob', 'smoothing', 'reprob', 'remode', 'recount', 'model_ema',
+                                     'amp'),
+            'the repository has no config for FLatten-PVTv2-B5 (models/flatten_pvt_v2.py defines it): B4\'s is '
+            'assumed'),
     Assumed(NAT_1K, ('lr_base_size', 'lr_base_scale'),
             'the configs give lr 1e-3 at 128 images per GPU; the global batch 1024 (8 GPUs) it is scaled from is '
             'not stated in the repository, and linear scaling to other batches is hiervit\'s'),
