@@ -17,7 +17,7 @@ backbone part of the released mmdet/mmseg weights load through `checkpoint_filte
     released `auto_pad=True` does (padded tokens take part in routing and attention, unmasked);
   * stage 4 (`topk=-2`) is global attention with 8 heads whatever the stage width, LePE on the block input.
 """
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -26,10 +26,10 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     ClassifierHead, ConvNormAct, DropPath, LayerNorm2d, Mlp, calculate_drop_path_rates, trunc_normal_,
 )
-from timm.models import checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
-from hiervit.backbones._compat import feature_take_indices
 from hiervit.backbones._pretrained import build_with_official_layouts
+from hiervit.backbones.layers.contract import ContractStage, HierarchicalContract
 from hiervit.backbones.layers.shape import check_image_input, crop_nhwc, pad_nhwc
 from hiervit.kernels.routed import routed_attention_op
 
@@ -175,7 +175,7 @@ class BiFormerBlock(nn.Module):
         return x.permute(0, 3, 1, 2)  # NHWC -> NCHW
 
 
-class BiFormerStage(nn.Module):
+class BiFormerStage(ContractStage):
     """Optional Conv3x3-s2 + BN downsample (placed before the blocks, as released), then the blocks."""
 
     def __init__(
@@ -194,9 +194,8 @@ class BiFormerStage(nn.Module):
             device=None,
             dtype=None,
     ):
-        super().__init__()
+        super().__init__(downsample_first=True)
         dd = {'device': device, 'dtype': dtype}
-        self.grad_checkpointing = False
         if downsample:
             self.downsample = ConvNormAct(in_dim, dim, 3, stride=2, padding=1, bias=True, apply_act=False, **dd)
         else:
@@ -217,16 +216,8 @@ class BiFormerStage(nn.Module):
             for i in range(depth)
         ])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        return x
 
-
-class BiFormer(nn.Module):
+class BiFormer(HierarchicalContract, nn.Module):
     """BiFormer: conv stem, four stages of BRA (global attention in the last), BatchNorm, classifier head.
 
     Feature maps are NCHW with strides 4/8/16/32. `out_norms=True` adds the per-stage LayerNorm2d that the released
@@ -330,114 +321,13 @@ class BiFormer(nn.Module):
         # kernel decays; timm's optimizer factory already exempts 1-d parameters (norms, biases).
         return set()
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        return dict(
-            stem=r'^stem',
-            blocks=r'^stages\.(\d+)' if coarse else [
-                (r'^stages\.(\d+)\.downsample', (0,)),
-                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
-                (r'^out_norms\.(\d+)', (99999,)),
-                (r'^norm', (99999,)),
-            ]
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for s in self.stages:
-            s.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool)
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward returning the stage outputs selected by `indices`.
-
-        Args:
-            x: Input image batch.
-            indices: Take the last n stages if an int, the listed stages if a sequence, all if None.
-            norm: Apply the per-stage output norms if the model has them (`out_norms=True`), else the final norm to
-                the last stage output.
-            stop_early: Stop after the last selected stage.
-            output_fmt: 'NCHW' (native) or 'NHWC'.
-            intermediates_only: Return only the intermediates.
-        """
-        if output_fmt not in ('NCHW', 'NHWC'):
-            raise ValueError(f"output_fmt={output_fmt!r} is not supported; use 'NCHW' or 'NHWC'.")
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         x = check_image_input(x, self.in_chans, 'BiFormer')
-        intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        last_idx = len(self.stages) - 1
-
-        x = self.stem(x)
-        if torch.jit.is_scripting() or not stop_early:
-            stages = self.stages
-        else:
-            stages = self.stages[:max_index + 1]
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                if norm and self.out_norms is not None:
-                    x_inter = self.out_norms[i](x)
-                elif norm and i == last_idx:
-                    x_inter = self.norm(x)
-                else:
-                    x_inter = x
-                if output_fmt == 'NHWC':
-                    x_inter = x_inter.permute(0, 2, 3, 1).contiguous()
-                intermediates.append(x_inter)
-
-        if intermediates_only:
-            return intermediates
-        if len(stages) == len(self.stages):
-            x = self.norm(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the stages (and output norms) after the last index in `indices`; optionally the norm and head."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        last = len(self.stages) - 1
-        self.stages = self.stages[:max_index + 1]
-        if self.out_norms is not None:
-            # Norms of stages that are not returned would get no gradient (DDP refuses such a model).
-            self.out_norms = nn.ModuleList([
-                n if i in take_indices else nn.Identity() for i, n in enumerate(self.out_norms[:max_index + 1])])
-        if prune_norm or max_index < last:
-            self.norm = nn.Identity()  # the final norm fits the last stage only
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
+        return self.stem(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = check_image_input(x, self.in_chans, 'BiFormer')
-        x = self.stem(x)
-        x = self.stages(x)
+        x = self.stages(self.forward_stem(x))
         return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x)
-        return self.forward_head(x)
 
 
 def _convert_key(k: str) -> str:
@@ -570,3 +460,4 @@ def biformer_base(pretrained: bool = False, **kwargs) -> BiFormer:
     """BiFormer-B @ 224x224, ImageNet-1k (84.3 top-1, 56.8M params, 9.8 GMACs)."""
     model_args = dict(depths=(4, 4, 18, 4), embed_dims=(96, 192, 384, 768))
     return _create_biformer('biformer_base', pretrained=pretrained, **dict(model_args, **kwargs))
+

@@ -200,6 +200,7 @@ class InLineAttention(nn.Module):
             kernel_func: str = 'identity',
             lepe: bool = False,
             pool_block_input: bool = False,
+            split_qkv: bool = False,
             proj_drop: float = 0.,
             backend: Optional[str] = None,
     ):
@@ -214,6 +215,7 @@ class InLineAttention(nn.Module):
             lepe: Add CSWin's LePE, a 3x3 depthwise conv of V (`get_v.0`; InLine-CSwin).
             pool_block_input: Predict the residual kernels from the block input before its norm (InLine-CSwin)
                 instead of from the mixer's input.
+            split_qkv: Separate `q` and `kv` projections (the PVT layout's keys) instead of one `qkv`.
             proj_drop: Dropout after the output projection.
             backend: Force a linear-attention backend (None: the op's dispatcher chooses).
         """
@@ -230,7 +232,13 @@ class InLineAttention(nn.Module):
         self.kernel_func = kernel_func
         self.takes_block_input = pool_block_input
         self.backend = backend or 'auto'
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        if split_qkv:
+            self.qkv = None
+            self.q = nn.Linear(dim, dim, bias=qkv_bias)
+            self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
+        else:
+            self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+            self.q = self.kv = None
         # one-entry list: the key `get_v.0` of CSWin's LePE (`hiervit.backbones.cswin`), which the release shares
         self.get_v = nn.ModuleList([nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)]) if lepe else None
         self.residual = nn.Sequential(
@@ -249,7 +257,10 @@ class InLineAttention(nn.Module):
             for conv in self.get_v:
                 lepe_w, lepe_b = conv.weight, conv.bias
         r0, r2 = self.residual[0], self.residual[2]
-        qkv = self.qkv(x)
+        if self.qkv is not None:
+            qkv = self.qkv(x)
+        else:
+            qkv = torch.cat([self.q(x), self.kv(x)], dim=-1)  # [B, H, W, 3C]: q, then k and v as `kv` lays them out
         q, k, v, add, normalizer, scale, geometry = inline_prepare(
             qkv, self.num_heads, self.window_size, self.shift, self.kernel_func)
         out = linear_attention_op(q, k, v, None, normalizer, 1e-6, 100., scale, self.backend) + add

@@ -19,7 +19,7 @@ part of the released mmdet/mmseg weights load through `checkpoint_filter_fn`:
     per-head temperature), the local concentration module DWConv7x7-GELU-BN-DWConv7x7, MLP);
   * final LayerNorm, token mean, linear head. The dense backbones add one LayerNorm per output (`out_norms=True`).
 """
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, Sequence, Set, Tuple, Union
 
 from torch.jit import Final
 
@@ -28,10 +28,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, Mlp, calculate_drop_path_rates, trunc_normal_
-from timm.models import checkpoint_seq, generate_default_cfgs, register_model, register_notrace_function
+from timm.models import generate_default_cfgs, register_model, register_notrace_function
 
-from hiervit.backbones._compat import feature_take_indices
 from hiervit.backbones._pretrained import build_with_official_layouts
+from hiervit.backbones.layers.contract import ContractStage, HierarchicalContract
 from hiervit.kernels.linear import linear_attention_op
 from hiervit.kernels.window import window_attention_op
 
@@ -251,7 +251,7 @@ class Downsample(nn.Module):
         return self.proj(x).permute(0, 2, 3, 1)
 
 
-class L2ViTStage(nn.Module):
+class L2ViTStage(ContractStage):
     """Optional downsample, then blocks alternating LWA (even index) and LGA (odd index)."""
 
     def __init__(
@@ -268,9 +268,8 @@ class L2ViTStage(nn.Module):
             device=None,
             dtype=None,
     ):
-        super().__init__()
+        super().__init__(downsample_first=True)
         dd = {'device': device, 'dtype': dtype}
-        self.grad_checkpointing = False
         self.downsample = Downsample(in_dim, dim, **dd) if downsample else nn.Identity()
         dpr = drop_path if isinstance(drop_path, (list, tuple)) else [drop_path] * depth
         self.blocks = nn.Sequential(*[
@@ -279,16 +278,8 @@ class L2ViTStage(nn.Module):
             for i in range(depth)
         ])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        return x
 
-
-class L2ViT(nn.Module):
+class L2ViT(HierarchicalContract, nn.Module):
     """L²ViT: conv stem, four stages of alternating local-window and linear-global attention, LayerNorm, head.
 
     Stages run on NHWC maps (`output_fmt = 'NHWC'` for `forward_features`); `forward_intermediates` returns NCHW by
@@ -388,117 +379,13 @@ class L2ViT(nn.Module):
         # does that by itself); the [heads, 1, 1] temperatures are not 1-d there, so they decay as released.
         return set()
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        return dict(
-            stem=r'^stem',
-            blocks=r'^stages\.(\d+)' if coarse else [
-                (r'^stages\.(\d+)\.downsample', (0,)),
-                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
-                (r'^out_norms\.(\d+)', (99999,)),
-                (r'^norm', (99999,)),
-            ]
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for s in self.stages:
-            s.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool)
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward returning the stage outputs selected by `indices`.
-
-        Args:
-            x: Input image batch.
-            indices: Take the last n stages if an int, the listed stages if a sequence, all if None.
-            norm: Apply the per-output norms if the model has them (`out_norms=True`), else the final norm to the
-                last stage output.
-            stop_early: Stop after the last selected stage.
-            output_fmt: 'NCHW' (default) or 'NHWC' (native).
-            intermediates_only: Return only the intermediates.
-        """
-        if output_fmt not in ('NCHW', 'NHWC'):
-            raise ValueError(f"output_fmt={output_fmt!r} is not supported; use 'NCHW' or 'NHWC'.")
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         check_image_input(x, self.in_chans)
-        intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        last_idx = len(self.stages) - 1
-
-        x = self.stem(x)
-        if torch.jit.is_scripting() or not stop_early:
-            stages = self.stages
-        else:
-            stages = self.stages[:max_index + 1]
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                if norm and self.out_norms is not None:
-                    x_inter = self.out_norms[i](x)
-                elif norm and i == last_idx:
-                    x_inter = self.norm(x)
-                else:
-                    x_inter = x
-                if output_fmt == 'NCHW':
-                    x_inter = x_inter.permute(0, 3, 1, 2)
-                intermediates.append(x_inter.contiguous())
-
-        if intermediates_only:
-            return intermediates
-        if len(stages) == len(self.stages):
-            x = self.norm(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the stages not needed for the intermediates in `indices`, the norms they leave unused (the final norm
-        unless the last stage is kept or output norms replace it, the output norms of stages not returned), optionally
-        the norms and head."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        last = len(self.stages) - 1
-        self.stages = self.stages[:max_index + 1]
-        # The final norm fits the last stage only; with output norms (dense backbones) it feeds only the classifier.
-        if prune_norm or max_index < last or (prune_head and self.out_norms is not None):
-            self.norm = nn.Identity()
-        if self.out_norms is not None:
-            # Norms of stages that are not returned would get no gradient (DDP refuses such a model).
-            self.out_norms = None if prune_norm else nn.ModuleList([
-                n if i in take_indices else nn.Identity() for i, n in enumerate(self.out_norms[:max_index + 1])])
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
+        return self.stem(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_input(x, self.in_chans)
-        x = self.stem(x)
-        x = self.stages(x)
+        x = self.stages(self.forward_stem(x))
         return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x)
-        return self.forward_head(x)
 
 
 def _convert_key(k: str) -> str:

@@ -15,16 +15,16 @@ The feature maps are channels-last (NHWC) inside the model, as in the official c
 official mmdet/mmseg backbones do, and `forward_intermediates(norm=True)` applies them (the last level uses `norm`).
 """
 import re
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Type, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Type
 
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
-from timm.models import checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
-from hiervit.backbones._compat import feature_take_indices
 from hiervit.backbones._pretrained import build_with_official_layouts
+from hiervit.backbones.layers.contract import ContractStage, HierarchicalContract
 from hiervit.backbones.layers.neighborhood import NeighborhoodAttention2d
 from hiervit.backbones.layers.shape import check_image_input
 
@@ -113,7 +113,7 @@ class NATBlock(nn.Module):
         return x
 
 
-class NATStage(nn.Module):
+class NATStage(ContractStage):
     """One level: blocks at constant resolution, then (except for the last level) the downsampler."""
 
     def __init__(
@@ -133,8 +133,7 @@ class NATStage(nn.Module):
             norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
             attn_backend: Optional[str] = None,
     ):
-        super().__init__()
-        self.grad_checkpointing = False
+        super().__init__(downsample_first=False)
         self.blocks = nn.Sequential(*[
             NATBlock(
                 dim=dim,
@@ -153,15 +152,6 @@ class NATStage(nn.Module):
             for i in range(depth)])
         self.downsample = nn.Identity() if downsample_layer is None else downsample_layer(dim, norm_layer=norm_layer)
 
-    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        """The level's output feature map (before its downsampler), NHWC."""
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.downsample(self.forward_blocks(x))
-
 
 def _check_dilations(
         dilations: Optional[Sequence[Sequence[int]]],
@@ -176,8 +166,14 @@ def _check_dilations(
     return [[int(v) for v in dl] for dl in dilations]
 
 
-class NAT(nn.Module):
-    """Neighborhood Attention Transformer; with `dilations` it is DiNAT (the official `DiNAT` class is NAT itself)."""
+class NAT(HierarchicalContract, nn.Module):
+    """Neighborhood Attention Transformer; with `dilations` it is DiNAT (the official `DiNAT` class is NAT itself).
+
+    The timm contract (`forward_intermediates`, pruning, `group_matcher`, ...) comes from `HierarchicalContract`.
+    """
+
+    contract_stem = 'patch_embed'
+    contract_stages = 'levels'
 
     def __init__(
             self,
@@ -286,109 +282,14 @@ class NAT(nn.Module):
         # layer scales are 1-D and exempted by timm's optimizer factory anyway, so only the bias tables are listed.
         return {n for n, _ in self.named_parameters() if n.endswith('.rpb')}
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        return dict(
-            stem=r'^patch_embed',
-            blocks=r'^levels\.(\d+)' if coarse else [
-                (r'^levels\.(\d+)\.blocks\.(\d+)', None),
-                # the downsampler closes its level: after that level's blocks, before the next level
-                (r'^levels\.(\d+)\.downsample', (99998,)),
-                (r'^norm|^out_norms', (99999,)),
-            ]
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for level in self.levels:
-            level.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool)
-
-    def _output_norm(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        if index == self.num_levels - 1:
-            return self.norm(x)
-        if self.out_norms is not None and index < len(self.out_norms):
-            return self.out_norms[index](x)
-        return x
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward returning the level outputs (before each downsampler).
-
-        Args:
-            x: Input image batch, NCHW.
-            indices: Levels to return: None = all, int n = last n, or a list of (possibly negative) indices.
-            norm: Apply the output norms (`out_norms` where present, `norm` on the last level).
-            stop_early: Stop after the last requested level.
-            output_fmt: 'NCHW' or 'NHWC' for the intermediates.
-            intermediates_only: Return only the intermediates.
-        """
-        if output_fmt not in ('NCHW', 'NHWC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}.")
-        intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.levels), indices)
-        x = self.pos_drop(self.patch_embed(x))
-        levels = self.levels if torch.jit.is_scripting() or not stop_early else self.levels[:max_index + 1]
-        last = len(levels) - 1
-        for i, level in enumerate(levels):
-            x = level.forward_blocks(x)
-            if i in take_indices:
-                x_inter = self._output_norm(i, x) if norm else x
-                intermediates.append(x_inter.permute(0, 3, 1, 2).contiguous() if output_fmt == 'NCHW' else x_inter)
-            if i < last:
-                x = level.downsample(x)
-        if intermediates_only:
-            return intermediates
-        # Stopped early: x is the last requested level's output, which the final norm (of the last level) does not fit.
-        return (self.norm(x) if len(levels) == len(self.levels) else x), intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the levels (and norms/head) not needed to produce the given intermediates."""
-        take_indices, max_index = feature_take_indices(len(self.levels), indices)
-        last = len(self.levels) - 1
-        self.levels = self.levels[:max_index + 1]
-        if max_index < last:
-            self.levels[max_index].downsample = nn.Identity()  # its output would feed a removed level
-        if prune_norm or max_index < last:
-            self.norm = nn.Identity()
-        if self.out_norms is not None:
-            # Norms of levels that are not returned would get no gradient (DDP refuses such a model).
-            self.out_norms = None if prune_norm else nn.ModuleList([
-                n if i in take_indices else nn.Identity() for i, n in enumerate(self.out_norms[:max_index + 1])])
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pos_drop(self.patch_embed(x))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pos_drop(self.patch_embed(x))
+        x = self.forward_stem(x)
         for level in self.levels:
             x = level(x)
         return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _describe_checkpoint(state_dict: Dict[str, torch.Tensor], variants: Dict[str, Dict[str, Any]]) -> str:

@@ -19,18 +19,18 @@ patch embeddings, head, depths and widths. The five variants' depths/widths are 
 The attention runs on `torch.nn.functional.scaled_dot_product_attention`, which accepts a value width different from
 the query/key width; `strip_attention_flops` is its cost, and what `FlopCounterMode` counts for it.
 """
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, ConvNormAct, DropPath, LayerNorm2d, calculate_drop_path_rates, trunc_normal_
-from timm.models import checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 import hiervit.kernels  # noqa: F401  (FLOP formulas for torch's CPU SDPA kernels)
-from hiervit.backbones._compat import feature_take_indices
 from hiervit.backbones._pretrained import build_with_official_layouts
+from hiervit.backbones.layers.contract import ContractStage, HierarchicalContract
 from hiervit.backbones.layers.shape import check_image_input
 
 __all__ = ['S2AFormer', 'StripSelfAttention', 'strip_attention_flops']
@@ -175,7 +175,7 @@ class HybridPerceptionBlock(nn.Module):
         return x
 
 
-class S2AFormerStage(nn.Module):
+class S2AFormerStage(ContractStage):
     """Patch embedding (assumed: 3x3 stride-2 conv + BatchNorm), then the blocks."""
 
     def __init__(
@@ -193,9 +193,8 @@ class S2AFormerStage(nn.Module):
             device=None,
             dtype=None,
     ):
-        super().__init__()
+        super().__init__(downsample_first=True)
         dd = {'device': device, 'dtype': dtype}
-        self.grad_checkpointing = False
         self.downsample = ConvNormAct(in_dim, dim, 3, stride=2, padding=1, apply_act=False, **dd)
         dpr = drop_path if isinstance(drop_path, (list, tuple)) else [drop_path] * depth
         self.blocks = nn.Sequential(*[
@@ -213,14 +212,6 @@ class S2AFormerStage(nn.Module):
             for i in range(depth)
         ])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        return x
-
 
 def _per_stage(value: Union[float, Sequence[float]], n: int, name: str) -> Tuple:
     if isinstance(value, (int, float)):
@@ -231,7 +222,7 @@ def _per_stage(value: Union[float, Sequence[float]], n: int, name: str) -> Tuple
     return value
 
 
-class S2AFormer(nn.Module):
+class S2AFormer(HierarchicalContract, nn.Module):
     """S2AFormer (reconstruction): conv stem, four stages of Hybrid Perception Blocks, norm, classifier head.
 
     Feature maps are NCHW with strides 4/8/16/32. `out_norms=True` adds one LayerNorm2d per stage output for dense
@@ -344,114 +335,13 @@ class S2AFormer(nn.Module):
         # No positional tables or temperatures; timm's optimizer factory already exempts norms and biases.
         return set()
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        return dict(
-            stem=r'^stem',
-            blocks=r'^stages\.(\d+)' if coarse else [
-                (r'^stages\.(\d+)\.downsample', (0,)),
-                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
-                (r'^out_norms\.(\d+)', (99999,)),
-                (r'^norm', (99999,)),
-            ]
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for s in self.stages:
-            s.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool)
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward returning the stage outputs selected by `indices`.
-
-        Args:
-            x: Input image batch.
-            indices: Take the last n stages if an int, the listed stages if a sequence, all if None.
-            norm: Apply the per-stage output norms if the model has them (`out_norms=True`), else the final norm to
-                the last stage output.
-            stop_early: Stop after the last selected stage.
-            output_fmt: 'NCHW' (native) or 'NHWC'.
-            intermediates_only: Return only the intermediates.
-        """
-        if output_fmt not in ('NCHW', 'NHWC'):
-            raise ValueError(f"output_fmt={output_fmt!r} is not supported; use 'NCHW' or 'NHWC'.")
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         x = check_image_input(x, self.in_chans, 'S2AFormer')
-        intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        last_idx = len(self.stages) - 1
-
-        x = self.stem(x)
-        if torch.jit.is_scripting() or not stop_early:
-            stages = self.stages
-        else:
-            stages = self.stages[:max_index + 1]
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                if norm and self.out_norms is not None:
-                    x_inter = self.out_norms[i](x)
-                elif norm and i == last_idx:
-                    x_inter = self.norm(x)
-                else:
-                    x_inter = x
-                if output_fmt == 'NHWC':
-                    x_inter = x_inter.permute(0, 2, 3, 1).contiguous()
-                intermediates.append(x_inter)
-
-        if intermediates_only:
-            return intermediates
-        if len(stages) == len(self.stages):
-            x = self.norm(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the stages (and output norms) after the last index in `indices`; optionally the norm and head."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        last = len(self.stages) - 1
-        self.stages = self.stages[:max_index + 1]
-        if self.out_norms is not None:
-            # Norms of stages that are not returned would get no gradient (DDP refuses such a model).
-            self.out_norms = nn.ModuleList([
-                n if i in take_indices else nn.Identity() for i, n in enumerate(self.out_norms[:max_index + 1])])
-        if prune_norm or max_index < last:
-            self.norm = nn.Identity()  # the final norm fits the last stage only
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
+        return self.stem(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = check_image_input(x, self.in_chans, 'S2AFormer')
-        x = self.stem(x)
-        x = self.stages(x)
+        x = self.stages(self.forward_stem(x))
         return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x)
-        return self.forward_head(x)
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: S2AFormer) -> Dict[str, torch.Tensor]:

@@ -283,10 +283,12 @@ def test_empty_batch_stop_early_and_pruning_without_prune_norm(name):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize('out_indices', [(1, 2), (0, 1, 2, 3)])
 @pytest.mark.parametrize('name', SMALL_MODELS)
-def test_features_only_subset_trains_every_parameter(name):
-    """Plain DDP (without find_unused_parameters) needs a gradient for every parameter of a feature extractor."""
-    model = timm.create_model(name, features_only=True, out_indices=(1, 2)).eval()
+def test_features_only_subset_trains_every_parameter(name, out_indices):
+    """Plain DDP (without find_unused_parameters) needs a gradient for every parameter of a feature extractor: a
+    subset of the outputs, and all of them (a final norm that output norms replace must go too)."""
+    model = timm.create_model(name, features_only=True, out_indices=out_indices).eval()
     with torch.no_grad():
         empty = model(torch.randn(0, 3, IMG, IMG))
     assert [tuple(o.shape[:2]) for o in empty] == [(0, c) for c in model.feature_info.channels()]

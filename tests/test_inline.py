@@ -209,17 +209,24 @@ def test_errors():
         InLineSwin(attn_type='II')
 
 
-def test_swin_mixers_trace_and_script():
-    """The Swin-layout mixers (windowed, shifted and padded InLine blocks, Swin window attention) under FX and
-    TorchScript; the contract and export batteries run the family's smallest model, InLine-CSwin, whose InLine blocks
-    attend over the whole map."""
+@pytest.mark.parametrize('layout', ['swin', 'cswin'])
+def test_layout_mixers_trace_and_script(layout):
+    """The mixers of each layout under FX and TorchScript at a tiny width (the contract and export batteries run one
+    model per family): Swin with windowed, shifted and padded InLine blocks and Swin windows, CSwin with whole-map
+    InLine blocks fed the block input, LePE and stripes."""
     torch.manual_seed(0)
-    model = InLineSwin(embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=8, num_classes=3).eval()
-    x = torch.randn(2, 3, 48, 80)  # level 1 is 12 x 20: 8 px windows, padded, shifted on odd blocks
+    if layout == 'swin':
+        model = InLineSwin(embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=8, num_classes=3)
+    else:
+        model = InLineCSWin(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(2, 2, 2, 2), split_size=(1, 2, 2, 2),
+                            num_classes=3)
+    model.eval()
+    x = torch.randn(2, 3, 48, 80)  # Swin level 1 is 12 x 20: 8 px windows, padded, shifted on odd blocks
     with torch.no_grad():
         want = model(x)
         traced = torch.fx.symbolic_trace(model)
         ops = [n for n in traced.graph.nodes if n.op == 'call_function' and 'hiervit.' in str(n.target)]
-        assert len(ops) == 8  # one attention op call per block, none hidden inside a leaf
+        # one attention op call per block (two for a CSWin stripe block), none hidden inside a leaf
+        assert len(ops) == (8 if layout == 'swin' else 5)
         torch.testing.assert_close(traced(x), want)
         torch.testing.assert_close(torch.jit.script(model)(x), want)

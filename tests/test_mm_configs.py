@@ -48,6 +48,11 @@ def _tiny_backbone(bb: Dict) -> Dict:
         return dict(model_name='l2vit_tiny', depths=(2, 2, 2, 2), embed_dims=(32, 64, 128, 256), num_heads=(1, 2, 4, 8))
     if name.startswith('cswin'):
         return dict(model_name='cswin_tiny', embed_dim=16, depths=(1, 1, 1, 1), num_heads=(2, 2, 4, 4))
+    if name.startswith('convnext'):
+        return dict(model_name='convnext_atto', depths=(1, 1, 1, 1))
+    if name.startswith('swin'):
+        return dict(model_name='swin_tiny_patch4_window7_224', embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8),
+                    window_size=4)
     if name.startswith('s2aformer'):
         return dict(
             model_name='s2aformer_mini', depths=(1, 1, 1, 1), embed_dims=(32, 64, 96, 128), stem_dims=(8, 8, 16))
@@ -89,7 +94,7 @@ def load_tiny(path: str) -> Config:
 def test_every_config_is_found():
     assert all(os.path.exists(p) for p in TRAIN_STEP)
     families = {os.path.basename(os.path.dirname(p)) for p in CONFIGS}
-    assert families == {'nat', 'dinat', 'dinat_s', 'biformer', 's2aformer', 'davit', 'cswin', 'l2vit'}
+    assert families == {'nat', 'dinat', 'dinat_s', 'biformer', 's2aformer', 'davit', 'cswin', 'l2vit', 'swin', 'convnext'}
     assert len(DET) >= 12 and len(SEG) >= 8
     for family, table in OFFICIAL_TABLES.items():
         configs = [_id(p) for p in CONFIGS if os.path.basename(os.path.dirname(p)) == family and p not in UNTABLED]
@@ -557,6 +562,7 @@ OFFICIAL_TABLES = {'nat': NAT, 'dinat': DINAT, 'dinat_s': DINAT_S, 'biformer': B
 OFFICIAL = {rel: row for table in OFFICIAL_TABLES.values() for rel, row in table.items()}
 # DaViT's small/base configs follow the tiny ones with the model swapped (no official file per size)
 UNTABLED = {p for p in CONFIGS if os.path.basename(os.path.dirname(p)) == 'davit' and '-tiny_' not in p}
+UNTABLED |= {p for p in CONFIGS if '_vwformer_' in p}  # VWFormer's own table: tests/test_vwformer_configs.py
 
 
 def _schedule(cfg: Config) -> tuple:

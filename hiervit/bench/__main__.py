@@ -7,7 +7,7 @@
   python -m hiervit.bench op window [--shape swin1 swin3 cswin1 cswin2 cswin3 --batch 8]
   python -m hiervit.bench op linear [--stage 1 2 3 4 --normalizer clamp|mean] [--sweep --png linear_sweep.png]
   python -m hiervit.bench model nat_tiny dinat_tiny swin_tiny_patch4_window7_224 [--batch 8 --img-size 224 --train]
-  python -m hiervit.bench det CONFIG [--img-size 512]
+  python -m hiervit.bench det CONFIG [--img-size 512] [--compare OTHER_CONFIG ...]
   python -m hiervit.bench gpu [--batch 8]   (CUDA only: Triton vs reference in fp32/fp16/bf16, then timed with peers)
 """
 import argparse
@@ -129,7 +129,13 @@ def cmd_det(args: argparse.Namespace) -> None:
         from hiervit.mm import bench_config
     except ImportError as e:
         raise SystemExit(f'`bench det` needs the OpenMMLab extras (pip install "hiervit[det,seg]"): {e}')
-    rows = bench_config(args.config, img_size=args.img_size, repeats=args.repeats, compare_swin=not args.no_swin)
+    if args.compare:
+        from hiervit.mm.bench import bench_heads
+        rows = bench_heads([args.config] + args.compare, img_size=args.img_size, repeats=args.repeats)
+        print('decode heads on one image\'s backbone features: FLOPs (FlopCounterMode, hiervit ops by their formulas), '
+              'peak memory and best time of the head forward; fwd_ms = whole segmentor forward')
+    else:
+        rows = bench_config(args.config, img_size=args.img_size, repeats=args.repeats, compare_swin=not args.no_swin)
     print(format_table(rows, list(rows[0])))
 
 
@@ -202,6 +208,8 @@ def main(argv=None) -> None:
     det.add_argument('--img-size', type=int, default=512)
     det.add_argument('--repeats', type=int, default=3)
     det.add_argument('--no-swin', action='store_true', help='skip the same config with mmdet\'s Swin-T backbone')
+    det.add_argument('--compare', nargs='+', default=None, metavar='CONFIG',
+                     help='segmentation configs whose decode heads to compare with CONFIG\'s (FLOPs, memory, time)')
     det.set_defaults(fn=cmd_det)
 
     gpu = sub.add_parser('gpu', help='CUDA only: Triton backends vs reference (fp32/fp16/bf16), timed with peers')

@@ -439,17 +439,20 @@ def linear_sweep(device: str, dtype: str, batch: int, heads: int, head_dim: int,
 
 # Bytes per (query, neighbour, head, channel) that a row materialises: the gathers copy k and v per neighbour
 # (the compiled gather's backward keeps about 2.5 such copies: 660 MiB at B=8, 56x56, k=7, d=32); dense attention
-# (FlexAttention eager, NATTEN's CPU path) holds about three N x N score tensors per head.
+# (FlexAttention eager, NATTEN's CPU path) holds about three N x N score tensors per head; and building a FlexAttention
+# block mask evaluates the mask on all N x N pairs in int64 (a 224x224 map needed more than 14 GiB).
 _GATHER_BYTES_PER_SCORE_CHANNEL = 2 * 4 * 2.5
 _DENSE_BYTES_PER_SCORE = 3 * 4
+_MASK_BYTES_PER_PAIR = 4 * 8
 
 
 def _na_sweep_bytes(label: str, batch: int, heads: int, tokens: int, kernel: int, head_dim: int) -> float:
     """What one sweep row would materialise, for the rows whose memory grows faster than N * d (others: 0)."""
     if label in ('hiervit:reference', 'peer:gather', 'peer:gather+compile'):
         return _GATHER_BYTES_PER_SCORE_CHANNEL * batch * heads * tokens * kernel * kernel * head_dim
-    if label in ('peer:flex', 'peer:natten'):
-        return _DENSE_BYTES_PER_SCORE * batch * heads * tokens * tokens
+    dense = _DENSE_BYTES_PER_SCORE * batch * heads * tokens * tokens if label in ('peer:flex', 'peer:natten') else 0
+    if label in ('peer:flex', 'peer:flex+compile', 'peer:natten'):
+        return dense + _MASK_BYTES_PER_PAIR * tokens * tokens
     return 0.0
 
 
@@ -468,6 +471,8 @@ def na_sweep(spec: Dict, sides: List[int], kernels: List[int], backends: Optiona
     shapes += [(*spec['size'], k) for k in kernels if (*spec['size'], k) not in shapes]
     rows: List[Dict] = []
     for H, W, kernel in shapes:
+        # every shape compiles the compiled peers anew: past dynamo's recompile limit (8) they would silently run eager
+        torch._dynamo.reset()
         shape_spec = dict(spec, size=[H, W], kernel=kernel)
         cases = neighborhood_cases(shape_spec)
         labels = [lb for lb in cases if not backends or lb.split(':', 1)[1] in backends]

@@ -183,6 +183,19 @@ class TimmBackbone(BaseModule):
             return self._num_layers - 1, self._num_layers
         return self._layer_ids.get(param_name[len(inner):], self._num_layers - 1), self._num_layers
 
+    @property
+    def num_stages(self) -> int:
+        return len(self.model.feature_info)
+
+    def get_stage(self, param_name: str, prefix: str = '') -> int:
+        """Stage of a parameter from the model's coarse `group_matcher`: -1 for the stem, its stage index, or
+        `num_stages` for everything else (output norms, final norm; also anything outside this backbone)."""
+        inner = prefix + 'model.'
+        name = param_name[len(inner):] if param_name.startswith(inner) else None
+        if name is None or name.startswith('out_norms.'):
+            return self.num_stages
+        return self._stage_of_param.get(name, self.num_stages)
+
     def no_weight_decay(self) -> Set[str]:
         """The model's own no-weight-decay names (timm's protocol), relative to this adapter."""
         fn = getattr(self.model, 'no_weight_decay', None)

@@ -1,11 +1,13 @@
 """`bench_config`: forward time of a detection/segmentation config (backbone + neck + heads), beside mmdet's Swin-T.
 
-Used by `python -m hiervit.bench det CONFIG`. The model is built from the config with random weights, put in eval
+Used by `python -m hiervit.bench det CONFIG` (and `--compare OTHER ...`: `bench_heads`, the decode heads of segmentation
+configs side by side). The model is built from the config with random weights, put in eval
 mode and timed on one random image (best of `repeats` after a warm-up) through the detector's / segmentor's
 tensor-mode forward, i.e. everything up to the heads' raw outputs (no NMS / mask pasting). Two-stage detectors get
 the same 100 fixed proposals for every backbone (see `_time_forward`).
 """
 import copy
+import os
 import time
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -13,7 +15,7 @@ import torch
 
 from .tv_ops import install_tv_ops
 
-__all__ = ['bench_config', 'build_from_config', 'swap_in_channels', 'SWIN_T']
+__all__ = ['bench_config', 'bench_heads', 'build_from_config', 'swap_in_channels', 'SWIN_T']
 
 # mmdet / mmseg Swin-T as in their Swin configs (same drop path as the detection reference config).
 SWIN_T = dict(
@@ -127,4 +129,43 @@ def bench_config(config_path: str, img_size: int = 512, repeats: int = 3, compar
         rows.append(dict(
             backbone=name, img_size=img_size, params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
             backbone_neck_ms=round(feat_s * 1e3, 1), fwd_ms=round(full_s * 1e3, 1), img_per_s=round(1. / full_s, 2)))
+    return rows
+
+
+def bench_heads(config_paths: Sequence[str], img_size: int = 512, repeats: int = 3,
+                cfg_options: Dict[str, Any] = None) -> List[Dict[str, Any]]:
+    """Decode-head cost of segmentation configs on the same random image (e.g. VWFormer vs UperNet on one backbone).
+
+    Each config is built with random weights in eval mode; the backbone features of one image are computed once and
+    the decode head alone is measured on them: FLOPs (torch's `FlopCounterMode`, which counts hiervit's attention ops
+    by their registered formulas; 1 multiply-add = 2 FLOPs), peak memory of the head's forward (`PeakMemory`) and its
+    best forward time; `fwd_ms` is the whole tensor-mode forward. The auxiliary head (training only) is not counted.
+    """
+    from mmengine.config import Config
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from hiervit.bench._timing import PeakMemory
+    rows = []
+    x = torch.randn(1, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
+    for path in config_paths:
+        cfg = Config.fromfile(path)
+        if cfg_options:
+            cfg.merge_from_dict(cfg_options)
+        if _scope(cfg) != 'mmseg':
+            raise ValueError(f'{path}: bench_heads compares segmentation decode heads; got scope {cfg.default_scope}')
+        model = build_from_config(cfg).eval()
+        head = model.decode_head
+        with torch.inference_mode():
+            feats = model.extract_feat(x)
+            with FlopCounterMode(display=False) as counter:
+                head(feats)
+            with PeakMemory(torch.device('cpu')) as mem:
+                head(feats)
+        head_s = _best(lambda: head(feats), repeats)
+        _, full_s = _time_forward(model, 'mmseg', img_size, repeats)
+        rows.append(dict(
+            config=os.path.basename(path), head=type(head).__name__, img_size=img_size,
+            head_params_m=round(sum(p.numel() for p in head.parameters()) / 1e6, 2),
+            head_gflops=round(counter.get_total_flops() / 1e9, 2), head_peak_mib=round(mem.mib, 1),
+            head_ms=round(head_s * 1e3, 1), fwd_ms=round(full_s * 1e3, 1)))
     return rows

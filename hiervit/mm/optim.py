@@ -6,6 +6,11 @@ exempts. This constructor keeps everything `DefaultOptimWrapperConstructor` does
 and then adjusts each backbone parameter's group from the backbone itself (`model.backbone`, the `TimmBackbone`):
   * `layer_decay_rate`: lr x rate ** (num_layers - depth - 1), depth from the timm model's `group_matcher`
     (`TimmBackbone.get_layer_depth`, mmpretrain's protocol); neck and heads keep the base lr;
+  * `layer_decay_type='stage_wise'` with `num_layers` (mmseg 0.x's ConvNeXt `LearningRateDecayOptimizerConstructor`
+    `decay_type='stage_wise'`, used by the ConvNeXt and VWFormer segmentation configs): lr x rate ** (num_layers + 1
+    - depth) with depth 0 for the stem, i + 1 for stage i (the model's coarse `group_matcher`; timm keeps each
+    stage's downsampling inside the stage, mmcls ConvNeXt's `downsample_layers` are depth 0) and no decay for the
+    rest (output norms, neck, heads);
   * `timm_no_weight_decay` (default True): weight decay 0 for what timm's optimizer factory exempts, i.e. 1-d
     parameters, biases and the model's `no_weight_decay()` names (fnmatch patterns allowed).
 """
@@ -28,6 +33,14 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: Optional[dict] = None):
         paramwise_cfg = dict(paramwise_cfg or {})
         self.layer_decay_rate = float(paramwise_cfg.pop('layer_decay_rate', 1.0))
+        self.layer_decay_type = paramwise_cfg.pop('layer_decay_type', 'layer_wise')
+        self.num_layers = paramwise_cfg.pop('num_layers', None)
+        if self.layer_decay_type not in ('layer_wise', 'stage_wise'):
+            raise ValueError(f"paramwise_cfg.layer_decay_type must be 'layer_wise' or 'stage_wise', got "
+                             f'{self.layer_decay_type!r}')
+        if self.layer_decay_type == 'stage_wise' and not isinstance(self.num_layers, int):
+            raise ValueError("paramwise_cfg.layer_decay_type='stage_wise' needs an int num_layers (the official "
+                             f"configs' value, e.g. 6), got {self.num_layers!r}")
         self.timm_no_weight_decay = bool(paramwise_cfg.pop('timm_no_weight_decay', True))
         if not 0. < self.layer_decay_rate <= 1.:
             raise ValueError(f'paramwise_cfg.layer_decay_rate must be in (0, 1], got {self.layer_decay_rate}')
@@ -54,7 +67,12 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             if not name.startswith(prefix):
                 continue
             if self.layer_decay_rate < 1.:
-                depth, num_layers = backbone.get_layer_depth(name, prefix=prefix)
+                if self.layer_decay_type == 'stage_wise':
+                    stage = backbone.get_stage(name, prefix=prefix)
+                    depth, num_layers = stage + 1 if stage < backbone.num_stages else self.num_layers + 1, \
+                        self.num_layers + 2
+                else:
+                    depth, num_layers = backbone.get_layer_depth(name, prefix=prefix)
                 scale = self.layer_decay_rate ** (num_layers - depth - 1)
                 group['lr'] = group.get('lr', self.base_lr) * scale
                 group['lr_scale'] = scale
