@@ -128,7 +128,7 @@ NAT_TRAIN = NAT_REPO + 'train.py argparse default'
 NAT_MODELS = NAT_REPO + 'nat.py / dinat.py / dinats.py drop_path_rate of the model function'
 
 # --- BiFormer (rayleizhu/BiFormer, DeiT-based main.py) ------------------------------------------------------------
-BIFORMER = ('biformer_tiny', 'biformer_small', 'biformer_base')
+BIFORMER = ('biformer_tiny', 'biformer_small', 'biformer_base', 'biformer_stl')
 BF_ARGS = 'rayleizhu/BiFormer configs/train_args.yaml (defaults exported from main.py)'
 BF_MAIN = 'rayleizhu/BiFormer main.py'
 
@@ -318,6 +318,7 @@ PUBLISHED = [
     Published(BIFORMER, 'amp', True, 'rayleizhu/BiFormer engine.py: torch.cuda.amp.autocast() around every forward'),
     Published(('biformer_small',), 'drop_path', 0.15, 'rayleizhu/BiFormer README.md and scripts/train.sh'),
     Published(('biformer_tiny',), 'drop_path', 0.1, 'rayleizhu/BiFormer issue #32 (the authors\' reply)'),
+    Published(('biformer_stl',), 'drop_path', 0.1, 'rayleizhu/BiFormer scripts/train.sh (model=\'biformer_stl\')'),
     # DaViT, ImageNet-1k from scratch
     Published(DAVIT, 'batch_size', 128, DAVIT_README),
     Published(DAVIT, 'lr_at_global_batch_1024', 1e-3, DAVIT_README),
