@@ -30,7 +30,7 @@ from timm.models import generate_default_cfgs, register_model
 
 from hiervit.backbones._pretrained import build_with_official_layouts
 from hiervit.backbones.layers.contract import ContractStage, HierarchicalContract
-from hiervit.backbones.layers.shape import check_image_input, crop_nhwc, pad_nhwc
+from hiervit.backbones.layers.shape import check_image_input, crop_nhwc, pad_nchw, pad_nhwc
 from hiervit.kernels.routed import routed_attention_op
 
 __all__ = ['BiFormer']
@@ -38,6 +38,7 @@ __all__ = ['BiFormer']
 # FX leaves for plain torch.fx.symbolic_trace (they decide on sizes); timm's tracer knows them already.
 torch.fx.wrap('check_image_input')
 torch.fx.wrap('crop_nhwc')
+torch.fx.wrap('pad_nchw')
 torch.fx.wrap('pad_nhwc')
 
 
@@ -136,7 +137,8 @@ class AttentionLePE(nn.Module):
 
 
 class BiFormerBlock(nn.Module):
-    """3x3 depthwise conv position encoding, then pre-norm attention and MLP residuals. NCHW in and out."""
+    """3x3 depthwise conv position encoding (none in BiFormer-STL), then pre-norm attention and MLP residuals. NCHW in
+    and out."""
 
     def __init__(
             self,
@@ -147,13 +149,14 @@ class BiFormerBlock(nn.Module):
             mlp_ratio: float = 3.,
             side_dwconv: int = 5,
             global_attn_heads: int = 8,
+            pos_embed: bool = True,
             drop_path: float = 0.,
             device=None,
             dtype=None,
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        self.pos_embed = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, **dd)
+        self.pos_embed = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, **dd) if pos_embed else None
         # eps 1e-6: the released code notes it avoids attention collapse
         self.norm1 = nn.LayerNorm(dim, eps=1e-6, **dd)
         if topk > 0:
@@ -168,15 +171,36 @@ class BiFormerBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.pos_embed(x)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(x)
         x = x.permute(0, 2, 3, 1)  # NCHW -> NHWC
         x = x + self.drop_path1(self.attn(self.norm1(x)))
         x = x + self.drop_path2(self.mlp(self.norm2(x)))
         return x.permute(0, 3, 1, 2)  # NHWC -> NCHW
 
 
+class NormConvDownsample(nn.Module):
+    """BiFormer-STL patch merging: BatchNorm, zero-pad bottom/right to even, 2x2 stride-2 conv. NCHW in and out.
+
+    The release has no padding (it rejects sizes its regions do not divide); with even maps, as at 224 px, this is its
+    computation.
+    """
+
+    def __init__(self, in_dim: int, dim: int, device=None, dtype=None):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.norm = nn.BatchNorm2d(in_dim, **dd)
+        self.conv = nn.Conv2d(in_dim, dim, 2, stride=2, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(pad_nchw(self.norm(x), 2))
+
+
 class BiFormerStage(ContractStage):
-    """Optional Conv3x3-s2 + BN downsample (placed before the blocks, as released), then the blocks."""
+    """Optional downsample (placed before the blocks, as released), then the blocks.
+
+    The downsample is Conv3x3-s2 + BN (`layout='biformer'`) or BN + Conv2x2-s2 (`layout='stl'`).
+    """
 
     def __init__(
             self,
@@ -186,17 +210,21 @@ class BiFormerStage(ContractStage):
             num_heads: int,
             topk: int,
             downsample: bool = True,
+            layout: str = 'biformer',
             n_win: int = 7,
             mlp_ratio: float = 3.,
             side_dwconv: int = 5,
             global_attn_heads: int = 8,
+            pos_embed: bool = True,
             drop_path: Union[float, Sequence[float]] = 0.,
             device=None,
             dtype=None,
     ):
         super().__init__(downsample_first=True)
         dd = {'device': device, 'dtype': dtype}
-        if downsample:
+        if downsample and layout == 'stl':
+            self.downsample = NormConvDownsample(in_dim, dim, **dd)
+        elif downsample:
             self.downsample = ConvNormAct(in_dim, dim, 3, stride=2, padding=1, bias=True, apply_act=False, **dd)
         else:
             self.downsample = nn.Identity()
@@ -210,6 +238,7 @@ class BiFormerStage(ContractStage):
                 mlp_ratio=mlp_ratio,
                 side_dwconv=side_dwconv,
                 global_attn_heads=global_attn_heads,
+                pos_embed=pos_embed,
                 drop_path=dpr[i],
                 **dd,
             )
@@ -219,6 +248,9 @@ class BiFormerStage(ContractStage):
 
 class BiFormer(HierarchicalContract, nn.Module):
     """BiFormer: conv stem, four stages of BRA (global attention in the last), BatchNorm, classifier head.
+
+    `layout='stl'` is the release's BiFormer-STL (Swin-Tiny layout, `models/biformer_stl.py`): a 4x4 stride-4 conv +
+    BN stem, BN + 2x2 stride-2 conv downsampling, and (with `pos_embed=False`) no conv position encoding.
 
     Feature maps are NCHW with strides 4/8/16/32. `out_norms=True` adds the per-stage LayerNorm2d that the released
     mmdet/mmseg backbone (`BiFormer_mm.extra_norms`) applies to every dense output; `forward_intermediates(norm=True)`
@@ -239,6 +271,8 @@ class BiFormer(HierarchicalContract, nn.Module):
             n_win: int = 7,
             side_dwconv: int = 5,
             global_attn_heads: int = 8,
+            layout: str = 'biformer',
+            pos_embed: bool = True,
             out_norms: bool = False,
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
@@ -258,6 +292,9 @@ class BiFormer(HierarchicalContract, nn.Module):
             n_win: Regions per side for BRA (7 classification, 16 detection, 8 segmentation in the release).
             side_dwconv: LePE depthwise kernel size.
             global_attn_heads: Heads of the global-attention stages (fixed at 8 in the release).
+            layout: 'biformer' (Conv3x3-BN-GELU-Conv3x3-BN stem, Conv3x3-s2 + BN downsampling) or 'stl' (Conv4x4-s4 +
+                BN stem, BN + Conv2x2-s2 downsampling; inputs zero-padded bottom/right to multiples of 4 and 2).
+            pos_embed: Add the 3x3 depthwise conv position encoding before every block.
             out_norms: Add the dense-task per-stage LayerNorm2d output norms.
             drop_rate: Head dropout rate.
             drop_path_rate: Stochastic depth rate, linear over all blocks.
@@ -269,6 +306,8 @@ class BiFormer(HierarchicalContract, nn.Module):
             raise ValueError(
                 f'depths, embed_dims and topks need one entry per stage, got {len(depths)}, {len(embed_dims)}, '
                 f'{len(topks)}.')
+        if layout not in ('biformer', 'stl'):
+            raise ValueError(f"layout={layout!r} is not supported; use 'biformer' or 'stl' (BiFormer-STL).")
         if isinstance(mlp_ratios, (int, float)):
             mlp_ratios = (mlp_ratios,) * num_stages
         self.num_classes = num_classes
@@ -277,10 +316,18 @@ class BiFormer(HierarchicalContract, nn.Module):
         self.num_features = self.head_hidden_size = embed_dims[-1]
         self.drop_rate = drop_rate
 
-        self.stem = nn.Sequential(
-            ConvNormAct(in_chans, embed_dims[0] // 2, 3, stride=2, padding=1, bias=True, act_layer=nn.GELU, **dd),
-            ConvNormAct(embed_dims[0] // 2, embed_dims[0], 3, stride=2, padding=1, bias=True, apply_act=False, **dd),
-        )
+        self.layout = layout
+        if layout == 'stl':
+            self.stem_multiple = 4  # the 4x4 stride-4 conv sees every pixel
+            self.stem = nn.Sequential(
+                ConvNormAct(in_chans, embed_dims[0], 4, stride=4, padding=0, bias=True, apply_act=False, **dd))
+        else:
+            self.stem_multiple = 1
+            self.stem = nn.Sequential(
+                ConvNormAct(in_chans, embed_dims[0] // 2, 3, stride=2, padding=1, bias=True, act_layer=nn.GELU, **dd),
+                ConvNormAct(
+                    embed_dims[0] // 2, embed_dims[0], 3, stride=2, padding=1, bias=True, apply_act=False, **dd),
+            )
         dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
         stages = []
         self.feature_info = []
@@ -293,10 +340,12 @@ class BiFormer(HierarchicalContract, nn.Module):
                 num_heads=dim // head_dim,
                 topk=topks[i],
                 downsample=i > 0,
+                layout=layout,
                 n_win=n_win,
                 mlp_ratio=mlp_ratios[i],
                 side_dwconv=side_dwconv,
                 global_attn_heads=global_attn_heads,
+                pos_embed=pos_embed,
                 drop_path=dpr[i],
                 **dd,
             ))
@@ -323,16 +372,29 @@ class BiFormer(HierarchicalContract, nn.Module):
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         x = check_image_input(x, self.in_chans, 'BiFormer')
-        return self.stem(x)
+        return self.stem(pad_nchw(x, self.stem_multiple))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stages(self.forward_stem(x))
         return self.norm(x)
 
 
-def _convert_key(k: str) -> str:
-    """Map one released (legacy BiFormer / BiFormer_mm backbone) key to this module's names."""
+def _convert_key(k: str, stl: bool) -> str:
+    """Map one released key (legacy BiFormer / BiFormer_mm backbone, or BiFormer-STL if `stl`) to this module's
+    names."""
     parts = k.split('.')
+    if parts[0] == 'downsample_layers' and stl:
+        # released STL: stem Conv4x4, BN; downsampling BN, Conv2x2
+        i, j, rest = int(parts[1]), int(parts[2]), parts[3:]
+        if i == 0:
+            return '.'.join(['stem', '0', {0: 'conv', 1: 'bn'}[j]] + rest)
+        return '.'.join(['stages', str(i), 'downsample', {0: 'norm', 1: 'conv'}[j]] + rest)
+    if parts[0] == 'stages' and stl:
+        # released STL: stages.{i}.blocks.{j}.*, MLP Linear, GELU, Linear
+        rest = '.'.join(parts[4:])
+        rest = rest.replace('attn.qkv.qkv.', 'attn.qkv.').replace('attn.wo.', 'attn.proj.')
+        rest = rest.replace('mlp.0.', 'mlp.fc1.').replace('mlp.2.', 'mlp.fc2.')
+        return f'stages.{parts[1]}.blocks.{parts[3]}.{rest}'
     if parts[0] == 'downsample_layers':
         i, j, rest = int(parts[1]), int(parts[2]), parts[3:]
         if i == 0:
@@ -355,11 +417,12 @@ def _convert_key(k: str) -> str:
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: BiFormer) -> Dict[str, torch.Tensor]:
     """Convert released BiFormer weights to this model's names and check them against `model`.
 
-    Accepts the classification checkpoints (`{'model': ...}`), the mmdet/mmseg checkpoints (`{'state_dict': ...}`
-    with a `backbone.` prefix; neck and heads are dropped, `extra_norms` become `out_norms`) and already-converted
-    state dicts. Modules a source does not have keep the model's initial values: the classifier and final norm for
-    dense-task checkpoints (the release deletes them there), the output norms for classification checkpoints (the
-    release loads those non-strictly). Any other missing, unexpected or mis-shaped key raises a ValueError.
+    Accepts the classification checkpoints (`{'model': ...}`; BiFormer and BiFormer-STL), the mmdet/mmseg checkpoints
+    (`{'state_dict': ...}` with a `backbone.` prefix; neck and heads are dropped, `extra_norms` become `out_norms`) and
+    already-converted state dicts. Modules a source does not have keep the model's initial values: the classifier and
+    final norm for dense-task checkpoints (the release deletes them there), the output norms for classification
+    checkpoints (the release loads those non-strictly). Any other missing, unexpected or mis-shaped key raises a
+    ValueError.
     """
     for wrapper in ('model', 'state_dict'):
         if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
@@ -368,7 +431,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: BiFormer) -
     if any(k.startswith('backbone.') for k in state_dict):
         state_dict = {k[len('backbone.'):]: v for k, v in state_dict.items() if k.startswith('backbone.')}
     if any(k.startswith('downsample_layers.') for k in state_dict):
-        state_dict = {_convert_key(k): v for k, v in state_dict.items()}
+        stl = any(k.startswith('stages.0.blocks.') for k in state_dict)  # BiFormer-STL's BasicLayer keeps `blocks`
+        state_dict = {_convert_key(k, stl): v for k, v in state_dict.items()}
 
     target = model.state_dict()
     for prefix in ('norm.', 'head.', 'out_norms.'):
@@ -438,6 +502,8 @@ default_cfgs = generate_default_cfgs({
     'biformer_tiny.in1k': _cfg(url=(_URL.format('AkBbczdRlZvChHEOoGkgwgQzEDlM'), 'biformer_tiny_in1k.pth')),
     'biformer_small.in1k': _cfg(url=(_URL.format('AkBbczdRlZvChHDyM-x9KWRBZ832'), 'biformer_small_in1k.pth')),
     'biformer_base.in1k': _cfg(url=(_URL.format('AkBbczdRlZvChHI_XPhoadjaNxtO'), 'biformer_base_in1k.pth')),
+    # models/biformer_stl.py `model_urls['biformer_stl_in1k']` (the README row's link); trained by the same main.py
+    'biformer_stl.in1k': _cfg(url=(_URL.format('AkBbczdRlZvChSf-m7ujkvx9lIQ1'), 'biformer_stl_in1k.pth')),
 })
 
 
@@ -461,3 +527,11 @@ def biformer_base(pretrained: bool = False, **kwargs) -> BiFormer:
     model_args = dict(depths=(4, 4, 18, 4), embed_dims=(96, 192, 384, 768))
     return _create_biformer('biformer_base', pretrained=pretrained, **dict(model_args, **kwargs))
 
+
+@register_model
+def biformer_stl(pretrained: bool = False, **kwargs) -> BiFormer:
+    """BiFormer-STL (Swin-Tiny layout, the paper's ablation model) @ 224x224, ImageNet-1k (82.7 top-1, 28.4M params,
+    4.6 GMACs)."""
+    model_args = dict(
+        depths=(2, 2, 6, 2), embed_dims=(96, 192, 384, 768), mlp_ratios=4., layout='stl', pos_embed=False)
+    return _create_biformer('biformer_stl', pretrained=pretrained, **dict(model_args, **kwargs))

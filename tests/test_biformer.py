@@ -17,6 +17,7 @@ import hiervit  # noqa: F401  (registers the models)
 from hiervit.backbones.biformer import BiFormer, checkpoint_filter_fn
 
 FIXTURE = Path(__file__).parent / 'fixtures' / 'biformer_tiny_keys.json'
+STL_FIXTURE = Path(__file__).parent / 'fixtures' / 'biformer_stl_keys.json'
 TINY_DIMS = (64, 128, 256, 512)
 
 
@@ -27,6 +28,7 @@ TINY_DIMS = (64, 128, 256, 512)
     ('biformer_tiny', 13.1, 2.2),
     ('biformer_small', 25.5, 4.5),
     ('biformer_base', 56.8, 9.8),
+    ('biformer_stl', 28.4, 4.6),
 ])
 def test_params_and_flops_match_paper(name: str, params_m: float, gmacs: float):
     with torch.device('meta'):
@@ -47,8 +49,8 @@ def test_params_and_flops_match_paper(name: str, params_m: float, gmacs: float):
 # ---------------------------------------------------------------------------------------------------------------------
 # Checkpoint conversion on the released key layout (fixture: names and shapes of the released biformer_tiny).
 
-def _fixture_state_dict(seed: int = 0) -> Dict[str, torch.Tensor]:
-    shapes = json.loads(FIXTURE.read_text())['keys']
+def _fixture_state_dict(seed: int = 0, fixture: Path = FIXTURE) -> Dict[str, torch.Tensor]:
+    shapes = json.loads(fixture.read_text())['keys']
     g = torch.Generator().manual_seed(seed)
     return {
         k: torch.randint(0, 1000, (), generator=g) if k.endswith('num_batches_tracked') else torch.randn(s, generator=g)
@@ -82,6 +84,27 @@ def test_classification_checkpoint_loads_strictly(tmp_path):
         'biformer_tiny', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), num_classes=7, in_chans=1)
     torch.testing.assert_close(model.stem[0].conv.weight, sd['downsample_layers.0.0.weight'].sum(1, keepdim=True))
     assert model(torch.randn(1, 1, 64, 64)).shape == (1, 7)
+
+
+def test_stl_checkpoint_loads_strictly(tmp_path):
+    sd = _fixture_state_dict(fixture=STL_FIXTURE)
+    path = tmp_path / 'biformer_stl_in1k.pth'
+    torch.save({'model': sd}, path)
+    model = timm.create_model('biformer_stl', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    loaded = model.state_dict()
+    assert len(loaded) == len(sd)
+    assert _value_signature(loaded.values()) == _value_signature(sd.values())
+    torch.testing.assert_close(model.stem[0].conv.weight, sd['downsample_layers.0.0.weight'])
+    torch.testing.assert_close(model.stem[0].bn.running_mean, sd['downsample_layers.0.1.running_mean'])
+    torch.testing.assert_close(model.stages[2].downsample.norm.weight, sd['downsample_layers.2.0.weight'])
+    torch.testing.assert_close(model.stages[2].downsample.conv.weight, sd['downsample_layers.2.1.weight'])
+    torch.testing.assert_close(model.stages[2].blocks[5].attn.proj.bias, sd['stages.2.blocks.5.attn.wo.bias'])
+    torch.testing.assert_close(model.stages[1].blocks[1].mlp.fc2.weight, sd['stages.1.blocks.1.mlp.2.weight'])
+    torch.testing.assert_close(model.stages[3].blocks[1].attn.qkv.weight, sd['stages.3.blocks.1.attn.qkv.weight'])
+    torch.testing.assert_close(model.norm.running_var, sd['norm.running_var'])
+    # the BiFormer-T file is not taken for an STL one, and the other way round
+    with pytest.raises(ValueError, match='does not match'):
+        timm.create_model('biformer_tiny', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
 
 
 def _dense_checkpoint(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -222,6 +245,52 @@ class _LegacyBiFormer(nn.Module):
         return self.head(self.norm(x).flatten(2).mean(-1))
 
 
+class _LegacySTLBlock(nn.Module):
+    """models/biformer_stl.py BiFormerBlock: no position conv, MLP Linear-GELU-Linear (ratio 4)."""
+
+    def __init__(self, dim: int, topk: int, n_win: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = _LegacyBRA(dim, dim // 32, n_win, topk) if topk > 0 else _LegacyAttentionLePE(dim)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class _LegacySTLLayer(nn.Module):
+    def __init__(self, dim: int, depth: int, topk: int, n_win: int):
+        super().__init__()
+        self.blocks = nn.ModuleList([_LegacySTLBlock(dim, topk, n_win) for _ in range(depth)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        for blk in self.blocks:
+            x = blk(x)
+        return x.permute(0, 3, 1, 2)
+
+
+class _LegacyBiFormerSTL(nn.Module):
+    """models/biformer_stl.py BiFormerSTL with `norm_layer=nn.BatchNorm2d` (its biformer_stl entrypoint)."""
+
+    def __init__(self, depths=(2, 2, 6, 2), dims=(96, 192, 384, 768), n_win: int = 7, topks=(1, 4, 16, -2)):
+        super().__init__()
+        self.downsample_layers = nn.ModuleList([nn.Sequential(nn.Conv2d(3, dims[0], 4, 4), nn.BatchNorm2d(dims[0]))])
+        for i in range(3):
+            self.downsample_layers.append(
+                nn.Sequential(nn.BatchNorm2d(dims[i]), nn.Conv2d(dims[i], dims[i + 1], 2, 2)))
+        self.stages = nn.ModuleList([_LegacySTLLayer(dims[i], depths[i], topks[i], n_win) for i in range(4)])
+        self.norm = nn.BatchNorm2d(dims[-1])
+        self.head = nn.Linear(dims[-1], 1000)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i in range(4):
+            x = self.stages[i](self.downsample_layers[i](x))
+        return self.head(self.norm(x).mean([2, 3]))
+
+
 def _randomize(model: nn.Module) -> None:
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -315,3 +384,50 @@ def test_bad_inputs_raise():
         BiFormer(n_win=3)
     with pytest.raises(ValueError, match='output_fmt'):
         model.forward_intermediates(torch.randn(1, 3, 64, 64), output_fmt='NLC')
+
+
+def test_stl_parameters_equal_release():
+    with torch.device('meta'):
+        ours = sum(p.numel() for p in timm.create_model('biformer_stl').parameters())
+        released = _LegacyBiFormerSTL()
+    assert ours == sum(p.numel() for p in released.parameters()) == 28_372_552
+    # the re-statement has the release's key names and shapes (the fixture was taken from models/biformer_stl.py)
+    shapes = json.loads(STL_FIXTURE.read_text())['keys']
+    assert {k: list(v.shape) for k, v in released.state_dict().items()} == shapes
+
+
+@pytest.mark.parametrize('size', [(224, 224), (160, 224)])
+def test_stl_converted_checkpoint_matches_released_structure(size):
+    # the release's layout and attention at reduced widths and depths (every key kind of the full model)
+    depths, dims = (1, 1, 2, 1), (32, 64, 128, 256)
+    legacy = _LegacyBiFormerSTL(depths, dims).eval()
+    _randomize(legacy)
+    model = timm.create_model('biformer_stl', depths=depths, embed_dims=dims).eval()
+    model.load_state_dict(checkpoint_filter_fn({'model': legacy.state_dict()}, model), strict=True)
+    x = torch.randn(1, 3, *size)
+    ref, out = legacy(x), model(x)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    w = torch.randn(ref.shape)
+    (ref * w).sum().backward()
+    (out * w).sum().backward()
+    legacy_params = dict(legacy.named_parameters())
+    for ours, theirs in [
+        ('stem.0.conv.weight', 'downsample_layers.0.0.weight'),
+        ('stages.1.downsample.norm.weight', 'downsample_layers.1.0.weight'),
+        ('stages.0.blocks.0.attn.qkv.weight', 'stages.0.blocks.0.attn.qkv.qkv.weight'),
+        ('stages.3.blocks.0.attn.lepe.weight', 'stages.3.blocks.0.attn.lepe.weight'),
+        ('stages.2.blocks.1.mlp.fc1.weight', 'stages.2.blocks.1.mlp.0.weight'),
+    ]:
+        expected = legacy_params[theirs].grad
+        torch.testing.assert_close(
+            model.get_parameter(ours).grad, expected, atol=1e-5 * expected.abs().max().item(), rtol=1e-4)
+
+
+def test_stl_odd_sizes_and_layout_check():
+    model = timm.create_model('biformer_stl', depths=(1, 1, 1, 1), features_only=True).eval()
+    # zero padding to a multiple of 4 before the stem and to even before each 2x2 merge: n -> ceil(n / 2) per merge
+    feats = model(torch.randn(1, 3, 65, 47))
+    assert [tuple(f.shape) for f in feats] == [(1, 96, 17, 12), (1, 192, 9, 6), (1, 384, 5, 3), (1, 768, 3, 2)]
+    assert all(torch.isfinite(f).all() for f in feats)
+    with pytest.raises(ValueError, match="layout='swin'.*'stl'"):
+        BiFormer(layout='swin')

@@ -126,6 +126,18 @@ def test_mixer_matches_restatement(H, W, window, shift, tiles, offsets, lepe):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-9)
 
 
+def test_split_qkv_projections_equal_the_fused_one():
+    """`split_qkv=True` (PVT's `q` and `kv` keys) computes what one `qkv` projection with the stacked weights does."""
+    torch.manual_seed(0)
+    fused = InLineAttention(16, 2)
+    split = InLineAttention(16, 2, split_qkv=True)
+    sd = fused.state_dict()
+    w, b = sd.pop('qkv.weight'), sd.pop('qkv.bias')
+    split.load_state_dict(dict(sd, **{'q.weight': w[:16], 'q.bias': b[:16], 'kv.weight': w[16:], 'kv.bias': b[16:]}))
+    x = torch.randn(2, 5, 7, 16)
+    torch.testing.assert_close(split(x), fused(x))
+
+
 @pytest.mark.parametrize('name', ['inline_swin_tiny', 'inline_cswin_tiny'])
 def test_fixture_is_the_official_layout(name):
     keys = json.loads((FIXTURES / f'{name}_keys.json').read_text())

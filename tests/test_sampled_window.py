@@ -125,14 +125,16 @@ def _sweep_errors(backend: str, case: dict, seed: int, dtype=torch.float32) -> d
             for n, a, b in zip(names, results['reference'], results[backend])}
 
 
-# Measured over 200 cases (seeds 0..199): largest relative error 4.5e-6 (out, dq, dk), 3.5e-6 (d_rpb), 3.4e-6 (dscales).
+# Largest relative error measured over seeds 0..199 (cpu): 4.5e-6 (out, dq, dk), 3.5e-6 (d_rpb), 3.4e-6 (dscales);
+# over seeds 0..29 (triton, interpreter): 3.7e-6 (dscales), 2.6e-6 (out), 2.3e-6 (dk).
 SWEEP_TOL = 2e-5
+SWEEP_CASES = {'cpu': 40, 'triton': 4}  # the interpreter costs about 2 s per case
 
 
 @pytest.mark.parametrize('backend', FAST_BACKENDS)
 def test_sweep_against_reference(backend):
     worst = {}
-    for seed in range(40):
+    for seed in range(SWEEP_CASES.get(backend, 8)):
         case = _sweep_case(seed)
         for name, err in _sweep_errors(backend, case, seed).items():
             assert err < SWEEP_TOL, f'{backend} {name}: relative error {err:.2e} for seed {seed}, case {case}'
@@ -145,12 +147,14 @@ def test_low_precision_inputs(backend):
     """bf16 and fp16 inputs compute in fp32 and round the results once: within a few bf16/fp16 ulps of the fp32
     reference on the same rounded inputs."""
     case = dict(B=2, H=6, W=10, window=[3, 5], heads=2, d=8, spread=1.0, rpb=True)
-    for dtype, tol in ((torch.bfloat16, 1.6e-2), (torch.float16, 2e-3)):
+    # the interpreter computes every dot in fp32: one dtype is enough there (compiling checks the fp16/bf16 dots)
+    dtypes = ((torch.float16, 2e-3),) if backend == 'triton' else ((torch.bfloat16, 1.6e-2), (torch.float16, 2e-3))
+    for dtype, tol in dtypes:
         for name, err in _sweep_errors(backend, case, 7, dtype).items():
             assert err < tol, f'{backend} {dtype} {name}: relative error {err:.2e}'
 
 
-@pytest.mark.parametrize('backend', FAST_BACKENDS)
+@pytest.mark.parametrize('backend', ['cpu'])  # triton scatters dK/dV with atomics (see its docstring)
 def test_backward_is_deterministic(backend):
     q, k, v, offsets, scales, rpb = _inputs(2, 6, 8, 3, 8, [3, 4], spread=2.0)
     dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(3))
@@ -242,3 +246,14 @@ def test_export_decomposes_to_standard_ops():
                                         SAMPLED_WINDOW._decompose})
     assert all('hiervit' not in str(n.target) for n in decomposed.graph.nodes)
     torch.testing.assert_close(decomposed.module()(q, k, v, offsets, scales), M()(q, k, v, offsets, scales))
+
+
+def test_dispatch_order_and_refusals():
+    assert sampled_window_dispatcher.names == ['cpu', 'triton', 'reference']
+    q = torch.randn(1, 18, 18, 2, 4)
+    grid_params = torch.zeros(1, 2, 2, 2, 2)
+    problem = SAMPLED_WINDOW.problem(q, q, q, grid_params, grid_params, None, [9, 9], 0.5)
+    assert sampled_window_dispatcher.select(problem) == 'cpu'
+    assert 'exceeds 64' in sampled_window_dispatcher.explain(problem)['triton']
+    with pytest.raises(BackendError, match="backend 'triton' .* window 9x9 exceeds 64"):
+        sampled_window_attention(q, q, q, grid_params, grid_params, 9, backend='triton')

@@ -42,7 +42,7 @@ def model_shapes() -> Dict[str, set]:
     from torch.utils._python_dispatch import TorchDispatchMode
 
     import hiervit
-    found = {'neighborhood': set(), 'routed': set()}
+    found = {'neighborhood': set(), 'routed': set(), 'sampled_window': set()}
 
     class Record(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -53,6 +53,9 @@ def model_shapes() -> Dict[str, set]:
             elif func is torch.ops.hiervit.routed_attention_fwd.default:
                 q, _, _, idx = args[:4]
                 found['routed'].add((q.shape[-1], q.shape[3], idx.shape[-1]))
+            elif func is torch.ops.hiervit.sampled_window_attention_fwd.default:
+                q, rpb, window = args[0], args[5], args[6]
+                found['sampled_window'].add((q.shape[-1], tuple(window), rpb is not None))
             return func(*args, **(kwargs or {}))
 
     for name in hiervit.list_hiervit_models():
@@ -77,6 +80,11 @@ def model_matrix(full: bool) -> List[dict]:
     for d, tokens, topk in sorted(shapes['routed']):
         for dtype in DTYPES if full else ('float16',):
             jobs.append(dict(op='routed', dtype=dtype, d=d, tokens=tokens, topk=topk,
+                             targets=TARGETS if full else (TARGETS[i % 2],), why='model'))
+            i += 1
+    for d, window, rpb in sorted(shapes['sampled_window']):
+        for dtype in DTYPES if full else ('float16',):
+            jobs.append(dict(op='sampled_window', dtype=dtype, rpb=rpb, d=d, window=window,
                              targets=TARGETS if full else (TARGETS[i % 2],), why='model'))
             i += 1
     return jobs
@@ -107,6 +115,14 @@ def tile_matrix(full: bool) -> List[dict]:
             jobs.append(dict(op='window', dtype=dtype, d=d, rpb=i % 2 == 0, border=('zeros', 'mask', 'shift')[i % 3],
                              targets=TARGETS if full else (TARGETS[(i + 1) % 2],), why='two blocks'))
         i += 1
+        # sampled_window: one register tile per window; VSA's 7 x 7 windows at head dim 32 and the largest it accepts
+        # (8 x 8, head dim 64); in CI with the bias at 7 x 7 and without at 8 x 8, targets alternating
+        variants = [(rpb, window, d) for rpb in (True, False) for window, d in (((7, 7), 32), ((8, 8), 64))
+                    if full or (window == (7, 7)) == rpb]
+        for n, (rpb, window, d) in enumerate(variants):
+            jobs.append(dict(op='sampled_window', dtype=dtype, rpb=rpb, d=d, window=window,
+                             targets=TARGETS if full else (TARGETS[(DTYPES.index(dtype) + n) % 2],),
+                             why='window tile'))
     return jobs
 
 
@@ -145,6 +161,16 @@ def _launches(job: dict) -> list:
             mod.backward(out, q, q, q, rpb, out, lse, *plain)
             out, lse = mod.context_forward(q, k, k, *context)
             mod.context_backward(out, q, k, k, out, lse, *context)
+    elif job['op'] == 'sampled_window':
+        import hiervit.kernels.sampled_window.triton as mod
+        heads, d, (wh, ww) = 2, job['d'], job['window']
+        q = torch.zeros(1, 2 * wh, 2 * ww, heads, d, dtype=dtype)
+        grid_params = torch.zeros(1, heads, 2, 2, 2, dtype=dtype)
+        rpb = torch.empty((2 * wh - 1) * (2 * ww - 1), heads, dtype=dtype) if job['rpb'] else None
+
+        def run():
+            out, lse = mod.forward(q, q, q, grid_params, grid_params, rpb, [wh, ww], 0.1)
+            mod.backward(out, q, q, q, grid_params, grid_params, rpb, out, lse, [wh, ww], 0.1)
     else:
         import hiervit.kernels.routed.triton as mod
         B, H, blocks, d = 2, 2, 4, job['d']
@@ -311,6 +337,8 @@ def _name(row: dict) -> str:
             f'{row["tiles"]}')
     if row['op'] == 'neighborhood':
         what += f' rpb={row["rpb"]} spatial={row["spatial"]} kernel={row["kernel"]}'
+    elif row['op'] == 'sampled_window':
+        what += f' rpb={row["rpb"]} window={row["window"]}'
     elif row['op'] == 'window':
         what += f' rpb={row["rpb"]} border={row["border"]}'
     return what
@@ -324,12 +352,12 @@ def test_every_kernel_compiles_and_fits(compiled):
     assert not over, 'shared memory over the per-block limit:\n' + '\n'.join(over)
     # every kernel was compiled for every dtype and rpb setting, and for both targets
     kernels = {(r['op'], r['kernel']) for r in compiled}
-    assert len(kernels) == 12, kernels
+    assert len(kernels) == 14, kernels
     seen = {(r['op'], r['kernel'], r['dtype'], r.get('rpb')) for r in compiled}
     targets = {(r['op'], r['kernel'], r['target']) for r in compiled}
     for op, kernel in kernels:
         for dtype in DTYPES:
-            for rpb in ((True, False) if op == 'neighborhood' else (None,)):
+            for rpb in ((True, False) if op in ('neighborhood', 'sampled_window') else (None,)):
                 assert (op, kernel, dtype, rpb) in seen or (op == 'window' and any(
                     key[:3] == (op, kernel, dtype) for key in seen)), (op, kernel, dtype, rpb)
         assert {(op, kernel, cc) for cc in TARGETS} <= targets, (op, kernel)

@@ -91,7 +91,7 @@ def test_values_match_the_official_file(path):
 
 def _tiny(path):
     cfg = load_tiny(path)
-    cfg.model.data_preprocessor.size = (64, 64)  # the 1/8 map 8 x 8: one-pixel windows, the smallest it takes
+    cfg.model.data_preprocessor.size = (128, 128)  # the 1/8 map 16 x 16: 2 x 2 windows
     return cfg
 
 
@@ -113,9 +113,9 @@ def test_loss_backward_and_predict(path):
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
     packed = dict(inputs=[], data_samples=[])
-    for h, w in ((64, 64), (56, 48)):  # padded to 64 x 64
+    for h, w in ((128, 128), (112, 96)):  # padded to 128 x 128
         packed['inputs'].append(torch.randint(0, 256, (3, h, w), dtype=torch.uint8))
-        sample = SegDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(64, 64)))
+        sample = SegDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(128, 128)))
         sample.gt_sem_seg = PixelData(data=torch.randint(0, cfg.model.decode_head.num_classes, (1, h, w)))
         packed['data_samples'].append(sample)
     losses = model(**model.data_preprocessor(packed, True), mode='loss')
@@ -155,6 +155,7 @@ def test_runner_lowers_loss_on_coins(tmp_path):
     cv2.imwrite(str(tmp_path / 'img' / 'coins.png'), np.repeat(img[:, :, None], 3, 2))
     cv2.imwrite(str(tmp_path / 'ann' / 'coins.png'), (img > filters.threshold_otsu(img)).astype(np.uint8))
     cfg = _tiny(os.path.join(ROOT, 'segmentation', 'nat', 'nat-tiny_vwformer_4xb4-amp-160k_ade20k-512x512.py'))
+    cfg.model.data_preprocessor.size = (64, 64)  # 1/8 map 8 x 8: one-pixel windows, the smallest the head takes
     cfg.model.decode_head.update(num_classes=2, channels=64)
     cfg.model.decode_head.norm_cfg = dict(type='BN', requires_grad=True)
     pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 
-__all__ = ['check_image_input', 'pad_nhwc', 'crop_nhwc']
+__all__ = ['check_image_input', 'pad_nhwc', 'pad_nchw', 'crop_nhwc']
 
 
 @register_notrace_function
@@ -38,6 +38,16 @@ def pad_nhwc(x: torch.Tensor, multiple: int = 1, minimum: int = 0) -> torch.Tens
     if Hp == H and Wp == W:
         return x
     return F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))
+
+
+@register_notrace_function
+def pad_nchw(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad an NCHW map at the bottom/right to a multiple of `multiple` (x itself when nothing is padded)."""
+    H, W = x.shape[2], x.shape[3]
+    pad_h, pad_w = (multiple - H % multiple) % multiple, (multiple - W % multiple) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x
+    return F.pad(x, (0, pad_w, 0, pad_h))
 
 
 @register_notrace_function

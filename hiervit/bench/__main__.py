@@ -5,6 +5,7 @@
       --png na_sweep.png --max-mib 1024]
   python -m hiervit.bench op routed [--stage 1 2 3 --batch 8]
   python -m hiervit.bench op window [--shape swin1 swin3 cswin1 cswin2 cswin3 --batch 8]
+  python -m hiervit.bench op sampled_window [--stage 1 2 3 4 --batch 8]
   python -m hiervit.bench op linear [--stage 1 2 3 4 --normalizer clamp|mean] [--sweep --png linear_sweep.png]
   python -m hiervit.bench model nat_tiny dinat_tiny swin_tiny_patch4_window7_224 [--batch 8 --img-size 224 --train]
   python -m hiervit.bench det CONFIG [--img-size 512] [--compare OTHER_CONFIG ...]
@@ -53,6 +54,10 @@ def cmd_op(args: argparse.Namespace) -> None:
         specs = [dict(base, shape=s) for s in args.shape]
         title = (f'window attention at Swin-T / CSWin-T stage shapes (224 px): B={args.batch} {args.dtype} on '
                  f'{args.device}')
+    elif args.op == 'sampled_window':
+        specs = [dict(base, stage=s) for s in args.stage or [1, 2, 3, 4]]
+        title = (f'sampled-window attention at ViTAEv2-VSA-S stage shapes (224 px): B={args.batch} {args.dtype} on '
+                 f'{args.device}')
     elif args.op == 'linear':
         if args.sweep:
             return _linear_sweep(args)
@@ -75,7 +80,8 @@ def cmd_op(args: argparse.Namespace) -> None:
     print(title)
     if gemm:
         flops = ('2*B*heads*N*d*(2*dv+1) (k^T v, q S, q . z)' if args.op == 'linear' else
-                 '4*B*heads*queries*keys_per_query*head_dim')
+                 '4*B*heads*queries*keys_per_query*head_dim' + (
+                     ' + 16*B*H*W*heads*head_dim (bilinear K and V)' if args.op == 'sampled_window' else ''))
         print(f'in-process fp32 GEMM (2048^3): {max(gemm):.1f} GFLOP/s (best over workers); '
               f'forward FLOPs = {flops}, fwd+bwd = 3x forward; '
               'fwd rows run under no_grad; peak = tensor memory allocated beyond the inputs')
@@ -158,7 +164,7 @@ def main(argv=None) -> None:
     sub = parser.add_subparsers(dest='cmd', required=True)
 
     op = sub.add_parser('op', help='time every backend of an op (and installed peers)')
-    op.add_argument('op', choices=['neighborhood', 'routed', 'linear', 'window'])
+    op.add_argument('op', choices=['neighborhood', 'routed', 'linear', 'window', 'sampled_window'])
     op.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     op.add_argument('--dtype', default='float32', choices=['float32', 'float16', 'bfloat16'])
     op.add_argument('--batch', type=int, default=8)
@@ -169,7 +175,8 @@ def main(argv=None) -> None:
     op.add_argument('--head-dim', type=int, default=32)
     op.add_argument('--no-rpb', action='store_true', help='neighborhood: no relative position bias')
     op.add_argument('--stage', type=int, nargs='+', choices=[1, 2, 3, 4],
-                    help='routed: BiFormer-T stages 1-3 (default all); linear: L2ViT-T stages 1-4 (default all)')
+                    help='routed: BiFormer-T stages 1-3 (default all); linear: L2ViT-T stages 1-4 (default all); '
+                         'sampled_window: ViTAEv2-VSA-S stages 1-4 (default all)')
     op.add_argument('--normalizer', default='clamp', choices=['clamp', 'mean', 'sum', 'injective', 'none'],
                     help='linear: clamp (L2ViT, beside its official chain), mean (FLatten, beside its chain), ...')
     op.add_argument('--sweep', action='store_true',

@@ -555,7 +555,73 @@ def _importable(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-OPS = {'neighborhood': neighborhood_cases, 'routed': routed_cases, 'linear': linear_cases, 'window': window_cases}
+# ---------------------------------------------------------------------------------------------------------------------
+# sampled_window (VSA's varied-size windows)
+
+# ViTAEv2-VSA-S normal cells at 224 px: (map side, heads, head dim) per stage; window 7, relative position bias.
+VSA_S_STAGES = {1: (56, 2, 32), 2: (28, 4, 32), 3: (14, 8, 32), 4: (7, 16, 32)}
+
+
+def grid_sample_window_peer(qkv: torch.Tensor, offsets: torch.Tensor, scales: torch.Tensor, table: torch.Tensor,
+                            window: int, scale: float) -> torch.Tensor:
+    """The official VSA path on `qkv [B, H, W, 3, heads, d]`: build the sampling grid, `F.grid_sample` K and V per
+    head (`[B * heads, d, H, W]`, zeros, align_corners), then window attention on the sampled maps (hiervit's window
+    op, whose fastest backend runs). Returns `[B, H, W, heads, d]`."""
+    import torch.nn.functional as F
+
+    from hiervit.kernels.sampled_window.reference import sampling_grid
+    from hiervit.kernels.window import window_attention
+    B, H, W, _, heads, d = qkv.shape
+    q, k, v = qkv.unbind(3)
+    grid = sampling_grid(offsets, scales, H, W, [window, window]).reshape(B * heads, H, W, 2)
+
+    def sample(x):  # [B, H, W, heads, d] -> [B * heads, d, H, W] -> sampled -> back
+        x = F.grid_sample(x.permute(0, 3, 4, 1, 2).reshape(B * heads, d, H, W), grid, mode='bilinear',
+                          padding_mode='zeros', align_corners=True)
+        return x.view(B, heads, d, H, W).permute(0, 3, 4, 1, 2)
+    return window_attention(q, sample(k), sample(v), window, rpb=table, scale=scale)
+
+
+def sampled_window_cases(spec: Dict) -> Dict[str, Callable[[], Case]]:
+    """ViTAEv2-VSA-S stage shapes: each backend beside the grid_sample + window attention path."""
+    from hiervit.kernels.sampled_window import (
+        sampled_window_attention, sampled_window_attention_flops, sampled_window_dispatcher)
+
+    device, dtype = torch.device(spec['device']), _dtype(spec['dtype'])
+    side, heads, d = VSA_S_STAGES[spec['stage']]
+    B, window = spec['batch'], 7
+    flops = float(sampled_window_attention_flops((B, side, side, heads, d), (window, window)))
+    note = f'ViTAEv2-VSA-S stage {spec["stage"]}: {side}x{side}, {heads}x{d}, window {window}, rpb'
+
+    def inputs():
+        g = torch.Generator().manual_seed(0)
+        make = lambda *s, std=1.0: (torch.randn(*s, generator=g) * std).to(device, dtype).requires_grad_()
+        n = side // window
+        return (make(B, side, side, 3, heads, d), make(B, heads, n, n, 2, std=0.5), make(B, heads, n, n, 2, std=0.5),
+                make((2 * window - 1) ** 2, heads))
+
+    def backend_case(name: str) -> Case:
+        qkv, offsets, scales, table = inputs()
+
+        def fwd():
+            q, k, v = qkv.unbind(3)
+            return sampled_window_attention(q, k, v, offsets, scales, window, rpb=table, backend=name)
+        return Case(fwd, [qkv, offsets, scales, table], flops, note=note)
+
+    def peer_case() -> Case:
+        qkv, offsets, scales, table = inputs()
+        return Case(lambda: grid_sample_window_peer(qkv, offsets, scales, table, window, d ** -0.5),
+                    [qkv, offsets, scales, table], flops, note='grid_sample K and V, then window attention (auto)')
+
+    cases: Dict[str, Callable[[], Case]] = {f'hiervit:{n}': (lambda n=n: backend_case(n))
+                                            for n in sampled_window_dispatcher.names}
+    if spec.get('peers', True):
+        cases['peer:grid_sample+window'] = peer_case
+    return cases
+
+
+OPS = {'neighborhood': neighborhood_cases, 'routed': routed_cases, 'linear': linear_cases, 'window': window_cases,
+       'sampled_window': sampled_window_cases}
 
 
 def measure(spec: Dict, label: str) -> Dict:

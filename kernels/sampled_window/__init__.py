@@ -35,8 +35,9 @@ every backend takes grid_sample's one-sided derivative (the taps of `floor`), up
 
 Backends (`sampled_window_dispatcher`; `backend=` argument, or env `HIERVIT_SAMPLED_WINDOW_BACKEND` /
 `HIERVIT_BACKEND`): `cpu` (a fused C++ kernel that samples each window's K and V inside the attention, built once per
-machine; deterministic backward), `reference` (grid_sample, then window attention; accepts everything, the test
-oracle). Auto order: cpu on CPU, then reference. Declared on
+machine; deterministic backward), `triton` (CUDA, or CPU tensors under `TRITON_INTERPRET=1`; sampling fused in-kernel,
+dK/dV scattered with fp32 atomics, see its docstring), `reference` (grid_sample, then window attention; accepts
+everything, the test oracle). Auto order: cpu on CPU (also under the interpreter), triton on CUDA, then reference. Declared on
 the shared scaffold (`hiervit.kernels._op.KernelOp`) as the custom ops `hiervit::sampled_window_attention_fwd` / `_bwd`
 (fakes, autograd, FLOP formulas, the reference as export decomposition).
 
@@ -45,13 +46,14 @@ bilinear sampling of K and V: 4 taps of one multiply-add (2 FLOPs) per sampled c
 the per-sample tap weights (independent of d) are not counted. Backward: twice the forward.
 """
 import math
+import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from .._dispatch import Backend
+from .._dispatch import Backend, module_available
 from .._op import KernelOp, check_tensors
 
 __all__ = [
@@ -60,6 +62,8 @@ __all__ = [
 ]
 
 _OP = 'sampled_window_attention'
+_HAS_TRITON = module_available('triton')  # probed once: find_spec inside a compiled region is a graph break
+_TRITON_MAX_BLOCK = 64  # = triton.MAX_BLOCK (not imported here: that would import triton)
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,22 @@ def _check_cpu(p: SampledWindowProblem) -> Optional[str]:
         return f'tensors are on {p.device.type}, the cpu backend runs on CPU tensors only'
     from .cpu import availability  # checks run inside the op, never while dynamo traces
     return availability()
+
+
+def _check_triton(p: SampledWindowProblem) -> Optional[str]:
+    if not _HAS_TRITON:
+        return 'triton is not installed'
+    if p.device.type == 'cpu':
+        if os.environ.get('TRITON_INTERPRET', '0') != '1':
+            return 'CPU tensors need TRITON_INTERPRET=1 (the Triton interpreter, slow, for tests only)'
+    elif p.device.type != 'cuda':
+        return f'tensors are on {p.device.type}; triton runs on CUDA (or on CPU under TRITON_INTERPRET=1)'
+    if p.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f'dtype {p.dtype} is not supported (use float16, bfloat16 or float32)'
+    if p.dim > _TRITON_MAX_BLOCK or math.prod(p.window) > _TRITON_MAX_BLOCK:
+        return (f'head dim {p.dim} or window {p.window[0]}x{p.window[1]} exceeds {_TRITON_MAX_BLOCK} (one register '
+                f'tile per window)')
+    return None
 
 
 def _window_pair(window: Union[int, Sequence[int]]) -> List[int]:
@@ -152,7 +172,7 @@ def sampled_window_attention(
         window: Default window `(wh, ww)` or an int.
         rpb: Optional relative position bias in Swin's table layout `[(2wh - 1)(2ww - 1), heads]`, differentiable.
         scale: Logit scale; default `d ** -0.5`.
-        backend: `cpu`, `reference` or 'auto'/None (see `sampled_window_dispatcher`).
+        backend: `cpu`, `triton`, `reference` or 'auto'/None (see `sampled_window_dispatcher`).
 
     Returns:
         Tensor `[B, H, W, heads, d]`.
@@ -200,6 +220,7 @@ SAMPLED_WINDOW = KernelOp(
     outputs=('out', 'lse'), differentiable_outputs=1, grads=('q', 'k', 'v', 'offsets', 'scales', 'rpb'),
     backends=[
         Backend('cpu', _check_cpu, f'{_PKG}.cpu'),
+        Backend('triton', _check_triton, f'{_PKG}.triton'),
         Backend('reference', _check_reference, f'{_PKG}.reference'),
     ],
     problem=_problem, fake=_fake, check_values=_check_values,
