@@ -19,6 +19,7 @@ from timm.data import resolve_data_config
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
 import hiervit
+from hiervit.backbones.vitae_vsa import official_drop_path_rates
 from hiervit.train.args import build_train_parser, load_recipe, parse_with_config
 from hiervit.train.train import _create_optimizer, create_model_from_args
 
@@ -158,9 +159,78 @@ L2_README = 'ChuanyangZheng/L2ViT readme.md command of the run'
 L2_MAIN = 'ChuanyangZheng/L2ViT classification/main.py argparse default'
 
 
+# --- ViTAEv2-VSA (ViTAE-Transformer/ViTAE-VSA, Image-Classification/) and Swin+VSA (never released) ------------------
+VSA_REPO = 'ViTAE-Transformer/ViTAE-VSA Image-Classification/'
+VSA_MAIN = VSA_REPO + 'main.py argparse default'
+VSA_S_SH = VSA_REPO + 'vitaev2_vsa/training_scripts/ViTAEv2_VSA_S.sh (8 GPUs)'
+VSA_48M_SH = VSA_REPO + 'vitaev2_vsa/training_scripts/ViTAEv2_VSA_widePCM_48M.sh (2 nodes x 8 GPUs)'
+VSA_RELEASED = ('vitaev2_vsa_s', 'vitaev2_vsa_48m')
+VSA_ALL = VSA_RELEASED + ('vitaev2_vsa_b', 'swin_vsa_tiny', 'swin_vsa_small')
+SWIN_VSA = ('swin_vsa_tiny', 'swin_vsa_small')
+
 def published_values(recipes: Tuple[str, ...], source: str, **values: Any):
     """One `Published` entry per keyword: the values that one source gives for these recipes."""
     return [Published(recipes, key, value, source) for key, value in values.items()]
+
+
+# --- FLatten (LeapLabTHU/FLatten-Transformer: Swin-style config.py + cfgs/*.yaml, main.py / main_ema.py) ----------
+FL_REPO = 'LeapLabTHU/FLatten-Transformer '
+FL_CONFIG = FL_REPO + 'config.py defaults'
+FL_SCALE = ' x global batch (8 GPUs, README) / 512, as main.py scales BASE_LR, WARMUP_LR and MIN_LR'
+# recipe -> (its cfgs/ file, then batch_size, weight_decay, warmup_epochs, drop_path, clip_grad, epochs, BASE_LR,
+# WARMUP_LR, MIN_LR, img_size, eval crop as the cfg gives them, clip None = no clipping)
+FL_CFGS = {
+    'flatten_swin_tiny': ('flatten_swin_t', 128, 0.05, 20, 0.2, 5.0, 300, 5e-4, 5e-7, 5e-6, 224, 0.875),
+    'flatten_swin_small': ('flatten_swin_s', 128, 0.05, 20, 0.3, 5.0, 300, 5e-4, 5e-7, 5e-6, 224, 0.875),
+    'flatten_swin_base': ('flatten_swin_b', 64, 0.05, 20, 0.5, 5.0, 300, 5e-4, 5e-7, 5e-6, 224, 0.875),
+    'flatten_swin_base_384': ('flatten_swin_b_384', 32, 1e-8, 5, 0.5, 5.0, 30, 2e-5, 2e-8, 2e-7, 384, 1.0),
+    'flatten_pvt_tiny': ('flatten_pvt_t', 128, 0.05, 5, 0.1, None, 300, 5e-4, 1e-6, 1e-5, 224, 0.875),
+    'flatten_pvt_small': ('flatten_pvt_s', 64, 0.05, 5, 0.1, None, 300, 5e-4, 1e-6, 1e-5, 224, 0.875),
+    'flatten_pvt_medium': ('flatten_pvt_m', 64, 0.05, 5, 0.3, 1.0, 300, 5e-4, 1e-6, 1e-5, 224, 0.875),
+    'flatten_pvt_large': ('flatten_pvt_b', 32, 0.05, 5, 0.3, 1.0, 300, 5e-4, 1e-6, 1e-5, 224, 0.875),
+    'flatten_pvt_v2_b0': ('flatten_pvt_v2_b0', 128, 0.05, 5, 0.1, None, 300, 5e-4, 1e-6, 1e-5, 224, 0.875),
+    'flatten_pvt_v2_b1': ('flatten_pvt_v2_b1', 128, 0.05, 5, 0.1, None, 300, 5e-4, 1e-6, 1e-5, 224, 0.875),
+    'flatten_pvt_v2_b2': ('flatten_pvt_v2_b2', 128, 0.05, 5, 0.1, None, 300, 5e-4, 1e-6, 1e-5, 224, 0.875),
+    'flatten_pvt_v2_b3': ('flatten_pvt_v2_b3', 128, 0.05, 5, 0.3, 1.0, 300, 5e-4, 1e-6, 1e-5, 224, 0.875),
+    'flatten_pvt_v2_b4': ('flatten_pvt_v2_b4', 64, 0.05, 5, 0.3, 1.0, 300, 5e-4, 1e-6, 1e-5, 224, 0.875),
+    'flatten_cswin_tiny': ('flatten_cswin_t', 256, 0.05, 20, 0.2, None, 300, 5e-4, 1e-6, 1e-5, 224, 0.875),
+    'flatten_cswin_small': ('flatten_cswin_s', 128, 0.05, 20, 0.4, None, 300, 5e-4, 1e-6, 1e-5, 224, 0.875),
+    'flatten_cswin_base': ('flatten_cswin_b', 64, 0.1, 20, 0.5, None, 300, 5e-4, 1e-6, 1e-5, 224, 0.875),
+    'flatten_cswin_base_384': ('flatten_cswin_b_384', 32, 1e-8, 0, 0.7, None, 20, 5e-6, 5e-6, 5e-7, 384, 0.875),
+}
+FL_EMA = {'flatten_cswin_tiny': 0.99984, 'flatten_cswin_small': 0.99984, 'flatten_cswin_base': 0.99982,
+          'flatten_cswin_base_384': 0.99982}
+FL_ALL = tuple(FL_CFGS) + ('flatten_pvt_v2_b5',)
+
+
+def _flatten_published():
+    out = []
+    for name, (cfg, batch, wd, warmup, dp, clip, epochs, lr, warm, low, size, crop) in FL_CFGS.items():
+        src = f'{FL_REPO}cfgs/{cfg}.yaml'
+        scale = batch * 8 / 512
+        out += published_values(
+            (name,), src, batch_size=batch, weight_decay=wd, warmup_epochs=warmup, drop_path=dp, img_size=size,
+            lr_at_global_batch_1024=lr * 1024 / 512, eval_crop_pct=crop)
+        if name in FL_EMA:
+            out += published_values((name,), src + ' EPOCHS + COOLDOWN_EPOCHS 10 (main_ema.py trains both)',
+                                    epochs_run=epochs + 10)
+        else:
+            out += published_values((name,), src + ' over ' + FL_CONFIG + ' (main.py: lr_scheduler.py runs EPOCHS, '
+                                    'COOLDOWN_EPOCHS unused)', epochs_run=epochs)
+        out += published_values((name,), src + ' WARMUP_LR / MIN_LR' + FL_SCALE, warmup_lr=warm * scale,
+                                min_lr=low * scale)
+        if clip is not None:
+            out.append(Published((name,), 'clip_grad', clip, src + ' TRAIN.CLIP_GRAD (default 5.0)'))
+        ema = FL_EMA.get(name)
+        out += published_values((name,), FL_REPO + 'README.md command (main_ema.py --model-ema --model-ema-decay)'
+                                if ema else FL_REPO + 'README.md command (main.py, no EMA)', model_ema=bool(ema))
+        if ema:
+            out.append(Published((name,), 'model_ema_decay', ema, FL_REPO + 'README.md --model-ema-decay'))
+    return out + published_values(
+        tuple(FL_CFGS), FL_CONFIG, opt='adamw', opt_eps=1e-8, adamw_eps=1e-8, lr_schedule='CosineLRScheduler',
+        sched_on_updates=True, train_interpolation='bicubic', aa='rand-m9-mstd0.5-inc1', color_jitter=0.4, mixup=0.8,
+        cutmix=1.0, mixup_prob=1.0, mixup_switch_prob=0.5, smoothing=0.1, reprob=0.25, remode='pixel', recount=1,
+        amp=False)
 
 
 PUBLISHED = [
@@ -364,6 +434,8 @@ PUBLISHED = [
     # S2AFormer: only the length and resolution are published
     Published(S2AFORMER, 'epochs', 300, S2A_PAPER),
     Published(S2AFORMER, 'img_size', 224, S2A_PAPER),
+    # FLatten
+    *_flatten_published(),
     # InLine (every value of the Swin config system: config.py defaults overridden by the variant's cfgs/*.yaml)
     Published(IL_ALL, 'opt', 'adamw', IL_CONFIG),
     Published(IL_ALL, 'adamw_eps', 1e-8, IL_CONFIG + ' TRAIN.OPTIMIZER.EPS'),
@@ -428,9 +500,32 @@ PUBLISHED = [
     Published(('inline_cswin_base_384',), 'lr_base', 5e-6, IL_CFG),
     Published(('inline_cswin_base_384',), 'warmup_lr', 2.5e-6, IL_SCALE + ': 5e-6 x 256 / 512'),
     Published(('inline_cswin_base_384',), 'min_lr', 2.5e-7, IL_SCALE + ': 5e-7 x 256 / 512'),
+    # ViTAEv2-VSA, ImageNet-1k from scratch (main.py defaults + the two released training scripts)
+    *published_values(VSA_RELEASED, VSA_MAIN, epochs=300, cooldown_epochs=10, epochs_run=310, opt='adamw',
+                      lr_schedule='CosineLRScheduler', warmup_epochs=10, warmup_lr=1e-6, min_lr=1e-5,
+                      train_interpolation='random', aa='rand-m9-mstd0.5-inc1', color_jitter=0.4, mixup=0.8,
+                      cutmix=1.0, smoothing=0.1, reprob=0.25, remode='pixel', model_ema=True, amp=False,
+                      lr_base=5e-4, lr_base_size=512),
+    Published(VSA_RELEASED, 'lr_at_global_batch_1024', 1e-3, VSA_MAIN + ': lr 5e-4 x global batch / 512'),
+    Published(VSA_RELEASED, 'model_ema_decay', 0.9999200016,
+              VSA_MAIN + ': --model-ema-decay 0.99996 ** (global batch 1024 // 512) = 0.99996 ** 2'),
+    Published(('vitaev2_vsa_s',), 'drop_path', 0.1, VSA_MAIN + ' (the S script sets none)'),
+    *published_values(('vitaev2_vsa_s',), VSA_S_SH, batch_size=128, weight_decay=0.05, img_size=224),
+    *published_values(('vitaev2_vsa_48m',), VSA_48M_SH, batch_size=64, weight_decay=0.055, drop_path=0.25,
+                      img_size=224),
 ]
 
 ASSUMED = [
+    Assumed(tuple(FL_CFGS), ('lr_base_scale',), 'main.py scales linearly from 512; the trainer\'s linear scaling to '
+            'the actual global batch does the same'),
+    Assumed(('flatten_pvt_v2_b5',), ('img_size', 'crop_pct', 'train_interpolation', 'batch_size', 'epochs', 'opt',
+                                     'opt_eps', 'lr_base', 'lr_base_size', 'lr_base_scale', 'weight_decay', 'sched',
+                                     'sched_on_updates', 'warmup_epochs', 'warmup_lr', 'min_lr', 'clip_grad',
+                                     'drop_path', 'aa', 'color_jitter', 'mixup', 'cutmix', 'mixup_prob',
+                                     'mixup_switch_prob', 'smoothing', 'reprob', 'remode', 'recount', 'model_ema',
+                                     'amp'),
+            'the repository has no config for FLatten-PVTv2-B5 (models/flatten_pvt_v2.py defines it): B4\'s is '
+            'assumed'),
     Assumed(NAT_1K, ('lr_base_size', 'lr_base_scale'),
             'the configs give lr 1e-3 at 128 images per GPU; the global batch 1024 (8 GPUs) it is scaled from is '
             'not stated in the repository, and linear scaling to other batches is hiervit\'s'),
@@ -459,6 +554,15 @@ ASSUMED = [
                         'lr_base_size', 'lr_base_scale', 'weight_decay', 'sched', 'warmup_epochs', 'warmup_lr',
                         'min_lr', 'drop_path', 'aa', 'mixup', 'cutmix', 'smoothing', 'reprob', 'remode', 'amp'),
             'the paper does not publish its recipe: the DeiT/PVT standard recipe is assumed'),
+    Assumed(VSA_RELEASED, ('lr_base_scale',), 'main.py scales the lr linearly by global batch / 512; hiervit does it '
+            'for any batch'),
+    Assumed(('vitaev2_vsa_b',) + SWIN_VSA, (
+        'img_size', 'batch_size', 'lr_base', 'lr_base_size', 'lr_base_scale', 'weight_decay', 'drop_path',
+        'model_ema_decay', 'epochs', 'cooldown_epochs', 'opt', 'sched', 'warmup_epochs', 'warmup_lr', 'min_lr',
+        'train_interpolation', 'aa', 'color_jitter', 'mixup', 'cutmix', 'smoothing', 'reprob', 'remode', 'model_ema',
+        'amp'),
+            'no recipe was released for ViTAEv2-B+VSA or Swin+VSA: the released ViTAEv2-VSA recipe is assumed (the '
+            '48M one for B), with Swin\'s drop path for Swin+VSA'),
 ]
 
 
@@ -511,7 +615,10 @@ def test_recipe_loads_and_builds_its_model(path):
     assert sum(p.numel() for p in model.parameters()) > 0
     if args.drop_path:
         rates = [m.drop_prob for m in model.modules() if isinstance(m, timm.layers.DropPath)]
-        assert rates and max(rates) == pytest.approx(args.drop_path), path
+        # ViTAEv2-VSA's released schedule (official_drop_path_rates) peaks below the rate
+        peak = max(max(r) for r in official_drop_path_rates(args.drop_path, model.depths)) if getattr(
+            model, 'official_dpr', False) else args.drop_path
+        assert rates and max(rates) == pytest.approx(peak), path
 
 
 def test_classification_recipe_names_match_models():

@@ -6,7 +6,7 @@ with the `hiervit.` scope (`type='hiervit.NAT'`), which mmengine resolves throug
 """
 from hiervit.kernels._dispatch import module_available
 
-from .backbone import BiFormer, CSWin, DiNAT, DiNATs, L2ViT, NAT, S2AFormer, TimmBackbone
+from .backbone import BiFormer, CSWin, DiNAT, DiNATs, L2ViT, NAT, S2AFormer, TimmBackbone, ViTAEv2VSA
 from .bench import bench_config
 from .davit import DaViT
 from .optim import LayerDecayOptimWrapperConstructor
@@ -16,7 +16,7 @@ if module_available('mmseg'):  # the decode head needs mmseg (the `seg` extra)
     from .vw_head import VWHead, convert_vw_head_checkpoint  # noqa: F401
 
 __all__ = [
-    'TimmBackbone', 'NAT', 'DiNAT', 'DiNATs', 'BiFormer', 'S2AFormer', 'CSWin', 'DaViT', 'L2ViT',
+    'TimmBackbone', 'NAT', 'DiNAT', 'DiNATs', 'BiFormer', 'S2AFormer', 'CSWin', 'DaViT', 'L2ViT', 'ViTAEv2VSA',
     'LayerDecayOptimWrapperConstructor',
     'install_tv_ops', 'tv_ops_installed', 'bench_config',
 ] + (['VWHead', 'convert_vw_head_checkpoint'] if module_available('mmseg') else [])

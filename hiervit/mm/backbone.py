@@ -29,7 +29,7 @@ import hiervit  # noqa: F401  (registers hiervit's models with timm)
 from hiervit.backbones._pretrained import cache_file_name, fetch_pretrained, registered_file_name
 from hiervit.registry import MODELS
 
-__all__ = ['TimmBackbone', 'NAT', 'DiNAT', 'DiNATs', 'BiFormer', 'S2AFormer', 'CSWin', 'L2ViT']
+__all__ = ['TimmBackbone', 'NAT', 'DiNAT', 'DiNATs', 'BiFormer', 'S2AFormer', 'CSWin', 'L2ViT', 'ViTAEv2VSA']
 
 
 def _unwrap_state_dict(checkpoint: Any) -> Dict[str, torch.Tensor]:
@@ -319,3 +319,6 @@ CSWin = _family(
     'CSWin (cswin_*) with the segmentation backbone\'s per-output LayerNorms (norm1..norm4) and padding rule.')
 L2ViT = _family(
     'L2ViT', 'l2vit_tiny', dict(out_norms=True), 'L2ViT (l2vit_*) with the released per-output LayerNorms (norm{i}).')
+ViTAEv2VSA = _family(
+    'ViTAEv2VSA', 'vitaev2_vsa_s', dict(vsa_padding='center', vsa_offset_rule='detection'),
+    'ViTAEv2-VSA (vitaev2_vsa_*) with the detection backbone\'s VSA padding and offset rule (no output norms).')
