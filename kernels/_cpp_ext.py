@@ -111,7 +111,11 @@ def load(ext: CppExtension) -> None:
                     _build(ext, folder)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
-    torch.ops.load_library(str(lib))
+    try:
+        torch.ops.load_library(str(lib))
+    except OSError as e:  # built but unloadable (a truncated file, a missing symbol): refuse, do not crash the caller
+        ext._state = f'its library {lib} failed to load ({e}; delete that folder to rebuild)'
+        raise RuntimeError(f'hiervit C++ extension {ext.name!r} is unavailable: {ext._state}') from e
     ext._state = ''
 
 

@@ -152,6 +152,22 @@ def test_no_compiler_refuses_and_auto_falls_back(monkeypatch, tmp_path):
     assert 'ninja' in _cpp_ext._missing_tools()
 
 
+def test_unloadable_library_refuses_with_reason(monkeypatch, tmp_path):
+    """A library that exists but cannot be loaded (truncated file) is a refusal naming it, not an OSError."""
+    from hiervit.kernels import _cpp_ext
+    monkeypatch.setenv('TORCH_EXTENSIONS_DIR', str(tmp_path))
+    ext = _cpp_ext.CppExtension(cpp.EXTENSION.name, cpp.EXTENSION.sources)
+    monkeypatch.setattr(cpp, 'EXTENSION', ext)
+    lib = _cpp_ext._library(ext)
+    lib.parent.mkdir(parents=True)
+    lib.write_bytes(b'not an ELF file')
+    reason = _cpp_ext.status(ext)
+    assert reason is not None and 'failed to load' in reason and str(lib) in reason
+    q = torch.randn(1, 8, 9, 2, 4)
+    with pytest.raises(BackendError, match="'cpp'.*failed to load"):
+        neighborhood_attention(q, q, q, 3, backend='cpp')
+
+
 def test_built_library_loads_without_compiler(tmp_path):
     """Once built, a fresh process loads the library with no compiler or ninja on PATH (and does not rebuild)."""
     code = ('import torch\n'
