@@ -53,7 +53,7 @@ class DiNATs(SwinLayout):
             qk_scale: Attention logit scale override (head_dim ** -0.5 when None).
             proj_drop_rate: Dropout after the attention projection and in the MLP (the official `drop_rate`).
             attn_backend: Force a neighborhood-attention backend (None: the op's dispatcher chooses).
-            **kwargs: Any other `HierarchicalTransformer` argument (`num_classes`, `drop_path_rate`, `layer_scale`, ...).
+            **kwargs: Any other `HierarchicalTransformer` argument (`num_classes`, `drop_path_rate`, `layer_scale`).
         """
         for name in ('stem_layer', 'downsample_layer'):
             if name in kwargs:

@@ -1,5 +1,6 @@
 # DiNAT-Large (ImageNet-22k) + Cascade Mask R-CNN (FPN), COCO 3x multi-scale + crop; backbone drop path 0.6, lr 7.5e-5,
-# fp32 (the official config keeps fp16 off for DiNAT-L): detection/configs/dinat/cascade_mask_rcnn_dinat_large_3x_coco.py
+# fp32 (the official config keeps fp16 off for DiNAT-L):
+# detection/configs/dinat/cascade_mask_rcnn_dinat_large_3x_coco.py
 _base_ = ['../_base_/models/cascade-mask-rcnn_hiervit_fpn_4conv1fc-giou.py',
           '../_base_/datasets/coco_instance_ms-crop.py',
           '../_base_/schedules/schedule_3x_adamw.py', 'mmdet::_base_/default_runtime.py']

@@ -6,7 +6,8 @@
 # checkpoints every 8000 iterations, evaluation every 1000 keeping the best mIoU.
 _base_ = 'mmseg::_base_/schedules/schedule_160k.py'
 optim_wrapper = dict(
-    _delete_=True, type='AmpOptimWrapper', loss_scale='dynamic', constructor='hiervit.LayerDecayOptimWrapperConstructor',
+    _delete_=True, type='AmpOptimWrapper', loss_scale='dynamic',
+    constructor='hiervit.LayerDecayOptimWrapperConstructor',
     optimizer=dict(type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05),
     paramwise_cfg=dict(layer_decay_rate=0.9, layer_decay_type='stage_wise', num_layers=6))
 param_scheduler = [
