@@ -262,7 +262,8 @@ def test_released_ema_checkpoint_loads_strictly(tmp_path):
     torch.testing.assert_close(model.stages[2].downsample.proj.weight, ema['downsample_layers.2.proj.weight'])
     torch.testing.assert_close(model.stages[1].blocks[0].cpe[1].proj.weight, ema['stages.1.0.cpe.1.proj.weight'])
     torch.testing.assert_close(model.stages[2].blocks[5].attn.temperature, ema['stages.2.5.attn.temperature'])
-    torch.testing.assert_close(model.stages[3].blocks[1].lcm.bn.running_mean, ema['stages.3.1.local_mp.bn.running_mean'])
+    torch.testing.assert_close(model.stages[3].blocks[1].lcm.bn.running_mean,
+                               ema['stages.3.1.local_mp.bn.running_mean'])
     assert model(torch.randn(1, 1, 64, 64)).shape == (1, 7)
     # a plain {'model': ...} dict converts too, with the released head
     with torch.device('meta'):

@@ -135,7 +135,10 @@ def _sweep_cases(count=24, seed=0):
     return cases
 
 
-@pytest.mark.parametrize('case', _sweep_cases(), ids=lambda c: '{normalizer}-B{B}H{H}N{N}d{d}dv{dv}-t{with_t}-f{fused}-c{chunk}'.format(**c))
+_CASE_ID = '{normalizer}-B{B}H{H}N{N}d{d}dv{dv}-t{with_t}-f{fused}-c{chunk}'
+
+
+@pytest.mark.parametrize('case', _sweep_cases(), ids=lambda c: _CASE_ID.format(**c))
 def test_cpu_matches_reference_sweep(case, monkeypatch):
     import hiervit.kernels.linear.cpu as cpu
     if case['chunk']:

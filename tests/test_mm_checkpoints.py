@@ -36,8 +36,8 @@ def _fixture(name: str, device: str = 'meta') -> Dict[str, torch.Tensor]:
     if device == 'meta':
         return {k: torch.empty(s, device='meta') for k, s in keys.items()}
     g = torch.Generator().manual_seed(0)
-    return {k: torch.randint(0, 9, (), generator=g) if k.endswith('num_batches_tracked') else torch.randn(s, generator=g)
-            for k, s in keys.items()}
+    return {k: torch.randint(0, 9, (), generator=g) if k.endswith('num_batches_tracked')
+            else torch.randn(s, generator=g) for k, s in keys.items()}
 
 
 class _Neck(nn.Module):
@@ -225,5 +225,6 @@ def test_config_url_reads_timm_cache_under_the_registered_file_name(offline):
     backbone = MODELS.build(dict(type='hiervit.BiFormer', model_name='biformer_tiny', **args,
                                  init_cfg=dict(type='Pretrained', checkpoint=url)))
     backbone.init_weights()
-    torch.testing.assert_close(backbone.model.stages[1].blocks[0].attn.qkv.weight, sd['stages.1.blocks.0.attn.qkv.weight'])
+    torch.testing.assert_close(backbone.model.stages[1].blocks[0].attn.qkv.weight,
+                               sd['stages.1.blocks.0.attn.qkv.weight'])
     assert sorted(os.listdir(offline)) == ['biformer_tiny_in1k.pth']

@@ -55,8 +55,8 @@ def _tiny_backbone(bb: Dict) -> Dict:
     if name.startswith('convnext'):
         return dict(model_name='convnext_atto', depths=(1, 1, 1, 1))
     if name.startswith('swin'):
-        return dict(model_name='swin_tiny_patch4_window7_224', embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8),
-                    window_size=4)
+        return dict(model_name='swin_tiny_patch4_window7_224', embed_dim=32, depths=(1, 1, 1, 1),
+                    num_heads=(1, 2, 4, 8), window_size=4)
     if name.startswith('s2aformer'):
         return dict(
             model_name='s2aformer_mini', depths=(1, 1, 1, 1), embed_dims=(32, 64, 96, 128), stem_dims=(8, 8, 16))

@@ -12,10 +12,11 @@ function, identity for InLine, ...; the models keep them) and never forms the `[
 | `none` | `t * phi(q) S` | |
 | `sum` | `t * phi(q) S / (r + eps)` | |
 | `mean` | `t * (phi(q) S / N) / (r / N + eps)` | FLatten (`z = 1 / (q mean(k) + 1e-6)`) |
-| `clamp` | `t * phi(q) S / max(r, clamp_min)` | L²ViT (`clamp_min` 100, learnable `t` `[heads, 1, 1]`, init `d ** -0.5`) |
-| `injective` | `t * (scale / N) * phi(q) S + (1 - (scale / N) * r) * mean_N(v)` | InLine (`scale` defaults to `d ** -0.5`) |
+| `clamp` | `t * phi(q) S / max(r, clamp_min)` | L²ViT (`clamp_min` 100, learnable `t` `[heads, 1, 1]`) |
+| `injective` | `t * (scale / N) * phi(q) S + (1 - (scale / N) * r) * mean_N(v)` | InLine (`scale`: `d ** -0.5`) |
 
-FLatten scales `kv = k^T v / N`; L²ViT's clamp acts on the normaliser without the temperature.
+FLatten scales `kv = k^T v / N`; L²ViT's temperature starts at `d ** -0.5` and its clamp acts on the normaliser
+without the temperature; InLine's `scale` defaults to `d ** -0.5`.
 The temperature (None, or `heads` values in any shape such as `[heads, 1, 1]`) multiplies the `phi(k)^T v` term and
 gets a gradient. The whole map or windows: the caller lays the tokens out (windows go into the batch axis).
 

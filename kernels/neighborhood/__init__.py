@@ -265,7 +265,8 @@ def _fake(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], kernel_size: L
 _PKG = __name__
 # cpp and cpu come before triton so that under TRITON_INTERPRET=1 (tests) CPU tensors still pick a CPU backend by
 # default (cpp where its library builds, else cpu); triton refuses nothing on CUDA that cpu accepts, so auto = triton
-# on CUDA, cpp/cpu on CPU, reference for anything else (e.g. meta tensors). The NATTEN peers come last (reference accepts every call, so auto never reaches them).
+# on CUDA, cpp/cpu on CPU, reference for anything else (e.g. meta tensors). The NATTEN peers come last (reference
+# accepts every call, so auto never reaches them).
 NEIGHBORHOOD = KernelOp(
     'neighborhood_attention',
     inputs='Tensor q, Tensor k, Tensor v, Tensor? rpb', attrs='int[] kernel_size, int[] dilation, float scale',

@@ -37,9 +37,10 @@ Backends (`sampled_window_dispatcher`; `backend=` argument, or env `HIERVIT_SAMP
 `HIERVIT_BACKEND`): `cpu` (a fused C++ kernel that samples each window's K and V inside the attention, built once per
 machine; deterministic backward), `triton` (CUDA, or CPU tensors under `TRITON_INTERPRET=1`; sampling fused in-kernel,
 dK/dV scattered with fp32 atomics, see its docstring), `reference` (grid_sample, then window attention; accepts
-everything, the test oracle). Auto order: cpu on CPU (also under the interpreter), triton on CUDA, then reference. Declared on
-the shared scaffold (`hiervit.kernels._op.KernelOp`) as the custom ops `hiervit::sampled_window_attention_fwd` / `_bwd`
-(fakes, autograd, FLOP formulas, the reference as export decomposition).
+everything, the test oracle). Auto order: cpu on CPU (also under the interpreter), triton on CUDA, then reference.
+Declared on the shared scaffold (`hiervit.kernels._op.KernelOp`) as the custom ops
+`hiervit::sampled_window_attention_fwd` / `_bwd` (fakes, autograd, FLOP formulas, the reference as export
+decomposition).
 
 FLOP convention: the attention's matmuls as the window op, `2 * B * heads * H * W * N * 2d` for N = wh * ww, plus the
 bilinear sampling of K and V: 4 taps of one multiply-add (2 FLOPs) per sampled channel, `2 * 8 * B * H * W * heads * d`;
