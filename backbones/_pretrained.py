@@ -5,6 +5,7 @@
   wanted file and the local-copy call when the download fails (offline machines, moved servers);
 * `convert_official_on_load`: a `load_state_dict` pre-hook that runs the family's `checkpoint_filter_fn` on official
   key layouts, so `timm.create_model(name, checkpoint_path=<official file>)` (which skips the filter) loads them too;
+* `check_checkpoint_keys`: the error a `checkpoint_filter_fn` raises when a converted state dict does not fit;
 * `build_with_official_layouts`: `build_model_with_cfg` with both, the one way the families build, so the filter is
   the only conversion of official layouts (timm runs it on `pretrained=True` weights, the hook on every other
   `load_state_dict`: `checkpoint_path=`, hiervit-train/validate, the mm adapter's model).
@@ -81,6 +82,25 @@ def prefetch_pretrained(variant: str, pretrained: bool, kwargs: Dict[str, Any]) 
             f"pretrained_cfg_overlay=dict(file='/path/to/{cache_file_name(cfg.url)}'))")
     path = fetch_pretrained(cfg.url, f'{name} weights', hint)
     kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, file=path)
+
+
+def check_checkpoint_keys(state_dict: Dict[str, Any], target: Dict[str, Any], family: str,
+                          adaptable: Tuple[str, ...], out_norms_hint: bool = True) -> None:
+    """Raise a ValueError listing the missing, unexpected and mis-shaped keys of a converted `state_dict` against the
+    model's `target` state dict; keys starting with `adaptable` (the classifier, the first conv: timm adapts those
+    later) are exempt. `out_norms_hint` adds the fix for dense-task checkpoints loaded without output norms."""
+    missing = [k for k in target if k not in state_dict and not k.startswith(adaptable)]
+    unexpected = [k for k in state_dict if k not in target and not k.startswith(adaptable)]
+    mis_shaped = [
+        f'{k} {tuple(v.shape)} vs model {tuple(target[k].shape)}' for k, v in state_dict.items()
+        if k in target and not k.startswith(adaptable) and v.shape != target[k].shape
+    ]
+    if missing or unexpected or mis_shaped:
+        msg = [f'{len(keys)} {name} (first: {", ".join(keys[:5])})'
+               for name, keys in (('missing', missing), ('unexpected', unexpected), ('mis-shaped', mis_shaped)) if keys]
+        hint = ' Dense-task checkpoints need out_norms=True.' \
+            if out_norms_hint and any(k.startswith('out_norms') for k in unexpected) else ''
+        raise ValueError(f'{family} checkpoint does not match the model: {"; ".join(msg)}.{hint}')
 
 
 def convert_official_on_load(model: nn.Module, filter_fn: FilterFn) -> nn.Module:

@@ -28,7 +28,7 @@ from timm.layers import (
 )
 from timm.models import generate_default_cfgs, register_model
 
-from hiervit.backbones._pretrained import build_with_official_layouts
+from hiervit.backbones._pretrained import build_with_official_layouts, check_checkpoint_keys
 from hiervit.backbones.layers.contract import ContractStage, HierarchicalContract
 from hiervit.backbones.layers.shape import check_image_input, crop_nhwc, pad_nchw, pad_nhwc
 from hiervit.kernels.routed import routed_attention_op
@@ -442,20 +442,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: BiFormer) -
     # The classifier and the first conv may legitimately differ (num_classes / in_chans adaptation happens later in
     # timm's load_pretrained); everything else must match exactly.
     adaptable = ('head.fc.', 'stem.0.conv.weight')
-    missing = [k for k in target if k not in state_dict and not k.startswith(adaptable)]
-    unexpected = [k for k in state_dict if k not in target and not k.startswith(adaptable)]
-    mis_shaped = [
-        f'{k} {tuple(v.shape)} vs model {tuple(target[k].shape)}' for k, v in state_dict.items()
-        if k in target and not k.startswith(adaptable) and v.shape != target[k].shape
-    ]
-    if missing or unexpected or mis_shaped:
-        msg = []
-        for name, keys in (('missing', missing), ('unexpected', unexpected), ('mis-shaped', mis_shaped)):
-            if keys:
-                msg.append(f'{len(keys)} {name} (first: {", ".join(keys[:5])})')
-        hint = ' Dense-task checkpoints need out_norms=True.' if any(k.startswith('out_norms') for k in unexpected) \
-            else ''
-        raise ValueError(f'BiFormer checkpoint does not match the model: {"; ".join(msg)}.{hint}')
+    check_checkpoint_keys(state_dict, target, 'BiFormer', adaptable)
     return state_dict
 
 

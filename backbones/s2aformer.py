@@ -29,7 +29,7 @@ from timm.layers import ClassifierHead, ConvNormAct, DropPath, LayerNorm2d, calc
 from timm.models import generate_default_cfgs, register_model
 
 import hiervit.kernels  # noqa: F401  (FLOP formulas for torch's CPU SDPA kernels)
-from hiervit.backbones._pretrained import build_with_official_layouts
+from hiervit.backbones._pretrained import build_with_official_layouts, check_checkpoint_keys
 from hiervit.backbones.layers.contract import ContractStage, HierarchicalContract
 from hiervit.backbones.layers.shape import check_image_input
 
@@ -362,18 +362,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: S2AFormer) 
         if not any(k.startswith(prefix) for k in state_dict):
             state_dict.update({k: v for k, v in target.items() if k.startswith(prefix)})
     adaptable = ('head.fc.', 'stem.0.conv.weight')
-    missing = [k for k in target if k not in state_dict and not k.startswith(adaptable)]
-    unexpected = [k for k in state_dict if k not in target and not k.startswith(adaptable)]
-    mis_shaped = [
-        f'{k} {tuple(v.shape)} vs model {tuple(target[k].shape)}' for k, v in state_dict.items()
-        if k in target and not k.startswith(adaptable) and v.shape != target[k].shape
-    ]
-    if missing or unexpected or mis_shaped:
-        msg = []
-        for name, keys in (('missing', missing), ('unexpected', unexpected), ('mis-shaped', mis_shaped)):
-            if keys:
-                msg.append(f'{len(keys)} {name} (first: {", ".join(keys[:5])})')
-        raise ValueError(f'S2AFormer checkpoint does not match the model: {"; ".join(msg)}.')
+    check_checkpoint_keys(state_dict, target, 'S2AFormer', adaptable, out_norms_hint=False)
     return state_dict
 
 
