@@ -217,6 +217,9 @@ setup_default_logging()
 dist.init_process_group('gloo')  # one group for all runs: train() leaves a caller's group in place
 for argv in json.loads(sys.argv[1]):
     train(argv)
+# a gloo group left for interpreter exit can abort there ('terminate called without an active exception')
+dist.barrier()
+dist.destroy_process_group()
 """
 
 
