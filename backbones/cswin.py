@@ -35,7 +35,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import register_notrace_function
 from timm.models import generate_default_cfgs, register_model
 
-from hiervit.backbones.layers.skeleton import CSWinLayout, MixerFactory, build_layout_model
+from hiervit.backbones.layers.skeleton import CSWinLayout, build_layout_model, level_mixers
 from hiervit.kernels.window import window_attention_op
 
 __all__ = ['CSWin', 'CSWinAttention']
@@ -192,29 +192,21 @@ class CSWin(CSWinLayout):
                              f'depths={tuple(depths)}.')
         last = len(depths) - 1
 
-        def mixer(level: int) -> MixerFactory:
-            def make(dim: int, heads: int, block: int) -> nn.Module:
-                return CSWinAttention(
-                    dim, heads,
-                    split_size=split_size[level],
-                    full=level == last,
-                    qkv_bias=qkv_bias,
-                    qk_scale=qk_scale,
-                    proj_drop=proj_drop_rate,
-                    seg_padding=seg_padding,
-                    backend=attn_backend,
-                )
-            return make
+        def mixer(level: int, dim: int, heads: int, block: int) -> nn.Module:
+            return CSWinAttention(
+                dim, heads,
+                split_size=split_size[level],
+                full=level == last,
+                qkv_bias=qkv_bias,
+                qk_scale=qk_scale,
+                proj_drop=proj_drop_rate,
+                seg_padding=seg_padding,
+                backend=attn_backend,
+            )
 
         super().__init__(
-            [mixer(i) for i in range(len(depths))],
-            embed_dim=embed_dim,
-            depths=depths,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            proj_drop_rate=proj_drop_rate,
-            **kwargs,
-        )
+            level_mixers(mixer, len(depths)), embed_dim=embed_dim, depths=depths, num_heads=num_heads,
+            mlp_ratio=mlp_ratio, proj_drop_rate=proj_drop_rate, **kwargs)
         self.split_size = tuple(split_size)
         self.seg_padding = seg_padding
 

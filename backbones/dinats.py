@@ -18,7 +18,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
 
 from hiervit.backbones.layers.neighborhood import NeighborhoodAttention2d
-from hiervit.backbones.layers.skeleton import MixerFactory, SwinLayout
+from hiervit.backbones.layers.skeleton import SwinLayout, level_mixers
 from hiervit.backbones.nat import _check_dilations, build_nat, convert_official_checkpoint
 
 __all__ = ['DiNATs']
@@ -55,34 +55,23 @@ class DiNATs(SwinLayout):
             attn_backend: Force a neighborhood-attention backend (None: the op's dispatcher chooses).
             **kwargs: Any other `HierarchicalTransformer` argument (`num_classes`, `drop_path_rate`, `layer_scale`).
         """
-        for name in ('stem_layer', 'downsample_layer'):
-            if name in kwargs:
-                raise TypeError(f'DiNATs fixes {name!r} (the Swin layout); use NAT for a different {name}.')
         dilations = _check_dilations(dilations, depths)
 
-        def mixer(level: int) -> MixerFactory:
-            def make(dim: int, heads: int, block: int) -> nn.Module:
-                return NeighborhoodAttention2d(
-                    dim,
-                    num_heads=heads,
-                    kernel_size=kernel_size,
-                    dilation=dilations[level][block],
-                    qkv_bias=qkv_bias,
-                    qk_scale=qk_scale,
-                    proj_drop=proj_drop_rate,
-                    backend=attn_backend,
-                )
-            return make
+        def mixer(level: int, dim: int, heads: int, block: int) -> nn.Module:
+            return NeighborhoodAttention2d(
+                dim,
+                num_heads=heads,
+                kernel_size=kernel_size,
+                dilation=dilations[level][block],
+                qkv_bias=qkv_bias,
+                qk_scale=qk_scale,
+                proj_drop=proj_drop_rate,
+                backend=attn_backend,
+            )
 
         super().__init__(
-            [mixer(i) for i in range(len(depths))],
-            embed_dim=embed_dim,
-            depths=depths,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            proj_drop_rate=proj_drop_rate,
-            **kwargs,
-        )
+            level_mixers(mixer, len(depths)), embed_dim=embed_dim, depths=depths, num_heads=num_heads,
+            mlp_ratio=mlp_ratio, proj_drop_rate=proj_drop_rate, **kwargs)
         self.kernel_size = kernel_size
         self.dilations = dilations
 

@@ -42,7 +42,7 @@ from hiervit.backbones._pretrained import build_with_official_layouts
 from hiervit.backbones.cswin import CSWinAttention
 from hiervit.backbones.cswin import _official_key as _cswin_official_key
 from hiervit.backbones.layers.pvt import PVTLayout, pvt_official_key, pvt_stage_sizes
-from hiervit.backbones.layers.skeleton import CSWinLayout, MixerFactory, SwinLayout, build_layout_model
+from hiervit.backbones.layers.skeleton import CSWinLayout, SwinLayout, build_layout_model, level_mixers
 from hiervit.backbones.layers.window import SwinWindowAttention
 from hiervit.kernels.linear import linear_attention_op
 
@@ -243,27 +243,19 @@ class FLattenSwin(SwinLayout):
         sizes = pvt_stage_sizes(img_size, len(depths))
         swin_window = 7 if window_size <= 56 else 12
 
-        def mixer(level: int) -> MixerFactory:
-            def make(dim: int, heads: int, block: int) -> nn.Module:
-                if attn_type[level] == 'L':
-                    return FLattenAttention(
-                        dim, heads, [min(s, window_size) for s in sizes[level]], qkv_bias=qkv_bias,
-                        proj_drop=proj_drop_rate, focusing_factor=focusing_factor, kernel_size=kernel_size,
-                        backend=attn_backend)
-                return SwinWindowAttention(
-                    dim, heads, window_size=swin_window, shift=block % 2 == 1, qkv_bias=qkv_bias,
-                    proj_drop=proj_drop_rate, backend=attn_backend)
-            return make
+        def mixer(level: int, dim: int, heads: int, block: int) -> nn.Module:
+            if attn_type[level] == 'L':
+                return FLattenAttention(
+                    dim, heads, [min(s, window_size) for s in sizes[level]], qkv_bias=qkv_bias,
+                    proj_drop=proj_drop_rate, focusing_factor=focusing_factor, kernel_size=kernel_size,
+                    backend=attn_backend)
+            return SwinWindowAttention(
+                dim, heads, window_size=swin_window, shift=block % 2 == 1, qkv_bias=qkv_bias,
+                proj_drop=proj_drop_rate, backend=attn_backend)
 
         super().__init__(
-            [mixer(i) for i in range(len(depths))],
-            embed_dim=embed_dim,
-            depths=depths,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            proj_drop_rate=proj_drop_rate,
-            **kwargs,
-        )
+            level_mixers(mixer, len(depths)), embed_dim=embed_dim, depths=depths, num_heads=num_heads,
+            mlp_ratio=mlp_ratio, proj_drop_rate=proj_drop_rate, **kwargs)
         self.attn_type = attn_type
 
 
@@ -322,26 +314,18 @@ class FLattenCSWin(CSWinLayout):
                     f'img_size={img_size}: FLatten-CSWin\'s linear attention covers the whole map; use '
                     f'la_split_size >= {max(sizes[i])} (the official 56-28-14-7 at 224, 96-48-24-12 at 384).')
 
-        def mixer(level: int) -> MixerFactory:
-            def make(dim: int, heads: int, block: int) -> nn.Module:
-                if attn_type[level] == 'L':
-                    return FLattenCSWinAttention(
-                        dim, heads, sizes[level], qkv_bias=qkv_bias, proj_drop=proj_drop_rate,
-                        focusing_factor=focusing_factor, kernel_size=kernel_size, backend=attn_backend)
-                return CSWinAttention(
-                    dim, heads, split_size=split_size[level], full=level == n - 1, qkv_bias=qkv_bias,
-                    proj_drop=proj_drop_rate, seg_padding=seg_padding, backend=attn_backend)
-            return make
+        def mixer(level: int, dim: int, heads: int, block: int) -> nn.Module:
+            if attn_type[level] == 'L':
+                return FLattenCSWinAttention(
+                    dim, heads, sizes[level], qkv_bias=qkv_bias, proj_drop=proj_drop_rate,
+                    focusing_factor=focusing_factor, kernel_size=kernel_size, backend=attn_backend)
+            return CSWinAttention(
+                dim, heads, split_size=split_size[level], full=level == n - 1, qkv_bias=qkv_bias,
+                proj_drop=proj_drop_rate, seg_padding=seg_padding, backend=attn_backend)
 
         super().__init__(
-            [mixer(i) for i in range(n)],
-            embed_dim=embed_dim,
-            depths=depths,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            proj_drop_rate=proj_drop_rate,
-            **kwargs,
-        )
+            level_mixers(mixer, n), embed_dim=embed_dim, depths=depths, num_heads=num_heads, mlp_ratio=mlp_ratio,
+            proj_drop_rate=proj_drop_rate, **kwargs)
         self.attn_type = attn_type
         self.seg_padding = seg_padding
 
@@ -382,24 +366,14 @@ class FLattenPVT(PVTLayout):
         """
         sizes = pvt_stage_sizes(img_size, len(depths))
 
-        def mixer(stage: int) -> MixerFactory:
-            def make(dim: int, heads: int, block: int) -> nn.Module:
-                return FLattenPVTAttention(
-                    dim, heads, sizes[stage], qkv_bias=qkv_bias, proj_drop=proj_drop_rate,
-                    focusing_factor=focusing_factor, kernel_size=kernel_size, backend=attn_backend)
-            return make
+        def mixer(stage: int, dim: int, heads: int, block: int) -> nn.Module:
+            return FLattenPVTAttention(
+                dim, heads, sizes[stage], qkv_bias=qkv_bias, proj_drop=proj_drop_rate,
+                focusing_factor=focusing_factor, kernel_size=kernel_size, backend=attn_backend)
 
         super().__init__(
-            [mixer(i) for i in range(len(depths))],
-            v2=v2,
-            img_size=img_size,
-            embed_dims=embed_dims,
-            depths=depths,
-            num_heads=num_heads,
-            mlp_ratios=mlp_ratios,
-            proj_drop_rate=proj_drop_rate,
-            **kwargs,
-        )
+            level_mixers(mixer, len(depths)), v2=v2, img_size=img_size, embed_dims=embed_dims, depths=depths,
+            num_heads=num_heads, mlp_ratios=mlp_ratios, proj_drop_rate=proj_drop_rate, **kwargs)
 
 
 def _unwrap(state_dict: Dict[str, Any]) -> Dict[str, Any]:

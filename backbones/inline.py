@@ -49,7 +49,7 @@ from timm.layers import register_notrace_function, resize_rel_pos_bias_table
 from timm.models import generate_default_cfgs, register_model
 
 from hiervit.backbones import cswin as _cswin
-from hiervit.backbones.layers.skeleton import CSWinLayout, MixerFactory, SwinLayout, build_layout_model
+from hiervit.backbones.layers.skeleton import CSWinLayout, SwinLayout, build_layout_model, level_mixers
 from hiervit.backbones.layers.window import SwinWindowAttention
 from hiervit.backbones.nat import convert_official_checkpoint
 from hiervit.kernels.linear import linear_attention_op
@@ -324,26 +324,18 @@ class InLineSwin(SwinLayout):
         types = stage_attn_types(attn_type, depths)
         softmax_window = max(7, window_size // 8)
 
-        def mixer(level: int) -> MixerFactory:
-            def make(dim: int, heads: int, block: int) -> nn.Module:
-                if types[level][block] == 'I':
-                    return InLineAttention(
-                        dim, heads, window_size=window_size, shift=block % 2 == 1, qkv_bias=qkv_bias,
-                        kernel_func=kernel_func, proj_drop=proj_drop_rate, backend=attn_backend)
-                return SwinWindowAttention(
-                    dim, heads, window_size=softmax_window, shift=block % 2 == 1, qkv_bias=qkv_bias,
-                    qk_scale=qk_scale, proj_drop=proj_drop_rate, backend=attn_backend)
-            return make
+        def mixer(level: int, dim: int, heads: int, block: int) -> nn.Module:
+            if types[level][block] == 'I':
+                return InLineAttention(
+                    dim, heads, window_size=window_size, shift=block % 2 == 1, qkv_bias=qkv_bias,
+                    kernel_func=kernel_func, proj_drop=proj_drop_rate, backend=attn_backend)
+            return SwinWindowAttention(
+                dim, heads, window_size=softmax_window, shift=block % 2 == 1, qkv_bias=qkv_bias,
+                qk_scale=qk_scale, proj_drop=proj_drop_rate, backend=attn_backend)
 
         super().__init__(
-            [mixer(i) for i in range(len(depths))],
-            embed_dim=embed_dim,
-            depths=depths,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            proj_drop_rate=proj_drop_rate,
-            **kwargs,
-        )
+            level_mixers(mixer, len(depths)), embed_dim=embed_dim, depths=depths, num_heads=num_heads,
+            mlp_ratio=mlp_ratio, proj_drop_rate=proj_drop_rate, **kwargs)
         self.window_size = window_size
         self.attn_type = attn_type
 
@@ -388,26 +380,18 @@ class InLineCSWin(CSWinLayout):
         types = stage_attn_types(attn_type, depths)
         last = len(depths) - 1
 
-        def mixer(level: int) -> MixerFactory:
-            def make(dim: int, heads: int, block: int) -> nn.Module:
-                if types[level][block] == 'I':
-                    return InLineAttention(
-                        dim, heads, window_size=None, qkv_bias=qkv_bias, kernel_func=kernel_func, lepe=True,
-                        pool_block_input=True, proj_drop=proj_drop_rate, backend=attn_backend)
-                return _cswin.CSWinAttention(
-                    dim, heads, split_size=split_size[level], full=level == last, qkv_bias=qkv_bias,
-                    qk_scale=qk_scale, proj_drop=proj_drop_rate, backend=attn_backend)
-            return make
+        def mixer(level: int, dim: int, heads: int, block: int) -> nn.Module:
+            if types[level][block] == 'I':
+                return InLineAttention(
+                    dim, heads, window_size=None, qkv_bias=qkv_bias, kernel_func=kernel_func, lepe=True,
+                    pool_block_input=True, proj_drop=proj_drop_rate, backend=attn_backend)
+            return _cswin.CSWinAttention(
+                dim, heads, split_size=split_size[level], full=level == last, qkv_bias=qkv_bias,
+                qk_scale=qk_scale, proj_drop=proj_drop_rate, backend=attn_backend)
 
         super().__init__(
-            [mixer(i) for i in range(len(depths))],
-            embed_dim=embed_dim,
-            depths=depths,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            proj_drop_rate=proj_drop_rate,
-            **kwargs,
-        )
+            level_mixers(mixer, len(depths)), embed_dim=embed_dim, depths=depths, num_heads=num_heads,
+            mlp_ratio=mlp_ratio, proj_drop_rate=proj_drop_rate, **kwargs)
         self.split_size = tuple(split_size)
         self.attn_type = attn_type
 

@@ -21,7 +21,7 @@ import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
 
-from hiervit.backbones.layers.skeleton import MixerFactory, SwinLayout, build_layout_model
+from hiervit.backbones.layers.skeleton import SwinLayout, build_layout_model, level_mixers
 from hiervit.backbones.layers.vsa import VSAttention
 
 __all__ = ['SwinVSA']
@@ -56,19 +56,14 @@ class SwinVSA(SwinLayout):
             attn_backend: Force a backend of the sampled-window op (None: the op's dispatcher chooses).
             **kwargs: Any other `HierarchicalTransformer` argument (`num_classes`, `drop_path_rate`, ...).
         """
-        for name in ('stem_layer', 'downsample_layer'):
-            if name in kwargs:
-                raise TypeError(f'SwinVSA fixes {name!r} (the Swin layout).')
-
-        def make(dim: int, heads: int, block: int) -> nn.Module:
+        def mixer(level: int, dim: int, heads: int, block: int) -> nn.Module:
             return VSAttention(
                 dim, heads, window_size=window_size, qkv_bias=qkv_bias, qk_scale=qk_scale, proj_drop=proj_drop_rate,
                 backend=attn_backend)
 
-        mixers: Sequence[MixerFactory] = [make] * len(depths)
         super().__init__(
-            mixers, embed_dim=embed_dim, depths=depths, num_heads=num_heads, mlp_ratio=mlp_ratio,
-            proj_drop_rate=proj_drop_rate, **kwargs)
+            level_mixers(mixer, len(depths)), embed_dim=embed_dim, depths=depths, num_heads=num_heads,
+            mlp_ratio=mlp_ratio, proj_drop_rate=proj_drop_rate, **kwargs)
         self.window_size = window_size
         for m in self.modules():
             if isinstance(m, VSAttention):

@@ -15,8 +15,9 @@ Adding a mixer to a layout is one class and its registrations. The mixer interfa
 
     mixer_layers[i](dim, num_heads, block) -> nn.Module    # one factory per level; `block` = index in the level
 
-and the module maps a channels-last map `[B, H, W, dim]` to `[B, H, W, dim]` for any H, W >= 1 (it pads, masks and
-crops as its family needs). Everything around it is fixed: `x = x + drop_path(gamma1 * attn(norm1(x)))`, then
+(`level_mixers(mixer, num_levels)` builds that list from one `mixer(level, dim, num_heads, block)`), and the module
+maps a channels-last map `[B, H, W, dim]` to `[B, H, W, dim]` for any H, W >= 1 (it pads, masks and crops as its
+family needs). Everything around it is fixed: `x = x + drop_path(gamma1 * attn(norm1(x)))`, then
 `x = x + drop_path(gamma2 * mlp(norm2(x)))` (gammas only with layer scale), so a block's state-dict keys are
 `norm1`, `attn.*` (the mixer's own), `norm2`, `mlp.fc1`, `mlp.fc2` under `levels.{i}.blocks.{j}`; the downsampler is
 `levels.{i}.downsample`, the stem `patch_embed`, then `norm`, `out_norms.{i}` and `head.fc`.
@@ -26,7 +27,8 @@ Feature maps are channels-last inside the model; `forward_features` returns NHWC
 `features_only=True`, see `build_layout_model`) one LayerNorm per level output is added, as the official dense-task
 backbones have, and `forward_intermediates(norm=True)` applies them (the last level uses `norm`).
 """
-from typing import Any, Callable, Dict, Optional, Sequence, Set, Type
+from functools import partial
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Type
 
 import torch
 import torch.nn as nn
@@ -39,10 +41,16 @@ from hiervit.backbones.layers.contract import ContractStage, HierarchicalContrac
 
 __all__ = [
     'MixerFactory', 'MixerBlock', 'LayoutLevel', 'HierarchicalTransformer', 'SwinLayout', 'CSWinLayout',
-    'SwinPatchEmbed', 'ConvStem', 'ConvMerge', 'build_layout_model', 'stem_input',
+    'SwinPatchEmbed', 'ConvStem', 'ConvMerge', 'build_layout_model', 'level_mixers', 'stem_input',
 ]
 
 MixerFactory = Callable[[int, int, int], nn.Module]
+
+
+def level_mixers(mixer: Callable[[int, int, int, int], nn.Module], num_levels: int) -> List[MixerFactory]:
+    """The per-level factories `mixer_layers[i](dim, num_heads, block)` of one `mixer(level, dim, num_heads, block)`
+    (the form every family writes: its choice of mixer depends on the level)."""
+    return [partial(mixer, level) for level in range(num_levels)]
 
 
 @register_notrace_function
@@ -300,6 +308,14 @@ class HierarchicalTransformer(HierarchicalContract, nn.Module):
         return self.norm(x)
 
 
+def _fixed_layout(model: nn.Module, layout: str, kwargs: Dict[str, Any], **fixed: Any) -> Dict[str, Any]:
+    """`kwargs` with the layout's own pieces (`stem_layer`, `downsample_layer`), which the caller may not replace."""
+    for name in fixed:
+        if name in kwargs:
+            raise TypeError(f'{type(model).__name__} fixes {name!r} (the {layout} layout).')
+    return dict(kwargs, **fixed)
+
+
 class SwinLayout(HierarchicalTransformer):
     """The Swin layout: 4x4 patch embedding, Swin's PatchMerging closing each level, mlp_ratio 4 by default."""
 
@@ -309,7 +325,8 @@ class SwinLayout(HierarchicalTransformer):
             mixer_layers: One mixer factory per level (see the module docstring).
             **kwargs: `HierarchicalTransformer` arguments other than the stem and downsampler.
         """
-        super().__init__(mixer_layers, stem_layer=SwinPatchEmbed, downsample_layer=PatchMerging, **kwargs)
+        super().__init__(mixer_layers, **_fixed_layout(
+            self, 'Swin', kwargs, stem_layer=SwinPatchEmbed, downsample_layer=PatchMerging))
 
 
 class CSWinLayout(HierarchicalTransformer):
@@ -321,7 +338,8 @@ class CSWinLayout(HierarchicalTransformer):
             mixer_layers: One mixer factory per level (see the module docstring).
             **kwargs: `HierarchicalTransformer` arguments other than the stem and downsampler.
         """
-        super().__init__(mixer_layers, stem_layer=ConvStem, downsample_layer=ConvMerge, **kwargs)
+        super().__init__(mixer_layers, **_fixed_layout(
+            self, 'CSWin', kwargs, stem_layer=ConvStem, downsample_layer=ConvMerge))
 
 
 def build_layout_model(
