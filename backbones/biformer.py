@@ -17,15 +17,13 @@ backbone part of the released mmdet/mmseg weights load through `checkpoint_filte
     released `auto_pad=True` does (padded tokens take part in routing and attention, unmasked);
   * stage 4 (`topk=-2`) is global attention with 8 heads whatever the stage width, LePE on the block input.
 """
-from typing import Any, Dict, Sequence, Set, Tuple, Union
+from typing import Any, Dict, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import (
-    ClassifierHead, ConvNormAct, DropPath, LayerNorm2d, Mlp, calculate_drop_path_rates, trunc_normal_,
-)
+from timm.layers import ClassifierHead, ConvNormAct, DropPath, LayerNorm2d, Mlp, calculate_drop_path_rates
 from timm.models import generate_default_cfgs, register_model
 
 from hiervit.backbones._pretrained import build_with_official_layouts, check_checkpoint_keys
@@ -355,20 +353,6 @@ class BiFormer(HierarchicalContract, nn.Module):
         self.norm = nn.BatchNorm2d(self.num_features, **dd)
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
         self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        # Released init: truncated-normal Linear weights, zero Linear bias; convs keep PyTorch defaults.
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> Set[str]:
-        # The release excludes only names it does not have ('pos_embed', 'cls_token'): every weight matrix and conv
-        # kernel decays; timm's optimizer factory already exempts 1-d parameters (norms, biases).
-        return set()
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         x = check_image_input(x, self.in_chans, 'BiFormer')

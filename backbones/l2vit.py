@@ -19,7 +19,7 @@ part of the released mmdet/mmseg weights load through `checkpoint_filter_fn`:
     per-head temperature), the local concentration module DWConv7x7-GELU-BN-DWConv7x7, MLP);
   * final LayerNorm, token mean, linear head. The dense backbones add one LayerNorm per output (`out_norms=True`).
 """
-from typing import Any, Dict, Sequence, Set, Tuple, Union
+from typing import Any, Dict, Sequence, Tuple, Union
 
 from torch.jit import Final
 
@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath, Mlp, calculate_drop_path_rates, trunc_normal_
+from timm.layers import ClassifierHead, DropPath, Mlp, calculate_drop_path_rates
 from timm.models import generate_default_cfgs, register_model, register_notrace_function
 
 from hiervit.backbones._pretrained import build_with_official_layouts, check_checkpoint_keys
@@ -287,6 +287,9 @@ class L2ViT(HierarchicalContract, nn.Module):
     backbone (`norm{i}`); `forward_intermediates(norm=True)` then applies them. Without them, `norm=True` applies the
     final norm to the last stage output only, as in timm.
     """
+    # Released init: truncated-normal weights, zero bias for every Linear and Conv2d. Weight decay as released: its
+    # optimizer factory exempts 1-d parameters and biases only, so the [heads, 1, 1] temperatures decay.
+    init_types = (nn.Conv2d, nn.Linear)
 
     def __init__(
             self,
@@ -364,20 +367,6 @@ class L2ViT(HierarchicalContract, nn.Module):
             with torch.no_grad():
                 self.head.fc.weight.mul_(head_init_scale)
                 self.head.fc.bias.mul_(head_init_scale)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        # Released init: truncated-normal weights, zero bias for every Linear and Conv2d.
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> Set[str]:
-        # The release applies its optimizer factory's defaults: 1-d parameters and biases are exempt (timm's factory
-        # does that by itself); the [heads, 1, 1] temperatures are not 1-d there, so they decay as released.
-        return set()
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         check_image_input(x, self.in_chans)

@@ -15,12 +15,12 @@ The feature maps are channels-last (NHWC) inside the model, as in the official c
 official mmdet/mmseg backbones do, and `forward_intermediates(norm=True)` applies them (the last level uses `norm`).
 """
 import re
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Type
+from typing import Any, Callable, Dict, List, Optional, Sequence, Type
 
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
+from timm.layers import ClassifierHead, DropPath, Mlp
 from timm.models import generate_default_cfgs, register_model
 
 from hiervit.backbones._pretrained import build_with_official_layouts
@@ -174,6 +174,8 @@ class NAT(HierarchicalContract, nn.Module):
 
     contract_stem = 'patch_embed'
     contract_stages = 'levels'
+    # The official code exempts `rpb` (keyword) and its dense-task configs also the norms (1-d: timm exempts them).
+    no_weight_decay_suffixes = ('.rpb',)
 
     def __init__(
             self,
@@ -265,22 +267,6 @@ class NAT(HierarchicalContract, nn.Module):
         self.head = ClassifierHead(
             self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt=self.output_fmt)
         self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> Set[str]:
-        # The official code exempts `rpb` (keyword) and its dense-task configs also the norms; norm weights, biases and
-        # layer scales are 1-D and exempted by timm's optimizer factory anyway, so only the bias tables are listed.
-        return {n for n, _ in self.named_parameters() if n.endswith('.rpb')}
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.pos_drop(self.patch_embed(x))

@@ -19,13 +19,13 @@ patch embeddings, head, depths and widths. The five variants' depths/widths are 
 The attention runs on `torch.nn.functional.scaled_dot_product_attention`, which accepts a value width different from
 the query/key width; `strip_attention_flops` is its cost, and what `FlopCounterMode` counts for it.
 """
-from typing import Any, Dict, Sequence, Set, Tuple, Union
+from typing import Any, Dict, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, ConvNormAct, DropPath, LayerNorm2d, calculate_drop_path_rates, trunc_normal_
+from timm.layers import ClassifierHead, ConvNormAct, DropPath, LayerNorm2d, calculate_drop_path_rates
 from timm.models import generate_default_cfgs, register_model
 
 import hiervit.kernels  # noqa: F401  (FLOP formulas for torch's CPU SDPA kernels)
@@ -229,6 +229,7 @@ class S2AFormer(HierarchicalContract, nn.Module):
     tasks (the usual hierarchical-backbone convention; the paper's dense backbone is not published);
     `forward_intermediates(norm=True)` applies them. Without them `norm=True` applies the final norm to the last stage.
     """
+    init_types = (nn.Linear, nn.Conv2d)  # assumed (no code): truncated-normal convs and linears, as PVTv2/SegFormer
 
     def __init__(
             self,
@@ -321,19 +322,6 @@ class S2AFormer(HierarchicalContract, nn.Module):
         self.norm = LayerNorm2d(self.num_features, **dd)
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
         self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        # Assumed (no code): truncated-normal weights, zero biases for convs and linears, as PVTv2/SegFormer.
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> Set[str]:
-        # No positional tables or temperatures; timm's optimizer factory already exempts norms and biases.
-        return set()
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         x = check_image_input(x, self.in_chans, 'S2AFormer')

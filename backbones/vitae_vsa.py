@@ -36,13 +36,13 @@ computes the grid per call and pads centred):
 """
 import math
 from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath, Mlp, register_notrace_function, trunc_normal_
+from timm.layers import ClassifierHead, DropPath, Mlp, register_notrace_function
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from hiervit.backbones._pretrained import convert_official_on_load, prefetch_pretrained
@@ -216,6 +216,7 @@ class ViTAEv2VSA(HierarchicalContract, nn.Module):
     """
     contract_stem = 'stages.0.downsample'
     contract_stages = 'stages'
+    no_weight_decay_suffixes = ('relative_position_bias_table',)
 
     def __init__(
             self,
@@ -313,24 +314,13 @@ class ViTAEv2VSA(HierarchicalContract, nn.Module):
         self.out_norms = None  # the official dense backbone adds no output norms
         self.head = ClassifierHead(
             self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt=self.output_fmt)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
         # As released: truncated-normal Linear layers (MLPs, head); the VSA projections and VSR branches are 1x1
         # convs there and keep PyTorch's default init, which `reset_parameters` of a Linear of that fan-in equals.
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                trunc_normal_(m.weight, std=.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        self.apply(self._init_weights)
         for m in self.modules():
             if isinstance(m, VSAttention):
                 for proj in (m.qkv, m.proj, m.sampling_offsets, m.sampling_scales):
                     proj.reset_parameters()
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> Set[str]:
-        return {n for n, _ in self.named_parameters() if n.endswith('relative_position_bias_table')}
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         # the first reduction cell is the stem: the image goes in channels-last

@@ -35,7 +35,12 @@ Building a family on it:
             x = self.stages(self.forward_stem(x))
             return self.norm(x)
 
-The model must also set `num_classes`; everything else listed above is inherited. Stages:
+The model must also set `num_classes`; everything else listed above is inherited, and so are the defaults of
+`_init_weights` (`self.apply(self._init_weights)` at the end of `__init__`: truncated-normal weights, std .02, and
+zero biases for the module types in `init_types`, Linear by default; everything else keeps PyTorch's init) and
+`no_weight_decay` (the parameters whose names end with one of `no_weight_decay_suffixes`, none by default: timm's
+optimizer factory exempts the 1-d ones, norms, biases and layer scales, by itself). A family overrides the class
+attributes (or the methods) only where its release differs. Stages:
 
 * `downsample_first=True`: stage i = downsample, then blocks; stage i's output is its blocks' output (BiFormer,
   L2ViT, S2AFormer, PVT-style layouts; the first stage's `downsample` is `nn.Identity()`).
@@ -59,10 +64,11 @@ all of them go with `prune_norm=True`.
 a leading downsampler in its stage's first block group and a closing one after its stage's blocks; the final and
 output norms come last, before the head.
 """
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
+from timm.layers import trunc_normal_
 from timm.models import checkpoint_seq
 
 from hiervit.backbones._compat import feature_take_indices
@@ -100,6 +106,18 @@ class HierarchicalContract:
     contract_stem: str = 'stem'
     contract_stages: str = 'stages'
     output_fmt: str = 'NCHW'
+    init_types = (nn.Linear,)  # module types `_init_weights` draws (not annotated: TorchScript would type it)
+    no_weight_decay_suffixes = ()  # parameter-name suffixes `no_weight_decay` lists
+
+    def _init_weights(self, m: nn.Module) -> None:
+        if isinstance(m, self.init_types):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        return {n for n, _ in self.named_parameters() if n.endswith(self.no_weight_decay_suffixes)}
 
     def _contract_stages(self) -> nn.Module:
         return getattr(self, self.contract_stages)

@@ -28,12 +28,12 @@ Feature maps are channels-last inside the model; `forward_features` returns NHWC
 backbones have, and `forward_intermediates(norm=True)` applies them (the last level uses `norm`).
 """
 from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Type
+from typing import Any, Callable, Dict, List, Optional, Sequence, Type
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import ClassifierHead, DropPath, Mlp, register_notrace_function, trunc_normal_
+from timm.layers import ClassifierHead, DropPath, Mlp, register_notrace_function
 from timm.models.swin_transformer import PatchMerging
 
 from hiervit.backbones._pretrained import build_with_official_layouts
@@ -203,6 +203,7 @@ class HierarchicalTransformer(HierarchicalContract, nn.Module):
 
     contract_stem = 'patch_embed'
     contract_stages = 'levels'
+    no_weight_decay_suffixes = ('.rpb', 'relative_position_bias_table')  # the mixers' bias tables (NA, Swin)
 
     def __init__(
             self,
@@ -281,22 +282,6 @@ class HierarchicalTransformer(HierarchicalContract, nn.Module):
         self.head = ClassifierHead(
             self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt=self.output_fmt)
         self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> Set[str]:
-        # Bias tables (`rpb`, Swin's `relative_position_bias_table`); norm weights, biases and layer scales are 1-D
-        # and exempted by timm's optimizer factory anyway.
-        return {n for n, _ in self.named_parameters() if n.endswith(('.rpb', 'relative_position_bias_table'))}
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.pos_drop(self.patch_embed(x))
