@@ -13,13 +13,11 @@ every level but the last, mlp_ratio 4, no layer scale. It is the Swin layout
 from typing import Any, Dict, Optional, Sequence
 
 import torch
-import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
 
-from hiervit.backbones.layers.neighborhood import NeighborhoodAttention2d
-from hiervit.backbones.layers.skeleton import SwinLayout, level_mixers
-from hiervit.backbones.nat import _check_dilations, build_nat, convert_official_checkpoint
+from hiervit.backbones.layers.skeleton import SwinLayout
+from hiervit.backbones.nat import _check_dilations, build_nat, convert_official_checkpoint, na_mixers
 
 __all__ = ['DiNATs']
 
@@ -57,21 +55,9 @@ class DiNATs(SwinLayout):
         """
         dilations = _check_dilations(dilations, depths)
 
-        def mixer(level: int, dim: int, heads: int, block: int) -> nn.Module:
-            return NeighborhoodAttention2d(
-                dim,
-                num_heads=heads,
-                kernel_size=kernel_size,
-                dilation=dilations[level][block],
-                qkv_bias=qkv_bias,
-                qk_scale=qk_scale,
-                proj_drop=proj_drop_rate,
-                backend=attn_backend,
-            )
-
         super().__init__(
-            level_mixers(mixer, len(depths)), embed_dim=embed_dim, depths=depths, num_heads=num_heads,
-            mlp_ratio=mlp_ratio, proj_drop_rate=proj_drop_rate, **kwargs)
+            na_mixers(kernel_size, dilations, qkv_bias, qk_scale, proj_drop_rate, attn_backend), embed_dim=embed_dim,
+            depths=depths, num_heads=num_heads, mlp_ratio=mlp_ratio, proj_drop_rate=proj_drop_rate, **kwargs)
         self.kernel_size = kernel_size
         self.dilations = dilations
 

@@ -20,15 +20,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Type
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath, Mlp
 from timm.models import generate_default_cfgs, register_model
 
-from hiervit.backbones._pretrained import build_with_official_layouts
-from hiervit.backbones.layers.contract import ContractStage, HierarchicalContract
 from hiervit.backbones.layers.neighborhood import NeighborhoodAttention2d
+from hiervit.backbones.layers.skeleton import HierarchicalTransformer, MixerFactory, build_layout_model, level_mixers
 from hiervit.backbones.layers.shape import check_image_input
 
-__all__ = ['NAT']
+__all__ = ['NAT', 'na_mixers']
 
 torch.fx.wrap('check_image_input')  # an FX leaf for plain torch.fx.symbolic_trace (timm's tracer knows it already)
 
@@ -64,95 +62,6 @@ class ConvDownsampler(nn.Module):
         return self.norm(x)
 
 
-class NATBlock(nn.Module):
-    """Pre-norm transformer block: (D)NA then MLP, each with optional layer scale (`gamma1`/`gamma2`) and drop path."""
-
-    def __init__(
-            self,
-            dim: int,
-            num_heads: int,
-            kernel_size: int = 7,
-            dilation: int = 1,
-            mlp_ratio: float = 4.,
-            qkv_bias: bool = True,
-            qk_scale: Optional[float] = None,
-            proj_drop: float = 0.,
-            drop_path: float = 0.,
-            layer_scale: Optional[float] = None,
-            act_layer: Callable[..., nn.Module] = nn.GELU,
-            norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
-            attn_backend: Optional[str] = None,
-    ):
-        super().__init__()
-        self.norm1 = norm_layer(dim)
-        self.attn = NeighborhoodAttention2d(
-            dim,
-            num_heads=num_heads,
-            kernel_size=kernel_size,
-            dilation=dilation,
-            qkv_bias=qkv_bias,
-            qk_scale=qk_scale,
-            proj_drop=proj_drop,
-            backend=attn_backend,
-        )
-        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
-        # Plain parameters (not timm's LayerScale module) keep the official `gamma1`/`gamma2` state-dict keys.
-        if layer_scale is not None:
-            self.gamma1 = nn.Parameter(layer_scale * torch.ones(dim))
-            self.gamma2 = nn.Parameter(layer_scale * torch.ones(dim))
-        else:
-            self.gamma1 = self.gamma2 = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.attn(self.norm1(x))
-        x = x + self.drop_path(y if self.gamma1 is None else self.gamma1 * y)
-        y = self.mlp(self.norm2(x))
-        x = x + self.drop_path(y if self.gamma2 is None else self.gamma2 * y)
-        return x
-
-
-class NATStage(ContractStage):
-    """One level: blocks at constant resolution, then (except for the last level) the downsampler."""
-
-    def __init__(
-            self,
-            dim: int,
-            depth: int,
-            num_heads: int,
-            kernel_size: int,
-            dilations: Sequence[int],
-            downsample_layer: Optional[Callable[..., nn.Module]] = ConvDownsampler,
-            mlp_ratio: float = 4.,
-            qkv_bias: bool = True,
-            qk_scale: Optional[float] = None,
-            proj_drop: float = 0.,
-            drop_path: Sequence[float] = (),
-            layer_scale: Optional[float] = None,
-            norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
-            attn_backend: Optional[str] = None,
-    ):
-        super().__init__(downsample_first=False)
-        self.blocks = nn.Sequential(*[
-            NATBlock(
-                dim=dim,
-                num_heads=num_heads,
-                kernel_size=kernel_size,
-                dilation=dilations[i],
-                mlp_ratio=mlp_ratio,
-                qkv_bias=qkv_bias,
-                qk_scale=qk_scale,
-                proj_drop=proj_drop,
-                drop_path=drop_path[i],
-                layer_scale=layer_scale,
-                norm_layer=norm_layer,
-                attn_backend=attn_backend,
-            )
-            for i in range(depth)])
-        self.downsample = nn.Identity() if downsample_layer is None else downsample_layer(dim, norm_layer=norm_layer)
-
-
 def _check_dilations(
         dilations: Optional[Sequence[Sequence[int]]],
         depths: Sequence[int],
@@ -166,22 +75,41 @@ def _check_dilations(
     return [[int(v) for v in dl] for dl in dilations]
 
 
-class NAT(HierarchicalContract, nn.Module):
+def na_mixers(
+        kernel_size: int,
+        dilations: Sequence[Sequence[int]],
+        qkv_bias: bool = True,
+        qk_scale: Optional[float] = None,
+        proj_drop: float = 0.,
+        backend: Optional[str] = None,
+) -> List[MixerFactory]:
+    """The layouts' per-level mixer factories of (D)NA: `NeighborhoodAttention2d` with each block's dilation (NAT,
+    DiNAT and DiNAT_s)."""
+
+    def mixer(level: int, dim: int, heads: int, block: int) -> nn.Module:
+        return NeighborhoodAttention2d(
+            dim,
+            num_heads=heads,
+            kernel_size=kernel_size,
+            dilation=dilations[level][block],
+            qkv_bias=qkv_bias,
+            qk_scale=qk_scale,
+            proj_drop=proj_drop,
+            backend=backend,
+        )
+    return level_mixers(mixer, len(dilations))
+
+
+class NAT(HierarchicalTransformer):
     """Neighborhood Attention Transformer; with `dilations` it is DiNAT (the official `DiNAT` class is NAT itself).
 
-    The timm contract (`forward_intermediates`, pruning, `group_matcher`, ...) comes from `HierarchicalContract`.
+    The layouts' skeleton (`hiervit.backbones.layers.skeleton.HierarchicalTransformer`, which has the official NAT
+    block, level and key layout) with NAT's overlapping conv stem and downsampler and (D)NA as the token mixer; the
+    timm contract (`forward_intermediates`, pruning, `group_matcher`, ...) comes from `HierarchicalContract`.
     """
-
-    contract_stem = 'patch_embed'
-    contract_stages = 'levels'
-    # The official code exempts `rpb` (keyword) and its dense-task configs also the norms (1-d: timm exempts them).
-    no_weight_decay_suffixes = ('.rpb',)
 
     def __init__(
             self,
-            in_chans: int = 3,
-            num_classes: int = 1000,
-            global_pool: str = 'avg',
             embed_dim: int = 64,
             depths: Sequence[int] = (3, 4, 6, 5),
             num_heads: Sequence[int] = (2, 4, 8, 16),
@@ -190,21 +118,15 @@ class NAT(HierarchicalContract, nn.Module):
             mlp_ratio: float = 3.,
             qkv_bias: bool = True,
             qk_scale: Optional[float] = None,
-            layer_scale: Optional[float] = None,
-            drop_rate: float = 0.,
             proj_drop_rate: float = 0.,
             drop_path_rate: float = 0.2,
-            norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
             stem_layer: Callable[..., nn.Module] = ConvTokenizer,
             downsample_layer: Callable[..., nn.Module] = ConvDownsampler,
-            output_norms: bool = False,
             attn_backend: Optional[str] = None,
+            **kwargs,
     ):
         """
         Args:
-            in_chans: Input image channels.
-            num_classes: Classifier outputs (0: no classifier).
-            global_pool: Head pooling ('avg', 'max', ... or '' for none).
             embed_dim: Channels of the first level; doubled at every level.
             depths: Blocks per level.
             num_heads: Attention heads per level.
@@ -213,69 +135,22 @@ class NAT(HierarchicalContract, nn.Module):
             mlp_ratio: MLP hidden width / dim.
             qkv_bias: Bias in the qkv projections.
             qk_scale: Attention logit scale override (head_dim ** -0.5 when None).
-            layer_scale: Initial layer-scale value; None disables layer scale.
-            drop_rate: Dropout after the stem and before the classifier.
             proj_drop_rate: Dropout after the attention projection and in the MLP (the official `drop_rate`).
             drop_path_rate: Stochastic depth rate, increased linearly over all blocks.
-            norm_layer: Norm layer (channels-last).
             stem_layer: Stride-4 stem `(in_chans, embed_dim, norm_layer)`, NCHW in, NHWC out.
             downsample_layer: Level-closing downsampler `(dim, norm_layer)` to 2 * dim channels, NHWC.
-            output_norms: Add one LayerNorm per level output for dense tasks (`out_norms`; the last level uses `norm`).
             attn_backend: Force a neighborhood-attention backend (None: the op's dispatcher chooses).
+            **kwargs: Any other `HierarchicalTransformer` argument (`in_chans`, `num_classes`, `layer_scale`,
+                `output_norms`, ...).
         """
-        super().__init__()
-        num_levels = len(depths)
-        if len(num_heads) != num_levels:
-            raise ValueError(f'num_heads={tuple(num_heads)} must have one entry per level of depths={tuple(depths)}.')
         dilations = _check_dilations(dilations, depths)
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.num_levels = num_levels  # before any pruning: the last level's output norm is `norm`
+        super().__init__(
+            na_mixers(kernel_size, dilations, qkv_bias, qk_scale, proj_drop_rate, attn_backend),
+            stem_layer=stem_layer, downsample_layer=downsample_layer, embed_dim=embed_dim, depths=depths,
+            num_heads=num_heads, mlp_ratio=mlp_ratio, proj_drop_rate=proj_drop_rate, drop_path_rate=drop_path_rate,
+            **kwargs)
         self.kernel_size = kernel_size
         self.dilations = dilations
-        self.output_fmt = 'NHWC'
-        dims = [int(embed_dim * 2 ** i) for i in range(num_levels)]
-        self.num_features = self.head_hidden_size = dims[-1]
-
-        self.patch_embed = stem_layer(in_chans=in_chans, embed_dim=embed_dim, norm_layer=norm_layer)
-        self.pos_drop = nn.Dropout(p=drop_rate)
-
-        dpr = [x.tolist() for x in torch.linspace(0, drop_path_rate, sum(depths), device='cpu').split(list(depths))]
-        self.levels = nn.ModuleList()
-        self.feature_info = []
-        for i in range(num_levels):
-            self.levels.append(NATStage(
-                dim=dims[i],
-                depth=depths[i],
-                num_heads=num_heads[i],
-                kernel_size=kernel_size,
-                dilations=dilations[i],
-                downsample_layer=downsample_layer if i < num_levels - 1 else None,
-                mlp_ratio=mlp_ratio,
-                qkv_bias=qkv_bias,
-                qk_scale=qk_scale,
-                proj_drop=proj_drop_rate,
-                drop_path=dpr[i],
-                layer_scale=layer_scale,
-                norm_layer=norm_layer,
-                attn_backend=attn_backend,
-            ))
-            self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f'levels.{i}.blocks'))
-
-        self.norm = norm_layer(self.num_features)
-        self.out_norms = nn.ModuleList([norm_layer(d) for d in dims[:-1]]) if output_norms else None
-        self.head = ClassifierHead(
-            self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt=self.output_fmt)
-        self.apply(self._init_weights)
-
-    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pos_drop(self.patch_embed(x))
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_stem(x)
-        for level in self.levels:
-            x = level(x)
-        return self.norm(x)
 
 
 def _describe_checkpoint(state_dict: Dict[str, torch.Tensor], variants: Dict[str, Dict[str, Any]]) -> str:
@@ -384,22 +259,13 @@ def build_nat(
         variant_args: Dict[str, Any],
         **kwargs,
 ) -> NAT:
-    """`build_model_with_cfg` of a registered variant (its `variant_args` overridden by the caller's kwargs) with the
-    NAT-family feature defaults (shared with DiNAT_s)."""
+    """`build_layout_model` (the layouts' feature defaults: NCHW dense-task maps with per-output norms) after checking
+    that overridden depths come with their dilations (NAT, DiNAT and DiNAT_s)."""
     if 'depths' in kwargs and 'dilations' not in kwargs and 'dilations' in variant_args:
         raise ValueError(
             f'{variant} has per-block dilations for depths={variant_args["depths"]}; when overriding depths, pass '
             f'dilations= too (one list per level, one value per block).')
-    kwargs = dict(variant_args, **kwargs)
-    out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs['depths']))))
-    feature_cfg = dict(out_indices=out_indices, feature_cls=kwargs.pop('feature_cls', 'getter'))
-    if feature_cfg['feature_cls'] == 'fx':
-        feature_cfg['output_fmt'] = 'NHWC'  # the graph returns the levels' own (channels-last) maps
-    if kwargs.get('features_only', False) and feature_cfg['feature_cls'] == 'getter':
-        # dense-task backbones: NCHW maps with one LayerNorm per output, as the official mmdet/mmseg backbones
-        kwargs.setdefault('output_norms', True)
-        feature_cfg['norm'] = True
-    return build_with_official_layouts(model_cls, variant, pretrained, filter_fn, feature_cfg=feature_cfg, **kwargs)
+    return build_layout_model(model_cls, variant, pretrained, filter_fn, variant_args, **kwargs)
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
