@@ -26,8 +26,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, ConvNormAct, DropPath, LayerNorm2d, Mlp, calculate_drop_path_rates
 from timm.models import generate_default_cfgs, register_model
 
-from hiervit.backbones._pretrained import build_with_official_layouts, check_checkpoint_keys
-from hiervit.backbones.layers.contract import ContractStage, HierarchicalContract
+from hiervit.backbones._pretrained import check_checkpoint_keys
+from hiervit.backbones.layers.contract import ContractStage, HierarchicalContract, build_hierarchical_model
 from hiervit.backbones.layers.shape import check_image_input, crop_nhwc, pad_nchw, pad_nhwc
 from hiervit.kernels.routed import routed_attention_op
 
@@ -431,18 +431,9 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: BiFormer) -
 
 
 def _create_biformer(variant: str, pretrained: bool = False, **kwargs) -> BiFormer:
-    out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs.get('depths', (2, 2, 8, 2))))))
-    feature_cfg = dict(out_indices=out_indices, feature_cls='getter', **kwargs.pop('feature_cfg', {}))
-    # resolve a top-level `feature_cls` here (timm would only apply it after this check): the per-output norms and
-    # `norm=True` are for the getter wrapper alone, the FX/hook extractors take neither
-    feature_cfg['feature_cls'] = kwargs.pop('feature_cls', feature_cfg['feature_cls'])
-    if kwargs.get('features_only', False) and feature_cfg['feature_cls'] == 'getter':
-        # dense-task backbones: one LayerNorm2d per output, as the released mmdet/mmseg `BiFormer_mm` (`extra_norms`);
-        # the getter wrapper runs forward_intermediates(norm=True)
-        kwargs.setdefault('out_norms', True)
-        feature_cfg.setdefault('norm', True)
-    return build_with_official_layouts(BiFormer, variant, pretrained, checkpoint_filter_fn, feature_cfg=feature_cfg,
-                                       **kwargs)
+    # dense-task backbones: one LayerNorm2d per output, as the released mmdet/mmseg `BiFormer_mm` (`extra_norms`)
+    return build_hierarchical_model(
+        BiFormer, variant, pretrained, checkpoint_filter_fn, kwargs, dense_norms='out_norms')
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:

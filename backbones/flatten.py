@@ -38,9 +38,9 @@ from timm.layers import register_notrace_function, to_2tuple
 from timm.models import generate_default_cfgs, register_model
 from torch.jit import Final
 
-from hiervit.backbones._pretrained import build_with_official_layouts
 from hiervit.backbones.cswin import CSWinAttention
 from hiervit.backbones.cswin import _official_key as _cswin_official_key
+from hiervit.backbones.layers.contract import build_hierarchical_model
 from hiervit.backbones.layers.pvt import PVTLayout, pvt_official_key, pvt_stage_sizes
 from hiervit.backbones.layers.skeleton import CSWinLayout, SwinLayout, build_layout_model, level_mixers
 from hiervit.backbones.layers.window import SwinWindowAttention
@@ -521,13 +521,8 @@ def _create_variant(cls: type, variant: str, pretrained: bool, kwargs: Dict[str,
     if cls is not FLattenPVT:
         return build_layout_model(cls, variant, pretrained, checkpoint_filter_fn, _VARIANT_ARGS[variant], **kwargs)
     # the PVT layouts' stage outputs are the official dense-task features (v2: after each stage's norm)
-    kwargs = dict(_VARIANT_ARGS[variant], **kwargs)
-    feature_cfg = dict(out_indices=kwargs.pop('out_indices', (0, 1, 2, 3)),
-                       feature_cls=kwargs.pop('feature_cls', 'getter'))
-    if feature_cfg['feature_cls'] == 'fx':
-        feature_cfg['output_fmt'] = 'NHWC'
-    return build_with_official_layouts(
-        cls, variant, pretrained, checkpoint_filter_fn, feature_cfg=feature_cfg, **kwargs)
+    return build_hierarchical_model(
+        cls, variant, pretrained, checkpoint_filter_fn, dict(_VARIANT_ARGS[variant], **kwargs), channels_last=True)
 
 
 @register_model

@@ -30,8 +30,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, Mlp, calculate_drop_path_rates
 from timm.models import generate_default_cfgs, register_model, register_notrace_function
 
-from hiervit.backbones._pretrained import build_with_official_layouts, check_checkpoint_keys
-from hiervit.backbones.layers.contract import ContractStage, HierarchicalContract
+from hiervit.backbones._pretrained import check_checkpoint_keys
+from hiervit.backbones.layers.contract import ContractStage, HierarchicalContract, build_hierarchical_model
 from hiervit.kernels.linear import linear_attention_op
 from hiervit.kernels.window import window_attention_op
 
@@ -431,18 +431,9 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: L2ViT) -> Dict[str, 
 
 
 def _create_l2vit(variant: str, pretrained: bool = False, **kwargs) -> L2ViT:
-    out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs.get('depths', (2, 2, 6, 2))))))
-    feature_cfg = dict(out_indices=out_indices, feature_cls=kwargs.pop('feature_cls', 'getter'),
-                       **kwargs.pop('feature_cfg', {}))
-    if feature_cfg['feature_cls'] == 'fx':
-        feature_cfg['output_fmt'] = 'NHWC'  # the graph returns the stages' own (channels-last) maps
-    if kwargs.get('features_only', False) and feature_cfg['feature_cls'] == 'getter':
-        # dense-task backbones: one LayerNorm per output, as the released mmdet/mmseg backbone (`norm{i}`); the
-        # getter wrapper runs forward_intermediates(norm=True), NCHW
-        kwargs.setdefault('out_norms', True)
-        feature_cfg.setdefault('norm', True)
-    return build_with_official_layouts(L2ViT, variant, pretrained, checkpoint_filter_fn, feature_cfg=feature_cfg,
-                                       **kwargs)
+    # dense-task backbones: one LayerNorm per output, as the released mmdet/mmseg backbone (`norm{i}`)
+    return build_hierarchical_model(
+        L2ViT, variant, pretrained, checkpoint_filter_fn, kwargs, dense_norms='out_norms', channels_last=True)
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:

@@ -29,8 +29,8 @@ from timm.layers import ClassifierHead, ConvNormAct, DropPath, LayerNorm2d, calc
 from timm.models import generate_default_cfgs, register_model
 
 import hiervit.kernels  # noqa: F401  (FLOP formulas for torch's CPU SDPA kernels)
-from hiervit.backbones._pretrained import build_with_official_layouts, check_checkpoint_keys
-from hiervit.backbones.layers.contract import ContractStage, HierarchicalContract
+from hiervit.backbones._pretrained import check_checkpoint_keys
+from hiervit.backbones.layers.contract import ContractStage, HierarchicalContract, build_hierarchical_model
 from hiervit.backbones.layers.shape import check_image_input
 
 __all__ = ['S2AFormer', 'StripSelfAttention', 'strip_attention_flops']
@@ -355,11 +355,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: S2AFormer) 
 
 
 def _create_s2aformer(variant: str, pretrained: bool = False, **kwargs) -> S2AFormer:
-    out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs.get('depths', (2, 2, 6, 2))))))
     # The getter wrapper runs forward_intermediates, so `feature_cfg=dict(norm=True)` gives the dense-task outputs.
-    feature_cfg = dict(out_indices=out_indices, feature_cls='getter', **kwargs.pop('feature_cfg', {}))
-    return build_with_official_layouts(S2AFormer, variant, pretrained, checkpoint_filter_fn, feature_cfg=feature_cfg,
-                                       **kwargs)
+    return build_hierarchical_model(S2AFormer, variant, pretrained, checkpoint_filter_fn, kwargs)
 
 
 _NOTES = (

@@ -43,10 +43,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, Mlp, register_notrace_function
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
-from hiervit.backbones._pretrained import convert_official_on_load, prefetch_pretrained
-from hiervit.backbones.layers.contract import ContractStage, HierarchicalContract
+from hiervit.backbones.layers.contract import ContractStage, HierarchicalContract, build_hierarchical_model
 from hiervit.backbones.layers.skeleton import stem_input
 from hiervit.backbones.layers.vsa import VSAttention
 
@@ -438,12 +437,7 @@ def _create_variant(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -> V
         # dense tasks: the detection backbone's padding and offset rule (what its checkpoints were trained with)
         kwargs.setdefault('vsa_padding', 'center')
         kwargs.setdefault('vsa_offset_rule', 'detection')
-    out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs['depths']))))
-    feature_cfg = dict(out_indices=out_indices, feature_cls=kwargs.pop('feature_cls', 'getter'))
-    prefetch_pretrained(variant, pretrained, kwargs)
-    model = build_model_with_cfg(
-        ViTAEv2VSA, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, feature_cfg=feature_cfg, **kwargs)
-    return convert_official_on_load(model, checkpoint_filter_fn)
+    return build_hierarchical_model(ViTAEv2VSA, variant, pretrained, checkpoint_filter_fn, kwargs)
 
 
 @register_model

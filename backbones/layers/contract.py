@@ -60,11 +60,15 @@ final norm goes when the last stage goes, when `prune_norm=True`, or when the he
 last stage (the final norm then only fed the classifier); output norms of stages not returned become identities,
 all of them go with `prune_norm=True`.
 
+`build_hierarchical_model` is the one builder of every family: `features_only` defaults to all stages through the
+getter wrapper (`forward_intermediates`, NCHW), with the model's per-output norms and `norm=True` for a family whose
+released dense-task backbones have them.
+
 `group_matcher`: the stem group is `^{contract_stem}`; coarse groups are whole stages; fine groups are blocks, with
 a leading downsampler in its stage's first block group and a closing one after its stage's blocks; the final and
 output norms come last, before the head.
 """
-from typing import Any, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -72,8 +76,9 @@ from timm.layers import trunc_normal_
 from timm.models import checkpoint_seq
 
 from hiervit.backbones._compat import feature_take_indices
+from hiervit.backbones._pretrained import FilterFn, build_with_official_layouts
 
-__all__ = ['ContractStage', 'HierarchicalContract']
+__all__ = ['ContractStage', 'HierarchicalContract', 'build_hierarchical_model']
 
 
 class ContractStage(nn.Module):
@@ -235,3 +240,33 @@ class HierarchicalContract:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def build_hierarchical_model(
+        model_cls: Callable[..., nn.Module],
+        variant: str,
+        pretrained: bool,
+        filter_fn: FilterFn,
+        kwargs: Dict[str, Any],
+        dense_norms: Optional[str] = None,
+        channels_last: bool = False,
+) -> nn.Module:
+    """`build_with_official_layouts` of a registered variant (`kwargs`: its architecture arguments with the caller's
+    on top) with the families' feature defaults: every stage out (`out_indices`), timm's getter wrapper (it runs
+    `forward_intermediates`: NCHW maps), under `feature_cls='fx'` the graph's own maps (NHWC when `channels_last`).
+
+    Args:
+        dense_norms: The model argument that adds the per-output norms of the released dense-task backbones
+            (`out_norms`, `output_norms`), set with `norm=True` for `features_only` with the getter; None: none.
+        channels_last: The stage maps are NHWC inside the model.
+    """
+    out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs['depths']))))
+    feature_cfg = dict(out_indices=out_indices, feature_cls='getter', **kwargs.pop('feature_cfg', {}))
+    # a top-level `feature_cls` is resolved here (timm would apply it only later): the norms are the getter's alone
+    feature_cfg['feature_cls'] = kwargs.pop('feature_cls', feature_cfg['feature_cls'])
+    if channels_last and feature_cfg['feature_cls'] == 'fx':
+        feature_cfg['output_fmt'] = 'NHWC'
+    if dense_norms and kwargs.get('features_only', False) and feature_cfg['feature_cls'] == 'getter':
+        kwargs.setdefault(dense_norms, True)
+        feature_cfg.setdefault('norm', True)
+    return build_with_official_layouts(model_cls, variant, pretrained, filter_fn, feature_cfg=feature_cfg, **kwargs)

@@ -36,8 +36,7 @@ import torch.nn.functional as F
 from timm.layers import ClassifierHead, DropPath, Mlp, register_notrace_function
 from timm.models.swin_transformer import PatchMerging
 
-from hiervit.backbones._pretrained import build_with_official_layouts
-from hiervit.backbones.layers.contract import ContractStage, HierarchicalContract
+from hiervit.backbones.layers.contract import ContractStage, HierarchicalContract, build_hierarchical_model
 
 __all__ = [
     'MixerFactory', 'MixerBlock', 'LayoutLevel', 'HierarchicalTransformer', 'SwinLayout', 'CSWinLayout',
@@ -335,15 +334,9 @@ def build_layout_model(
         variant_args: Dict[str, Any],
         **kwargs,
 ) -> nn.Module:
-    """`build_model_with_cfg` of a registered variant (its `variant_args` overridden by the caller's kwargs) with the
-    layouts' feature defaults: `features_only` returns NCHW maps through `forward_intermediates` with one LayerNorm per
-    output, as the official dense-task backbones."""
-    kwargs = dict(variant_args, **kwargs)
-    out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs['depths']))))
-    feature_cfg = dict(out_indices=out_indices, feature_cls=kwargs.pop('feature_cls', 'getter'))
-    if feature_cfg['feature_cls'] == 'fx':
-        feature_cfg['output_fmt'] = 'NHWC'  # the graph returns the levels' own (channels-last) maps
-    if kwargs.get('features_only', False) and feature_cfg['feature_cls'] == 'getter':
-        kwargs.setdefault('output_norms', True)
-        feature_cfg['norm'] = True
-    return build_with_official_layouts(model_cls, variant, pretrained, filter_fn, feature_cfg=feature_cfg, **kwargs)
+    """`build_hierarchical_model` of a registered layout variant (its `variant_args` overridden by the caller's
+    kwargs): `features_only` returns NCHW maps through `forward_intermediates` with one LayerNorm per output
+    (`output_norms`), as the official dense-task backbones."""
+    return build_hierarchical_model(
+        model_cls, variant, pretrained, filter_fn, dict(variant_args, **kwargs), dense_norms='output_norms',
+        channels_last=True)
