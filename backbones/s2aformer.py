@@ -29,7 +29,7 @@ from timm.layers import ClassifierHead, ConvNormAct, DropPath, LayerNorm2d, calc
 from timm.models import generate_default_cfgs, register_model
 
 import hiervit.kernels  # noqa: F401  (FLOP formulas for torch's CPU SDPA kernels)
-from hiervit.backbones._pretrained import build_with_official_layouts, check_checkpoint_keys
+from hiervit.backbones._pretrained import build_with_official_layouts, check_checkpoint_keys, model_description
 from hiervit.backbones.layers.contract import ContractStage, HierarchicalContract
 from hiervit.backbones.layers.shape import check_image_input
 
@@ -361,8 +361,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: S2AFormer) 
     for prefix in ('norm.', 'head.', 'out_norms.'):
         if not any(k.startswith(prefix) for k in state_dict):
             state_dict.update({k: v for k, v in target.items() if k.startswith(prefix)})
-    adaptable = ('head.fc.', 'stem.0.conv.weight')
-    check_checkpoint_keys(state_dict, target, 'S2AFormer', adaptable, out_norms_hint=False)
+    check_checkpoint_keys(state_dict, target, model_description(model, 'S2AFormer'), reshapable=('stem.0.conv.weight',),
+                          norms_arg='out_norms')
     return state_dict
 
 
