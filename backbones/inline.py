@@ -53,7 +53,7 @@ from timm.layers import register_notrace_function, resize_rel_pos_bias_table
 from timm.models import generate_default_cfgs, register_model
 
 from hiervit.backbones import cswin as _cswin
-from hiervit.backbones._pretrained import build_with_official_layouts, check_checkpoint_keys
+from hiervit.backbones._pretrained import build_with_official_layouts, check_checkpoint_keys, model_description
 from hiervit.backbones.layers.pvt import PVTLayout, pvt_official_key
 from hiervit.backbones.layers.skeleton import CSWinLayout, MixerFactory, SwinLayout, build_layout_model
 from hiervit.backbones.layers.window import SwinWindowAttention
@@ -487,7 +487,9 @@ def _pvt_filter(state_dict: Dict[str, Any], model: InLinePVT) -> Dict[str, torch
         out = {pvt_official_key(k): v for k, v in state_dict.items()}
     if 'head.fc.weight' not in target:
         out = {k: v for k, v in out.items() if not k.startswith('head.fc.')}
-    check_checkpoint_keys(out, target, 'InLine-PVT', ('head.fc.',), out_norms_hint=False)
+    check_checkpoint_keys(
+        out, target, model_description(model, 'InLine-PVT'), reshapable=('patch_embed.proj.weight',),
+        variants='The variants differ in depths (hiervit.backbones.inline._VARIANT_ARGS).')
     return out
 
 
