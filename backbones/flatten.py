@@ -38,6 +38,7 @@ from timm.layers import register_notrace_function, to_2tuple
 from timm.models import generate_default_cfgs, register_model
 from torch.jit import Final
 
+from hiervit.backbones._pretrained import check_checkpoint_keys, model_description
 from hiervit.backbones.cswin import CSWinAttention
 from hiervit.backbones.cswin import _official_key as _cswin_official_key
 from hiervit.backbones.layers.contract import build_hierarchical_model
@@ -429,17 +430,12 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
         for k, v in target.items():
             if k.startswith('out_norms.') and k not in out:
                 out[k] = torch.ones_like(v) if k.endswith('weight') else torch.zeros_like(v)
-    missing = [k for k in target if k not in out and not k.startswith('head.fc.')]
-    unexpected = [k for k in out if k not in target]
-    mismatched = [f'{k}: {tuple(out[k].shape)} vs {tuple(v.shape)}' for k, v in target.items()
-                  if k in out and not k.startswith('head.fc.') and out[k].shape != v.shape]
-    if missing or unexpected or mismatched:
-        cfg = getattr(model, 'pretrained_cfg', None) or {}
-        raise ValueError(
-            f'Checkpoint does not fit this {type(model).__name__} ({cfg.get("architecture", "custom config")}): '
-            f'missing {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)}), shape '
-            f'mismatches {mismatched[:5]} ({len(mismatched)}). The variants differ in widths, depths and the build '
-            f'size (img_size fixes the position-encoding sizes); see hiervit.backbones.flatten._VARIANT_ARGS.')
+    first_conv = (getattr(model, 'pretrained_cfg', None) or {}).get('first_conv', 'patch_embed.proj') + '.weight'
+    check_checkpoint_keys(
+        out, target, model_description(model, type(model).__name__), reshapable=(first_conv,),
+        norms_arg=None if isinstance(model, PVTLayout) else 'output_norms',
+        variants='The variants differ in widths, depths and the build size (img_size fixes the position-encoding '
+                 'sizes); see hiervit.backbones.flatten._VARIANT_ARGS.')
     return out
 
 

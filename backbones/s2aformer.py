@@ -29,7 +29,7 @@ from timm.layers import ClassifierHead, ConvNormAct, DropPath, LayerNorm2d, calc
 from timm.models import generate_default_cfgs, register_model
 
 import hiervit.kernels  # noqa: F401  (FLOP formulas for torch's CPU SDPA kernels)
-from hiervit.backbones._pretrained import check_checkpoint_keys
+from hiervit.backbones._pretrained import check_checkpoint_keys, model_description
 from hiervit.backbones.layers.contract import ContractStage, HierarchicalContract, build_hierarchical_model
 from hiervit.backbones.layers.shape import check_image_input
 
@@ -225,9 +225,9 @@ def _per_stage(value: Union[float, Sequence[float]], n: int, name: str) -> Tuple
 class S2AFormer(HierarchicalContract, nn.Module):
     """S2AFormer (reconstruction): conv stem, four stages of Hybrid Perception Blocks, norm, classifier head.
 
-    Feature maps are NCHW with strides 4/8/16/32. `out_norms=True` adds one LayerNorm2d per stage output for dense
-    tasks (the usual hierarchical-backbone convention; the paper's dense backbone is not published);
-    `forward_intermediates(norm=True)` applies them. Without them `norm=True` applies the final norm to the last stage.
+    Feature maps are NCHW with strides 4/8/16/32. `out_norms=True` (the `features_only=True` default) adds one
+    LayerNorm2d per stage output for dense tasks (the usual hierarchical-backbone convention; the paper's dense
+    backbone is not published); `forward_intermediates(norm=True)` applies them. Without them `norm=True` applies the final norm to the last stage.
     """
     init_types = (nn.Linear, nn.Conv2d)  # assumed (no code): truncated-normal convs and linears, as PVTv2/SegFormer
 
@@ -349,14 +349,16 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: S2AFormer) 
     for prefix in ('norm.', 'head.', 'out_norms.'):
         if not any(k.startswith(prefix) for k in state_dict):
             state_dict.update({k: v for k, v in target.items() if k.startswith(prefix)})
-    adaptable = ('head.fc.', 'stem.0.conv.weight')
-    check_checkpoint_keys(state_dict, target, 'S2AFormer', adaptable, out_norms_hint=False)
+    check_checkpoint_keys(state_dict, target, model_description(model, 'S2AFormer'), reshapable=('stem.0.conv.weight',),
+                          norms_arg='out_norms')
     return state_dict
 
 
 def _create_s2aformer(variant: str, pretrained: bool = False, **kwargs) -> S2AFormer:
-    # The getter wrapper runs forward_intermediates, so `feature_cfg=dict(norm=True)` gives the dense-task outputs.
-    return build_hierarchical_model(S2AFormer, variant, pretrained, checkpoint_filter_fn, kwargs)
+    # dense-task backbones: one LayerNorm2d per output, as the other families' dense backbones (an assumption: no
+    # S2AFormer dense backbone or checkpoint was released)
+    return build_hierarchical_model(
+        S2AFormer, variant, pretrained, checkpoint_filter_fn, kwargs, dense_norms='out_norms')
 
 
 _NOTES = (
