@@ -1,12 +1,13 @@
 // Fused routed (gathered-block) attention on the CPU, forward and backward (semantics: see the package docstring).
 //
 // Layout: q [BH, Nq, Tq, d], k [BH, Nk, Tk, d], v [BH, Nk, Tk, dv], idx [BH, Nq, topk] (int64), all contiguous.
-// One item is one query block of one (batch, head): its routed K/V blocks are copied into a per-thread buffer
-// (`topk * Tk` rows; with topk = 1 the block is used in place, no copy at all), the scores of a tile of its query
-// rows against them are one small GEMM (the BLAS that libtorch exports, MKL on x86 wheels; ATen's own cpublas
-// wrapper is not an exported symbol), the exact row softmax runs in that cache-resident buffer, and the weighted sum
-// is a second GEMM. Nothing of the size of the gathered K/V or of the
-// scores of all items is ever written to memory.
+// One item is one query block of one (batch, head): its routed K/V blocks are copied into per-thread buffers
+// (`topk * Tk` rows, and transposed where they are the right operand of a product; with topk = 1 the untransposed
+// block is used in place), the scores of a tile of its query rows against them are one small matrix product, the
+// exact row softmax runs in that cache-resident buffer, and the weighted sum is a second product. Nothing of the size
+// of the gathered K/V or of the scores of all items is ever written to memory. The products run on a register-blocked
+// AVX-512 kernel for fp32 (see mm_block), else on the BLAS that libtorch exports (MKL on x86 wheels; ATen's cpublas
+// wrapper is not an exported symbol).
 //
 // Forward: parallel over items; saves the output and the log-sum-exp.
 // Backward, deterministic without atomics: parallel over (batch, head); one thread owns the dK/dV of its
@@ -285,7 +286,8 @@ Geometry geometry(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   return g;
 }
 
-// Pointers to the routed K and V rows of one item: the block itself for topk = 1, else copies in kg / vg.
+// Pointers to the routed K and V rows of one item: the block itself for topk = 1, else copies in kg / vg (a null
+// buffer is not filled: its pointer is not used).
 template <class T>
 void gather(const Geometry& g, const T* k, const T* v, const i64* sel, T* kg, T* vg, const T** K, const T** V,
             i64 bh) {
