@@ -27,6 +27,15 @@ FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
 BN = dict(type='BN', requires_grad=True)
 
 
+@pytest.fixture(scope='module', autouse=True)
+def _one_thread():
+    """Tiny shapes: intra-op threads only add overhead here, and stall badly when the machine's cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class OfficialVWA(NonLocal2d):
     """The official `VWA`: NonLocal2d (embedded Gaussian, scaled, reduction 1) whose g / phi read the context."""
 
