@@ -10,12 +10,15 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import hiervit  # noqa: F401
-from hiervit.backbones.inline import InLineAttention, InLineCSWin, InLineSwin, checkpoint_filter_fn, stage_attn_types
+from hiervit.backbones.inline import (
+    InLineAttention, InLineCSWin, InLinePVT, InLineSwin, checkpoint_filter_fn, stage_attn_types,
+)
 
 FIXTURES = Path(__file__).parent / 'fixtures'
 
-# Parameter counts of the release's model code (LeapLabTHU/InLine models/inline_swin.py, inline_cswin.py built with
-# its cfgs/*.yaml, counted with sum(p.numel())); FLOPs: the release's README table (G, one multiply-add = one FLOP).
+# Parameter counts of the release's model code (LeapLabTHU/InLine models/inline_swin.py, inline_cswin.py,
+# inline_pvt.py built with its cfgs/*.yaml, counted with sum(p.numel())); FLOPs: the release's README table (G, one
+# multiply-add = one FLOP).
 # Where the README gives none (384 px) the value is ours, recorded.
 OFFICIAL = {
     'inline_swin_tiny': (29_223_544, 4.5),
@@ -26,6 +29,10 @@ OFFICIAL = {
     'inline_cswin_small': (33_032_872, 6.8),
     'inline_cswin_base': (73_413_640, 14.9),
     'inline_cswin_base_384': (73_413_640, 46.17),
+    'inline_pvt_tiny': (12_032_232, 2.0),
+    'inline_pvt_small': (21_556_136, 3.9),
+    'inline_pvt_medium': (37_618_856, 6.9),
+    'inline_pvt_large': (51_154_280, 10.2),
 }
 
 
@@ -138,7 +145,7 @@ def test_split_qkv_projections_equal_the_fused_one():
     torch.testing.assert_close(split(x), fused(x))
 
 
-@pytest.mark.parametrize('name', ['inline_swin_tiny', 'inline_cswin_tiny'])
+@pytest.mark.parametrize('name', ['inline_swin_tiny', 'inline_cswin_tiny', 'inline_pvt_tiny'])
 def test_fixture_is_the_official_layout(name):
     keys = json.loads((FIXTURES / f'{name}_keys.json').read_text())
     params = {k: s for k, s in keys.items() if not k.endswith(('relative_position_index', 'attn_mask'))}
@@ -174,6 +181,8 @@ OUTPUT_CASES = {
                                   attn_type='IISS'), 224),
     'cswin': (InLineCSWin, dict(embed_dim=16, depths=(2, 2, 2, 1), num_heads=(2, 2, 4, 4), split_size=(1, 2, 2, 2),
                                 attn_type='IISS'), 64),
+    'pvt': (InLinePVT, dict(img_size=64, embed_dims=(16, 32, 40, 64), depths=(1, 1, 2, 1), num_heads=(2, 4, 4, 8),
+                            mlp_ratios=(2., 2., 2., 2.)), 64),
 }
 
 
@@ -198,6 +207,10 @@ def test_any_input_size(size):
     assert out.shape == (1, 3) and torch.isfinite(out).all()
     model = InLineCSWin(embed_dim=8, depths=(1, 1, 2, 1), num_heads=(2, 2, 2, 2), split_size=(1, 2, 2, 2),
                         num_classes=3).eval()
+    out = model(torch.randn(1, 3, *size))
+    assert out.shape == (1, 3) and torch.isfinite(out).all()
+    model = InLinePVT(img_size=64, embed_dims=(8, 8, 16, 16), depths=(1, 1, 1, 1), num_heads=(2, 2, 2, 2),
+                      num_classes=3).eval()
     out = model(torch.randn(1, 3, *size))
     assert out.shape == (1, 3) and torch.isfinite(out).all()
 
