@@ -180,22 +180,22 @@ void gemm_nn(const T* A, int lda, const T* B, int ldb, int K, int rows, int cols
   }
 }
 
-// Acc[j][0 : NV lanes] += sum_i A[i][j] B[i][0 : NV lanes] for 4 columns j of A, over `rows` rows.
-template <class T, int NV>
-inline void tn4(const T* A, int lda, const T* B, int ldb, int rows, T* Acc, int ldacc) {
+// Acc[j][0 : NV lanes] += sum_i A[i][j] B[i][0 : NV lanes] for JR columns j of A, over `rows` rows.
+template <class T, int JR, int NV>
+inline void tn(const T* A, int lda, const T* B, int ldb, int rows, T* Acc, int ldacc) {
   constexpr int L = lanes<T>();
-  Vec<T> acc[4][NV];
-  for (int j = 0; j < 4; ++j)
+  Vec<T> acc[JR][NV];
+  for (int j = 0; j < JR; ++j)
     for (int v = 0; v < NV; ++v) acc[j][v] = vload(Acc + (i64)j * ldacc + v * L);
   for (int i = 0; i < rows; ++i) {
     Vec<T> b[NV];
     for (int v = 0; v < NV; ++v) b[v] = vload(B + (i64)i * ldb + v * L);
-    for (int j = 0; j < 4; ++j) {
+    for (int j = 0; j < JR; ++j) {
       const Vec<T> a = vset(A[(i64)i * lda + j]);
       for (int v = 0; v < NV; ++v) acc[j][v] += a * b[v];
     }
   }
-  for (int j = 0; j < 4; ++j)
+  for (int j = 0; j < JR; ++j)
     for (int v = 0; v < NV; ++v) vstore(Acc + (i64)j * ldacc + v * L, acc[j][v]);
 }
 
@@ -203,10 +203,17 @@ inline void tn4(const T* A, int lda, const T* B, int ldb, int rows, T* Acc, int 
 template <class T>
 void gemm_tn_acc(const T* A, int lda, const T* B, int ldb, int rows, int cols_a, int cols, T* Acc, int ldacc) {
   constexpr int L = lanes<T>();
-  for (int ja = 0; ja < cols_a; ja += 4) {
-    int j = 0;
-    for (; j + 2 * L <= cols; j += 2 * L) tn4<T, 2>(A + ja, lda, B + j, ldb, rows, Acc + (i64)ja * ldacc + j, ldacc);
-    if (j < cols) tn4<T, 1>(A + ja, lda, B + j, ldb, rows, Acc + (i64)ja * ldacc + j, ldacc);
+  for (int j = 0; j < cols; j += 2 * L) {
+    const bool two = j + 2 * L <= cols;
+    int ja = 0;
+    for (; ja + 8 <= cols_a; ja += 8) {
+      if (two) tn<T, 8, 2>(A + ja, lda, B + j, ldb, rows, Acc + (i64)ja * ldacc + j, ldacc);
+      else tn<T, 8, 1>(A + ja, lda, B + j, ldb, rows, Acc + (i64)ja * ldacc + j, ldacc);
+    }
+    if (ja < cols_a) {
+      if (two) tn<T, 4, 2>(A + ja, lda, B + j, ldb, rows, Acc + (i64)ja * ldacc + j, ldacc);
+      else tn<T, 4, 1>(A + ja, lda, B + j, ldb, rows, Acc + (i64)ja * ldacc + j, ldacc);
+    }
   }
 }
 
