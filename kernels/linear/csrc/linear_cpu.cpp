@@ -320,15 +320,77 @@ inline T den_slope(int64_t mode, T r, T alpha, T cmin) {
 }
 
 // ------------------------------------------------------------------------------------------------------------------
+// Scheduling. Each op is token passes over (head, chunk) items with a per-head step between them. With one chunk per
+// head (enough heads to share out) every head runs all its stages in one task, so its rows are still in cache for
+// the second pass and the pool is woken once; otherwise each stage is its own parallel loop over its items.
+
+template <class Scratch, class... Stages>
+void schedule(const Geom& g, i64 head_work, i64 row_work, const Stages&... stages) {
+  const i64 BH = g.B * g.H;
+  if (g.chunks == 1) {
+    at::parallel_for(0, BH, grain(head_work + g.N * row_work), [&](i64 begin, i64 end) {
+      Scratch scratch;
+      for (i64 bh = begin; bh < end; ++bh) (stages(bh, 0, scratch), ...);
+    });
+    return;
+  }
+  auto run = [&](const auto& stage) {
+    // per-head steps are called with c = -1 over heads, token passes with c >= 0 over (head, chunk) items
+    if (stage.per_head) {
+      at::parallel_for(0, BH, grain(head_work), [&](i64 begin, i64 end) {
+        Scratch scratch;
+        for (i64 bh = begin; bh < end; ++bh) stage(bh, 0, scratch);
+      });
+    } else {
+      at::parallel_for(0, BH * g.chunks, grain(g.chunk_rows * row_work), [&](i64 begin, i64 end) {
+        Scratch scratch;
+        for (i64 it = begin; it < end; ++it) stage(it / g.chunks, it % g.chunks, scratch);
+      });
+    }
+  };
+  (run(stages), ...);
+}
+
+// A stage: a callable (bh, chunk, scratch) and whether it is a per-head step (its chunk argument is then 0).
+template <class F>
+struct Stage {
+  F f;
+  bool per_head;
+  template <class S>
+  void operator()(i64 bh, i64 c, S& s) const { f(bh, c, s); }
+};
+template <class F>
+Stage<F> pass(F f) { return {f, false}; }
+template <class F>
+Stage<F> per_head(F f) { return {f, true}; }
+
+// Sum of a head's chunk partials in chunk order (the first chunk's memory itself when there is one chunk).
+template <class T>
+const T* reduce_chunks(const Geom& g, T* parts, i64 part, i64 bh) {
+  T* first = parts + bh * g.chunks * part;
+  for (i64 c = 1; c < g.chunks; ++c) {
+    const T* src = first + c * part;
+    for (i64 e = 0; e < part; ++e) first[e] += src[e];
+  }
+  return first;
+}
+
+template <class T>
+struct Scratch {
+  std::vector<T> tile, w;
+};
+
+// ------------------------------------------------------------------------------------------------------------------
 // Forward.
 
 template <class T>
 std::vector<at::Tensor> forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                      const c10::optional<at::Tensor>& temperature, int64_t mode, double alpha_,
                                      double eps_, double cmin_) {
+  using V = typename VecOf<T>::type;
   const Geom g = Geom::make<T>(q, v);
   const T alpha = static_cast<T>(alpha_), eps = static_cast<T>(eps_), cmin = static_cast<T>(cmin_);
-  const i64 BH = g.B * g.H, d = g.d, dv = g.dv, ldd = g.ldd, ldv = g.ldv;
+  const i64 d = g.d, dv = g.dv, ldd = g.ldd, ldv = g.ldv;
   const bool inj = mode == kInjective;
   const Rows<T> Q(q), K(k), Vr(v);
   auto opts = q.options();
@@ -336,93 +398,74 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& q, const at::Tensor& k, c
   at::Tensor kv = at::empty({g.B, g.H, d, dv}, opts);
   at::Tensor ksum = at::empty({g.B, g.H, d}, opts);
   at::Tensor rr = at::empty({g.B, g.H, g.N}, opts);
-  // per (head, chunk): S [d, ldv], z [ldd], sum v [ldv]
+  // per (head, chunk): S [d, ldv], z [ldd], sum v [ldv]; the per-head step sums them into the first chunk's
+  // partial, then replaces it by the state: M [d, ldv], z [ldd], c [ldv]
   const i64 part = d * ldv + ldd + ldv;
-  at::Tensor parts = at::empty({BH * g.chunks * part}, opts);
-  // per head: M [d, ldv], z [ldd], c [ldv]
-  const i64 state = d * ldv + ldd + ldv;
-  at::Tensor states = at::empty({BH * state}, opts);
+  at::Tensor parts = at::empty({g.B * g.H * g.chunks * part}, opts);
   T* P = parts.data_ptr<T>();
-  T* St = states.data_ptr<T>();
   const int rb = rank_rows<T>(g);
-
-  // pass 1: S, z, sum v per (head, chunk)
-  at::parallel_for(0, BH * g.chunks, grain(g.chunk_rows * d * dv), [&](i64 begin, i64 end) {
-    for (i64 it = begin; it < end; ++it) {
-      const i64 bh = it / g.chunks, c = it % g.chunks, b = bh / g.H, h = bh % g.H;
-      T* S = P + it * part;
-      T* z = S + d * ldv;
-      T* vs = z + ldd;
-      std::fill(S, S + part, T(0));
-      for (i64 n0 = g.row0(c); n0 < g.row1(c); n0 += rb) {
-        const int rows = static_cast<int>(std::min<i64>(rb, g.row1(c) - n0));
-        const T* kr = K.at(b, h, n0);
-        const T* vr = Vr.at(b, h, n0);
-        rank_update<T>(kr, K.sn, d, vr, Vr.sn, dv, rows, S, ldv);
-        colsum<T>(z, kr, K.sn, rows, d);
-        if (inj) colsum<T>(vs, vr, Vr.sn, rows, dv);
-      }
-    }
-  });
-
-  // per head: sum the chunks in order, save k^T v and sum k, build M and c
   const T* tp = temperature.has_value() ? temperature->data_ptr<T>() : nullptr;
   T* kvp = kv.data_ptr<T>();
   T* ksp = ksum.data_ptr<T>();
-  at::parallel_for(0, BH, grain(g.chunks * d * dv), [&](i64 begin, i64 end) {
-    std::vector<T> acc(part);
-    for (i64 bh = begin; bh < end; ++bh) {
-      std::copy(P + bh * g.chunks * part, P + (bh * g.chunks + 1) * part, acc.begin());
-      for (i64 c = 1; c < g.chunks; ++c) {
-        const T* src = P + (bh * g.chunks + c) * part;
-        for (i64 e = 0; e < part; ++e) acc[e] += src[e];
-      }
-      const T* S = acc.data();
-      const T* z = S + d * ldv;
-      const T* vs = z + ldd;
-      T* M = St + bh * state;
-      T* zs = M + d * ldv;
-      T* cs = zs + ldd;
-      const T ta = alpha * (tp ? tp[bh % g.H] : T(1));
-      for (i64 i = 0; i < d; ++i) {
-        for (i64 j = 0; j < dv; ++j) kvp[(bh * d + i) * dv + j] = S[i * ldv + j];
-        ksp[bh * d + i] = z[i];
-      }
-      std::fill(M, M + state, T(0));
-      for (i64 j = 0; j < dv; ++j) cs[j] = inj ? vs[j] / static_cast<T>(g.N) : T(0);
-      for (i64 i = 0; i < d; ++i) {
-        zs[i] = z[i];
-        for (i64 j = 0; j < dv; ++j) M[i * ldv + j] = ta * S[i * ldv + j] - (inj ? alpha * z[i] * cs[j] : T(0));
-      }
-    }
-  });
-
-  // pass 2: out = (q M) g(r) + c, and r
   T* op = out.data_ptr<T>();
   T* rp = rr.data_ptr<T>();
-  at::parallel_for(0, BH * g.chunks, grain(g.chunk_rows * d * dv), [&](i64 begin, i64 end) {
-    using V = typename VecOf<T>::type;
-    std::vector<T> tile(8 * ldv);
-    for (i64 it = begin; it < end; ++it) {
-      const i64 bh = it / g.chunks, c = it % g.chunks, b = bh / g.H, h = bh % g.H;
-      const T* M = St + bh * state;
-      const T* zs = M + d * ldv;
-      const T* cs = zs + ldd;
-      for (i64 n0 = g.row0(c); n0 < g.row1(c); n0 += 8) {
-        const int rows = static_cast<int>(std::min<i64>(8, g.row1(c) - n0));
-        const T* qr = Q.at(b, h, n0);
-        apply<T>(qr, Q.sn, rows, d, M, ldv, dv, tile.data(), ldv);
-        for (int n = 0; n < rows; ++n) {
-          const T r = dot<T>(qr + n * Q.sn, zs, d);
-          rp[bh * g.N + n0 + n] = r;
-          const V s = V::set1(row_scale<T>(mode, r, alpha, eps, cmin));
-          T* o = op + (bh * g.N + n0 + n) * dv;
-          const T* y = tile.data() + n * ldv;
-          for (int j = 0; j < dv; j += V::L) V::fma(V::load(y + j), s, V::load(cs + j)).storen(o + j, dv - j);
-        }
+
+  auto accumulate = pass([&](i64 bh, i64 c, Scratch<T>&) {  // S, z, sum v of one chunk
+    const i64 b = bh / g.H, h = bh % g.H;
+    T* S = P + (bh * g.chunks + c) * part;
+    T* z = S + d * ldv;
+    T* vs = z + ldd;
+    std::fill(S, S + part, T(0));
+    for (i64 n0 = g.row0(c); n0 < g.row1(c); n0 += rb) {
+      const int rows = static_cast<int>(std::min<i64>(rb, g.row1(c) - n0));
+      const T* kr = K.at(b, h, n0);
+      const T* vr = Vr.at(b, h, n0);
+      rank_update<T>(kr, K.sn, d, vr, Vr.sn, dv, rows, S, ldv);
+      colsum<T>(z, kr, K.sn, rows, d);
+      if (inj) colsum<T>(vs, vr, Vr.sn, rows, dv);
+    }
+  });
+  auto state = per_head([&](i64 bh, i64, Scratch<T>&) {  // save k^T v and sum k, build M and c in place
+    T* S = const_cast<T*>(reduce_chunks<T>(g, P, part, bh));
+    T* z = S + d * ldv;
+    T* cs = z + ldd;
+    const T ta = alpha * (tp ? tp[bh % g.H] : T(1));
+    for (i64 i = 0; i < d; ++i) std::copy(S + i * ldv, S + i * ldv + dv, kvp + (bh * d + i) * dv);
+    std::copy(z, z + d, ksp + bh * d);
+    const V vta = V::set1(ta);
+    if (inj) {
+      for (i64 j = 0; j < dv; ++j) cs[j] /= static_cast<T>(g.N);
+      for (i64 i = 0; i < d; ++i) {
+        const V az = V::set1(-alpha * z[i]);
+        for (i64 j = 0; j < ldv; j += V::L)
+          V::fma(az, V::load(cs + j), vta * V::load(S + i * ldv + j)).store(S + i * ldv + j);
+      }
+    } else {
+      std::fill(cs, cs + ldv, T(0));
+      for (i64 e = 0; e < d * ldv; e += V::L) (vta * V::load(S + e)).store(S + e);
+    }
+  });
+  auto apply_q = pass([&](i64 bh, i64 c, Scratch<T>& s) {  // out = (q M) g(r) + c, and r
+    const i64 b = bh / g.H, h = bh % g.H;
+    const T* M = P + bh * g.chunks * part;
+    const T* zs = M + d * ldv;
+    const T* cs = zs + ldd;
+    s.tile.resize(8 * ldv);
+    for (i64 n0 = g.row0(c); n0 < g.row1(c); n0 += 8) {
+      const int rows = static_cast<int>(std::min<i64>(8, g.row1(c) - n0));
+      const T* qr = Q.at(b, h, n0);
+      apply<T>(qr, Q.sn, rows, d, M, ldv, dv, s.tile.data(), ldv);
+      for (int n = 0; n < rows; ++n) {
+        const T r = dot<T>(qr + n * Q.sn, zs, d);
+        rp[bh * g.N + n0 + n] = r;
+        const V sc = V::set1(row_scale<T>(mode, r, alpha, eps, cmin));
+        T* o = op + (bh * g.N + n0 + n) * dv;
+        const T* y = s.tile.data() + n * ldv;
+        for (int j = 0; j < dv; j += V::L) V::fma(V::load(y + j), sc, V::load(cs + j)).storen(o + j, dv - j);
       }
     }
   });
+  schedule<Scratch<T>>(g, g.chunks * d * dv, 2 * d * dv, accumulate, state, apply_q);
   return {out, kv, ksum, rr};
 }
 
@@ -444,179 +487,146 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dout, const at::Tensor& 
   at::Tensor dq = at::empty({g.B, g.H, g.N, d}, opts);
   at::Tensor dk = at::empty({g.B, g.H, g.N, d}, opts);
   at::Tensor dvv = at::empty({g.B, g.H, g.N, dv}, opts);
+  at::Tensor dtb = at::empty({BH}, opts);
   const T* tp = temperature.has_value() ? temperature->data_ptr<T>() : nullptr;
   const T* kvp = kv.data_ptr<T>();
   const T* ksp = ksum.data_ptr<T>();
   const int rb = rank_rows<T>(g);
-
-  // per head: M [d, ldv], M^T [dv, ldd], z [ldd], mean v [ldv]
-  const i64 state = d * ldv + dv * ldd + ldd + ldv;
-  at::Tensor states = at::zeros({BH * state}, opts);
-  T* St = states.data_ptr<T>();
-  if (inj) {  // mean v: one pass over v (InLine only; the saved state does not hold it)
-    at::parallel_for(0, BH, grain(g.N * dv), [&](i64 begin, i64 end) {
-      for (i64 bh = begin; bh < end; ++bh) {
-        T* cs = St + bh * state + d * ldv + dv * ldd + ldd;
-        colsum<T>(cs, Vr.at(bh / g.H, bh % g.H, 0), Vr.sn, static_cast<int>(g.N), dv);
-        for (i64 j = 0; j < dv; ++j) cs[j] /= static_cast<T>(g.N);
-      }
-    });
-  }
-  at::parallel_for(0, BH, grain(g.chunks * d * dv), [&](i64 begin, i64 end) {
-    for (i64 bh = begin; bh < end; ++bh) {
-      T* M = St + bh * state;
-      T* MT = M + d * ldv;
-      T* zs = MT + dv * ldd;
-      const T* cs = zs + ldd;
-      const T ta = alpha * (tp ? tp[bh % g.H] : T(1));
-      for (i64 i = 0; i < d; ++i) {
-        zs[i] = ksp[bh * d + i];
-        for (i64 j = 0; j < dv; ++j) {
-          const T m = ta * kvp[(bh * d + i) * dv + j] - (inj ? alpha * zs[i] * cs[j] : T(0));
-          M[i * ldv + j] = m;
-          MT[j * ldd + i] = m;
-        }
-      }
-    }
-  });
-
-  // pass A: dq; partial dM [d, ldv], dz [ldd], sum dO [ldv] per (head, chunk)
+  // per head: M [d, ldv] (then dS), M^T [dv, ldd] (then dS^T), z [ldd], mean v [ldv], dk bias [ldd], dv bias [ldv]
+  const i64 state = d * ldv + dv * ldd + 2 * ldd + 2 * ldv;
+  at::Tensor states = at::empty({BH * state}, opts);
+  // per (head, chunk): dM [d, ldv], dz [ldd], sum dO [ldv]
   const i64 part = d * ldv + ldd + ldv;
   at::Tensor parts = at::empty({BH * g.chunks * part}, opts);
+  T* St = states.data_ptr<T>();
   T* P = parts.data_ptr<T>();
   T* dqp = dq.data_ptr<T>();
-  at::parallel_for(0, BH * g.chunks, grain(g.chunk_rows * d * dv), [&](i64 begin, i64 end) {
-    std::vector<T> tile(8 * ldd), w(static_cast<i64>(rb) * ldv);
-    for (i64 it = begin; it < end; ++it) {
-      const i64 bh = it / g.chunks, c = it % g.chunks, b = bh / g.H, h = bh % g.H;
-      const T* M = St + bh * state;
-      const T* MT = M + d * ldv;
-      const T* zs = MT + dv * ldd;
-      T* dM = P + it * part;
-      T* dz = dM + d * ldv;
-      T* dos = dz + ldd;
-      std::fill(dM, dM + part, T(0));
-      for (i64 n0 = g.row0(c); n0 < g.row1(c); n0 += rb) {
-        const int rows = static_cast<int>(std::min<i64>(rb, g.row1(c) - n0));
-        const T* qr = Q.at(b, h, n0);
-        const T* gr = DO.at(b, h, n0);
-        for (int s0 = 0; s0 < rows; s0 += 8) {
-          const int sr = std::min(8, rows - s0);
-          apply<T>(gr + s0 * DO.sn, DO.sn, sr, dv, MT, ldd, d, tile.data(), ldd);  // P = dO M^T
-          for (int n = s0; n < s0 + sr; ++n) {
-            const T* qn = qr + n * Q.sn;
-            const T* gn = gr + n * DO.sn;
-            const T* pn = tile.data() + (n - s0) * ldd;
-            T* dqn = dqp + (bh * g.N + n0 + n) * d;
-            T* wn = w.data() + n * ldv;
-            if (rownorm) {
-              const T r = dot<T>(qn, zs, d);
-              const T gs = row_scale<T>(mode, r, alpha, eps, cmin);
-              const T dr = -den_slope<T>(mode, r, alpha, cmin) * gs * gs * dot<T>(qn, pn, d);
-              const V vg = V::set1(gs), vr = V::set1(dr);
-              for (int j = 0; j < d; j += V::L)
-                V::fma(vg, V::load(pn + j), vr * V::load(zs + j)).storen(dqn + j, d - j);
-              for (int j = 0; j < dv; j += V::L) (vg * V::loadn(gn + j, dv - j)).store(wn + j);
-              axpy<T>(dz, dr, qn, d);
-            } else {
-              for (int j = 0; j < d; j += V::L) V::load(pn + j).storen(dqn + j, d - j);
-              for (int j = 0; j < dv; j += V::L) V::loadn(gn + j, dv - j).store(wn + j);
-              if (inj) axpy<T>(dos, T(1), gn, dv);
-            }
-          }
-        }
-        rank_update<T>(qr, Q.sn, d, w.data(), ldv, dv, rows, dM, ldv);  // dM += q^T W
-      }
-    }
-  });
-
-  // per head: sum the chunks in order; dS, dS^T, the bias rows of dk and dv, the temperature gradient per head
-  // per head: dS [d, ldv], dS^T [dv, ldd], dk bias [ldd], dv bias [ldv]
-  const i64 grad = d * ldv + dv * ldd + ldd + ldv;
-  at::Tensor grads = at::zeros({BH * grad}, opts);
-  at::Tensor dtp = at::zeros({BH}, opts);
-  T* G = grads.data_ptr<T>();
-  T* dtb = dtp.data_ptr<T>();
-  at::parallel_for(0, BH, grain(g.chunks * d * dv), [&](i64 begin, i64 end) {
-    std::vector<T> acc(part);
-    for (i64 bh = begin; bh < end; ++bh) {
-      std::copy(P + bh * g.chunks * part, P + (bh * g.chunks + 1) * part, acc.begin());
-      for (i64 c = 1; c < g.chunks; ++c) {
-        const T* src = P + (bh * g.chunks + c) * part;
-        for (i64 e = 0; e < part; ++e) acc[e] += src[e];
-      }
-      const T* dM = acc.data();
-      const T* dz = dM + d * ldv;
-      const T* dos = dz + ldd;
-      const T* zs = St + bh * state + d * ldv + dv * ldd;
-      const T* cs = zs + ldd;
-      T* dS = G + bh * grad;
-      T* dST = dS + d * ldv;
-      T* kb = dST + dv * ldd;
-      T* vb = kb + ldd;
-      const T ta = alpha * (tp ? tp[bh % g.H] : T(1));
-      T dt = 0;
-      for (i64 i = 0; i < d; ++i) {
-        for (i64 j = 0; j < dv; ++j) {
-          const T m = dM[i * ldv + j];
-          dt += m * kvp[(bh * d + i) * dv + j];
-          dS[i * ldv + j] = ta * m;
-          dST[j * ldd + i] = ta * m;
-        }
-      }
-      dtb[bh] = alpha * dt;
-      if (rownorm) {
-        for (i64 i = 0; i < d; ++i) kb[i] = dz[i];
-      } else if (inj) {
-        for (i64 i = 0; i < d; ++i) {
-          T s = 0;
-          for (i64 j = 0; j < dv; ++j) s += dM[i * ldv + j] * cs[j];
-          kb[i] = -alpha * s;
-        }
-        for (i64 j = 0; j < dv; ++j) {
-          T s = 0;
-          for (i64 i = 0; i < d; ++i) s += dM[i * ldv + j] * zs[i];
-          vb[j] = (dos[j] - alpha * s) / static_cast<T>(g.N);
-        }
-      }
-    }
-  });
-
-  // pass B: dk = v dS^T + dk bias, dv = k dS + dv bias
   T* dkp = dk.data_ptr<T>();
   T* dvp = dvv.data_ptr<T>();
-  at::parallel_for(0, BH * g.chunks, grain(g.chunk_rows * d * dv), [&](i64 begin, i64 end) {
-    std::vector<T> tile(8 * std::max(ldd, ldv));
-    for (i64 it = begin; it < end; ++it) {
-      const i64 bh = it / g.chunks, c = it % g.chunks, b = bh / g.H, h = bh % g.H;
-      const T* dS = G + bh * grad;
-      const T* dST = dS + d * ldv;
-      const T* kb = dST + dv * ldd;
-      const T* vb = kb + ldd;
-      for (i64 n0 = g.row0(c); n0 < g.row1(c); n0 += 8) {
-        const int rows = static_cast<int>(std::min<i64>(8, g.row1(c) - n0));
-        apply<T>(Vr.at(b, h, n0), Vr.sn, rows, dv, dST, ldd, d, tile.data(), ldd);
-        for (int n = 0; n < rows; ++n) {
-          T* o = dkp + (bh * g.N + n0 + n) * d;
-          const T* y = tile.data() + n * ldd;
-          for (int j = 0; j < d; j += V::L) (V::load(y + j) + V::load(kb + j)).storen(o + j, d - j);
+  T* dtp = dtb.data_ptr<T>();
+
+  auto build = per_head([&](i64 bh, i64, Scratch<T>&) {  // M, M^T from the saved state (mean v: one pass over v)
+    T* M = St + bh * state;
+    T* MT = M + d * ldv;
+    T* zs = MT + dv * ldd;
+    T* cs = zs + ldd;
+    std::fill(M, M + state, T(0));
+    if (inj) {
+      colsum<T>(cs, Vr.at(bh / g.H, bh % g.H, 0), Vr.sn, static_cast<int>(g.N), dv);
+      for (i64 j = 0; j < dv; ++j) cs[j] /= static_cast<T>(g.N);
+    }
+    const T ta = alpha * (tp ? tp[bh % g.H] : T(1));
+    std::copy(ksp + bh * d, ksp + (bh + 1) * d, zs);
+    for (i64 i = 0; i < d; ++i) {
+      const T* s = kvp + (bh * d + i) * dv;
+      const T az = inj ? alpha * zs[i] : T(0);
+      for (i64 j = 0; j < dv; ++j) M[i * ldv + j] = ta * s[j] - az * cs[j];
+      for (i64 j = 0; j < dv; ++j) MT[j * ldd + i] = M[i * ldv + j];
+    }
+  });
+  auto grad_q = pass([&](i64 bh, i64 c, Scratch<T>& s) {  // dq; partial dM, dz, sum dO
+    const i64 b = bh / g.H, h = bh % g.H;
+    const T* MT = St + bh * state + d * ldv;
+    const T* zs = MT + dv * ldd;
+    T* dM = P + (bh * g.chunks + c) * part;
+    T* dz = dM + d * ldv;
+    T* dos = dz + ldd;
+    std::fill(dM, dM + part, T(0));
+    s.tile.resize(8 * ldd);
+    s.w.resize(static_cast<size_t>(rb) * ldv);
+    for (i64 n0 = g.row0(c); n0 < g.row1(c); n0 += rb) {
+      const int rows = static_cast<int>(std::min<i64>(rb, g.row1(c) - n0));
+      const T* qr = Q.at(b, h, n0);
+      const T* gr = DO.at(b, h, n0);
+      for (int s0 = 0; s0 < rows; s0 += 8) {
+        const int sr = std::min(8, rows - s0);
+        apply<T>(gr + s0 * DO.sn, DO.sn, sr, dv, MT, ldd, d, s.tile.data(), ldd);  // P = dO M^T
+        for (int n = s0; n < s0 + sr; ++n) {
+          const T* qn = qr + n * Q.sn;
+          const T* gn = gr + n * DO.sn;
+          const T* pn = s.tile.data() + (n - s0) * ldd;
+          T* dqn = dqp + (bh * g.N + n0 + n) * d;
+          T* wn = s.w.data() + n * ldv;
+          if (rownorm) {
+            const T r = dot<T>(qn, zs, d);
+            const T gs = row_scale<T>(mode, r, alpha, eps, cmin);
+            const T dr = -den_slope<T>(mode, r, alpha, cmin) * gs * gs * dot<T>(qn, pn, d);
+            const V vg = V::set1(gs), vr = V::set1(dr);
+            for (int j = 0; j < d; j += V::L)
+              V::fma(vg, V::load(pn + j), vr * V::load(zs + j)).storen(dqn + j, d - j);
+            for (int j = 0; j < dv; j += V::L) (vg * V::loadn(gn + j, dv - j)).store(wn + j);
+            axpy<T>(dz, dr, qn, d);
+          } else {
+            for (int j = 0; j < d; j += V::L) V::load(pn + j).storen(dqn + j, d - j);
+            for (int j = 0; j < dv; j += V::L) V::loadn(gn + j, dv - j).store(wn + j);
+          }
         }
-        apply<T>(K.at(b, h, n0), K.sn, rows, d, dS, ldv, dv, tile.data(), ldv);
-        for (int n = 0; n < rows; ++n) {
-          T* o = dvp + (bh * g.N + n0 + n) * dv;
-          const T* y = tile.data() + n * ldv;
-          for (int j = 0; j < dv; j += V::L) (V::load(y + j) + V::load(vb + j)).storen(o + j, dv - j);
-        }
+      }
+      if (inj) colsum<T>(dos, gr, DO.sn, rows, dv);
+      rank_update<T>(qr, Q.sn, d, s.w.data(), ldv, dv, rows, dM, ldv);  // dM += q^T W
+    }
+  });
+  auto grad_state = per_head([&](i64 bh, i64, Scratch<T>&) {  // dS, dS^T, bias rows, temperature gradient
+    const T* dM = reduce_chunks<T>(g, P, part, bh);
+    const T* dz = dM + d * ldv;
+    const T* dos = dz + ldd;
+    T* dS = St + bh * state;
+    T* dST = dS + d * ldv;
+    const T* zs = dST + dv * ldd;
+    const T* cs = zs + ldd;
+    T* kb = const_cast<T*>(cs) + ldv;
+    T* vb = kb + ldd;
+    const T ta = alpha * (tp ? tp[bh % g.H] : T(1));
+    T dt = 0;
+    for (i64 i = 0; i < d; ++i) {
+      const T* s = kvp + (bh * d + i) * dv;
+      dt += dot<T>(dM + i * ldv, s, static_cast<int>(dv));
+      for (i64 j = 0; j < dv; ++j) dS[i * ldv + j] = ta * dM[i * ldv + j];
+      for (i64 j = 0; j < dv; ++j) dST[j * ldd + i] = dS[i * ldv + j];
+    }
+    dtp[bh] = alpha * dt;
+    if (rownorm) {
+      std::copy(dz, dz + d, kb);
+    } else if (inj) {
+      for (i64 i = 0; i < d; ++i) kb[i] = -alpha * dot<T>(dM + i * ldv, cs, static_cast<int>(dv));
+      for (i64 j = 0; j < dv; ++j) {
+        T sum = 0;
+        for (i64 i = 0; i < d; ++i) sum += dM[i * ldv + j] * zs[i];
+        vb[j] = (dos[j] - alpha * sum) / static_cast<T>(g.N);
       }
     }
   });
+  auto grad_kv = pass([&](i64 bh, i64 c, Scratch<T>& s) {  // dk = v dS^T + dk bias, dv = k dS + dv bias
+    const i64 b = bh / g.H, h = bh % g.H;
+    const T* dS = St + bh * state;
+    const T* dST = dS + d * ldv;
+    const T* kb = dST + dv * ldd + ldd + ldv;
+    const T* vb = kb + ldd;
+    s.tile.resize(8 * std::max(ldd, ldv));
+    for (i64 n0 = g.row0(c); n0 < g.row1(c); n0 += 8) {
+      const int rows = static_cast<int>(std::min<i64>(8, g.row1(c) - n0));
+      apply<T>(Vr.at(b, h, n0), Vr.sn, rows, dv, dST, ldd, d, s.tile.data(), ldd);
+      for (int n = 0; n < rows; ++n) {
+        T* o = dkp + (bh * g.N + n0 + n) * d;
+        const T* y = s.tile.data() + n * ldd;
+        for (int j = 0; j < d; j += V::L) (V::load(y + j) + V::load(kb + j)).storen(o + j, d - j);
+      }
+      apply<T>(K.at(b, h, n0), K.sn, rows, d, dS, ldv, dv, s.tile.data(), ldv);
+      for (int n = 0; n < rows; ++n) {
+        T* o = dvp + (bh * g.N + n0 + n) * dv;
+        const T* y = s.tile.data() + n * ldv;
+        for (int j = 0; j < dv; j += V::L) (V::load(y + j) + V::load(vb + j)).storen(o + j, dv - j);
+      }
+    }
+  });
+  schedule<Scratch<T>>(g, g.chunks * d * dv + (inj ? g.N * dv : 0), 4 * d * dv, build, grad_q, grad_state, grad_kv);
 
   at::Tensor dt;
   if (tp) {  // summed over the batch in order
     dt = at::zeros({g.H}, opts);
     T* o = dt.data_ptr<T>();
     for (i64 b = 0; b < g.B; ++b)
-      for (i64 h = 0; h < g.H; ++h) o[h] += dtb[b * g.H + h];
+      for (i64 h = 0; h < g.H; ++h) o[h] += dtp[b * g.H + h];
   } else {
     dt = at::empty({0}, opts);
   }
