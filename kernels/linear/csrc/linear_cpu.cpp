@@ -364,10 +364,9 @@ Stage<F> pass(F f) { return {f, false}; }
 template <class F>
 Stage<F> per_head(F f) { return {f, true}; }
 
-// Sum of a head's chunk partials in chunk order (the first chunk's memory itself when there is one chunk).
+// Sum of a head's chunk partials in chunk order into the first chunk's partial (a no-op for one chunk).
 template <class T>
-const T* reduce_chunks(const Geom& g, T* parts, i64 part, i64 bh) {
-  T* first = parts + bh * g.chunks * part;
+T* reduce_chunks(const Geom& g, T* first, i64 part) {
   for (i64 c = 1; c < g.chunks; ++c) {
     const T* src = first + c * part;
     for (i64 e = 0; e < part; ++e) first[e] += src[e];
@@ -375,9 +374,27 @@ const T* reduce_chunks(const Geom& g, T* parts, i64 part, i64 bh) {
   return first;
 }
 
+// Per-task scratch. With one chunk per head a head's state and partial sums live here (a few KiB per thread); with
+// several chunks they are shared between the stages' tasks and live in one buffer per call.
 template <class T>
 struct Scratch {
-  std::vector<T> tile, w;
+  std::vector<T> tile, w, state, part;
+};
+
+template <class T>
+struct Shared {
+  const Geom& g;
+  i64 size;
+  at::Tensor buf;
+  Shared(const Geom& geom, i64 per_item, i64 items, const at::TensorOptions& opts)
+      : g(geom), size(per_item), buf(g.chunks > 1 ? at::empty({items * per_item}, opts) : at::Tensor()) {}
+  T* at(i64 item, std::vector<T>& local) const {
+    if (g.chunks == 1) {
+      local.resize(size);
+      return local.data();
+    }
+    return buf.data_ptr<T>() + item * size;
+  }
 };
 
 // ------------------------------------------------------------------------------------------------------------------
@@ -401,8 +418,7 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& q, const at::Tensor& k, c
   // per (head, chunk): S [d, ldv], z [ldd], sum v [ldv]; the per-head step sums them into the first chunk's
   // partial, then replaces it by the state: M [d, ldv], z [ldd], c [ldv]
   const i64 part = d * ldv + ldd + ldv;
-  at::Tensor parts = at::empty({g.B * g.H * g.chunks * part}, opts);
-  T* P = parts.data_ptr<T>();
+  const Shared<T> parts(g, part, g.B * g.H * g.chunks, opts);
   const int rb = rank_rows<T>(g);
   const T* tp = temperature.has_value() ? temperature->data_ptr<T>() : nullptr;
   T* kvp = kv.data_ptr<T>();
@@ -410,9 +426,9 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& q, const at::Tensor& k, c
   T* op = out.data_ptr<T>();
   T* rp = rr.data_ptr<T>();
 
-  auto accumulate = pass([&](i64 bh, i64 c, Scratch<T>&) {  // S, z, sum v of one chunk
+  auto accumulate = pass([&](i64 bh, i64 c, Scratch<T>& s) {  // S, z, sum v of one chunk
     const i64 b = bh / g.H, h = bh % g.H;
-    T* S = P + (bh * g.chunks + c) * part;
+    T* S = parts.at(bh * g.chunks + c, s.part);
     T* z = S + d * ldv;
     T* vs = z + ldd;
     std::fill(S, S + part, T(0));
@@ -425,8 +441,8 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& q, const at::Tensor& k, c
       if (inj) colsum<T>(vs, vr, Vr.sn, rows, dv);
     }
   });
-  auto state = per_head([&](i64 bh, i64, Scratch<T>&) {  // save k^T v and sum k, build M and c in place
-    T* S = const_cast<T*>(reduce_chunks<T>(g, P, part, bh));
+  auto state = per_head([&](i64 bh, i64, Scratch<T>& s) {  // save k^T v and sum k, build M and c in place
+    T* S = reduce_chunks<T>(g, parts.at(bh * g.chunks, s.part), part);
     T* z = S + d * ldv;
     T* cs = z + ldd;
     const T ta = alpha * (tp ? tp[bh % g.H] : T(1));
@@ -447,7 +463,7 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& q, const at::Tensor& k, c
   });
   auto apply_q = pass([&](i64 bh, i64 c, Scratch<T>& s) {  // out = (q M) g(r) + c, and r
     const i64 b = bh / g.H, h = bh % g.H;
-    const T* M = P + bh * g.chunks * part;
+    const T* M = parts.at(bh * g.chunks, s.part);
     const T* zs = M + d * ldv;
     const T* cs = zs + ldd;
     s.tile.resize(8 * ldv);
@@ -494,19 +510,17 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dout, const at::Tensor& 
   const int rb = rank_rows<T>(g);
   // per head: M [d, ldv] (then dS), M^T [dv, ldd] (then dS^T), z [ldd], mean v [ldv], dk bias [ldd], dv bias [ldv]
   const i64 state = d * ldv + dv * ldd + 2 * ldd + 2 * ldv;
-  at::Tensor states = at::empty({BH * state}, opts);
+  const Shared<T> states(g, state, BH, opts);
   // per (head, chunk): dM [d, ldv], dz [ldd], sum dO [ldv]
   const i64 part = d * ldv + ldd + ldv;
-  at::Tensor parts = at::empty({BH * g.chunks * part}, opts);
-  T* St = states.data_ptr<T>();
-  T* P = parts.data_ptr<T>();
+  const Shared<T> parts(g, part, BH * g.chunks, opts);
   T* dqp = dq.data_ptr<T>();
   T* dkp = dk.data_ptr<T>();
   T* dvp = dvv.data_ptr<T>();
   T* dtp = dtb.data_ptr<T>();
 
-  auto build = per_head([&](i64 bh, i64, Scratch<T>&) {  // M, M^T from the saved state (mean v: one pass over v)
-    T* M = St + bh * state;
+  auto build = per_head([&](i64 bh, i64, Scratch<T>& s) {  // M, M^T from the saved state (mean v: one pass over v)
+    T* M = states.at(bh, s.state);
     T* MT = M + d * ldv;
     T* zs = MT + dv * ldd;
     T* cs = zs + ldd;
@@ -518,17 +532,17 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dout, const at::Tensor& 
     const T ta = alpha * (tp ? tp[bh % g.H] : T(1));
     std::copy(ksp + bh * d, ksp + (bh + 1) * d, zs);
     for (i64 i = 0; i < d; ++i) {
-      const T* s = kvp + (bh * d + i) * dv;
+      const T* kvi = kvp + (bh * d + i) * dv;
       const T az = inj ? alpha * zs[i] : T(0);
-      for (i64 j = 0; j < dv; ++j) M[i * ldv + j] = ta * s[j] - az * cs[j];
+      for (i64 j = 0; j < dv; ++j) M[i * ldv + j] = ta * kvi[j] - az * cs[j];
       for (i64 j = 0; j < dv; ++j) MT[j * ldd + i] = M[i * ldv + j];
     }
   });
   auto grad_q = pass([&](i64 bh, i64 c, Scratch<T>& s) {  // dq; partial dM, dz, sum dO
     const i64 b = bh / g.H, h = bh % g.H;
-    const T* MT = St + bh * state + d * ldv;
+    const T* MT = states.at(bh, s.state) + d * ldv;
     const T* zs = MT + dv * ldd;
-    T* dM = P + (bh * g.chunks + c) * part;
+    T* dM = parts.at(bh * g.chunks + c, s.part);
     T* dz = dM + d * ldv;
     T* dos = dz + ldd;
     std::fill(dM, dM + part, T(0));
@@ -566,11 +580,11 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dout, const at::Tensor& 
       rank_update<T>(qr, Q.sn, d, s.w.data(), ldv, dv, rows, dM, ldv);  // dM += q^T W
     }
   });
-  auto grad_state = per_head([&](i64 bh, i64, Scratch<T>&) {  // dS, dS^T, bias rows, temperature gradient
-    const T* dM = reduce_chunks<T>(g, P, part, bh);
+  auto grad_state = per_head([&](i64 bh, i64, Scratch<T>& s) {  // dS, dS^T, bias rows, temperature gradient
+    const T* dM = reduce_chunks<T>(g, parts.at(bh * g.chunks, s.part), part);
     const T* dz = dM + d * ldv;
     const T* dos = dz + ldd;
-    T* dS = St + bh * state;
+    T* dS = states.at(bh, s.state);
     T* dST = dS + d * ldv;
     const T* zs = dST + dv * ldd;
     const T* cs = zs + ldd;
@@ -579,8 +593,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dout, const at::Tensor& 
     const T ta = alpha * (tp ? tp[bh % g.H] : T(1));
     T dt = 0;
     for (i64 i = 0; i < d; ++i) {
-      const T* s = kvp + (bh * d + i) * dv;
-      dt += dot<T>(dM + i * ldv, s, static_cast<int>(dv));
+      dt += dot<T>(dM + i * ldv, kvp + (bh * d + i) * dv, static_cast<int>(dv));
       for (i64 j = 0; j < dv; ++j) dS[i * ldv + j] = ta * dM[i * ldv + j];
       for (i64 j = 0; j < dv; ++j) dST[j * ldd + i] = dS[i * ldv + j];
     }
@@ -598,7 +611,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dout, const at::Tensor& 
   });
   auto grad_kv = pass([&](i64 bh, i64 c, Scratch<T>& s) {  // dk = v dS^T + dk bias, dv = k dS + dv bias
     const i64 b = bh / g.H, h = bh % g.H;
-    const T* dS = St + bh * state;
+    const T* dS = states.at(bh, s.state);
     const T* dST = dS + d * ldv;
     const T* kb = dST + dv * ldd + ldd + ldv;
     const T* vb = kb + ldd;
