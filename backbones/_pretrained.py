@@ -21,8 +21,8 @@ from timm.models._hub import download_cached_file, get_cache_dir
 
 from hiervit.backbones._compat import FeatureGetterNet
 
-__all__ = ['cache_file_name', 'fetch_pretrained', 'prefetch_pretrained', 'convert_official_on_load',
-           'build_with_official_layouts']
+__all__ = ['cache_file_name', 'fetch_pretrained', 'prefetch_pretrained', 'check_checkpoint_keys', 'model_description',
+           'convert_official_on_load', 'build_with_official_layouts']
 
 Url = Union[str, Tuple[str, str]]
 FilterFn = Callable[[Dict[str, Any], nn.Module], Dict[str, torch.Tensor]]
@@ -84,23 +84,46 @@ def prefetch_pretrained(variant: str, pretrained: bool, kwargs: Dict[str, Any]) 
     kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, file=path)
 
 
-def check_checkpoint_keys(state_dict: Dict[str, Any], target: Dict[str, Any], family: str,
-                          adaptable: Tuple[str, ...], out_norms_hint: bool = True) -> None:
+def check_checkpoint_keys(
+        state_dict: Dict[str, Any],
+        target: Dict[str, Any],
+        family: str,
+        adaptable: Tuple[str, ...] = ('head.fc.',),
+        reshapable: Tuple[str, ...] = (),
+        norms_arg: Optional[str] = None,
+        variants: str = '',
+) -> None:
     """Raise a ValueError listing the missing, unexpected and mis-shaped keys of a converted `state_dict` against the
-    model's `target` state dict; keys starting with `adaptable` (the classifier, the first conv: timm adapts those
-    later) are exempt. `out_norms_hint` adds the fix for dense-task checkpoints loaded without output norms."""
+    model's `target` state dict.
+
+    Args:
+        family: Names the model in the message (e.g. "NAT (nat_tiny)").
+        adaptable: Key prefixes exempt from all checks (the classifier: timm drops or adapts it later).
+        reshapable: Keys exempt from the shape check only (the first conv: timm adapts it to `in_chans` later).
+        norms_arg: The constructor argument that adds the per-output norms: unexpected `out_norms.*` keys (a dense-task
+            checkpoint into a model without them) name it as the fix; None where no such argument exists.
+        variants: A sentence for the message saying how the family's variants differ (or what the checkpoint looks
+            like), so a checkpoint of another variant points at the right one.
+    """
     missing = [k for k in target if k not in state_dict and not k.startswith(adaptable)]
     unexpected = [k for k in state_dict if k not in target and not k.startswith(adaptable)]
     mis_shaped = [
         f'{k} {tuple(v.shape)} vs model {tuple(target[k].shape)}' for k, v in state_dict.items()
-        if k in target and not k.startswith(adaptable) and v.shape != target[k].shape
+        if k in target and not k.startswith(adaptable) and k not in reshapable and v.shape != target[k].shape
     ]
     if missing or unexpected or mis_shaped:
         msg = [f'{len(keys)} {name} (first: {", ".join(keys[:5])})'
                for name, keys in (('missing', missing), ('unexpected', unexpected), ('mis-shaped', mis_shaped)) if keys]
-        hint = ' Dense-task checkpoints need out_norms=True.' \
-            if out_norms_hint and any(k.startswith('out_norms') for k in unexpected) else ''
-        raise ValueError(f'{family} checkpoint does not match the model: {"; ".join(msg)}.{hint}')
+        hint = f' Dense-task checkpoints need {norms_arg}=True.' \
+            if norms_arg and any(k.startswith('out_norms.') for k in unexpected) else ''
+        raise ValueError(f'Checkpoint does not fit this {family}: {"; ".join(msg)}.{hint}'
+                         f'{" " + variants if variants else ""}')
+
+
+def model_description(model: nn.Module, family: str) -> str:
+    """`family (architecture)` of a model for `check_checkpoint_keys` messages ("custom config" without a cfg)."""
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    return f'{family} ({cfg.get("architecture", "custom config")})'
 
 
 def convert_official_on_load(model: nn.Module, filter_fn: FilterFn) -> nn.Module:

@@ -28,7 +28,7 @@ from timm.layers import (
 )
 from timm.models import generate_default_cfgs, register_model
 
-from hiervit.backbones._pretrained import build_with_official_layouts, check_checkpoint_keys
+from hiervit.backbones._pretrained import build_with_official_layouts, check_checkpoint_keys, model_description
 from hiervit.backbones.layers.contract import ContractStage, HierarchicalContract
 from hiervit.backbones.layers.shape import check_image_input, crop_nhwc, pad_nchw, pad_nhwc
 from hiervit.kernels.routed import routed_attention_op
@@ -441,8 +441,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: BiFormer) -
 
     # The classifier and the first conv may legitimately differ (num_classes / in_chans adaptation happens later in
     # timm's load_pretrained); everything else must match exactly.
-    adaptable = ('head.fc.', 'stem.0.conv.weight')
-    check_checkpoint_keys(state_dict, target, 'BiFormer', adaptable)
+    check_checkpoint_keys(state_dict, target, model_description(model, 'BiFormer'), reshapable=('stem.0.conv.weight',),
+                          norms_arg='out_norms')
     return state_dict
 
 

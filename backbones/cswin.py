@@ -35,6 +35,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import register_notrace_function
 from timm.models import generate_default_cfgs, register_model
 
+from hiervit.backbones._pretrained import check_checkpoint_keys, model_description
 from hiervit.backbones.layers.skeleton import CSWinLayout, MixerFactory, build_layout_model
 from hiervit.kernels.window import window_attention_op
 
@@ -273,19 +274,11 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: CSWin) -> Dict[str, 
         for k, v in target.items():
             if k.startswith('out_norms.') and k not in out:
                 out[k] = torch.ones_like(v) if k.endswith('weight') else torch.zeros_like(v)
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    first_conv = cfg.get('first_conv', 'patch_embed.proj') + '.weight'
-    missing = [k for k in target if k not in out and not k.startswith('head.fc.')]
-    unexpected = [k for k in out if k not in target and not k.startswith('head.fc.')]
-    mismatched = [f'{k}: {tuple(out[k].shape)} vs {tuple(v.shape)}' for k, v in target.items()
-                  if k in out and k != first_conv and not k.startswith('head.fc.') and out[k].shape != v.shape]
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            f'Checkpoint does not fit this CSWin ({cfg.get("architecture", "custom config")}): missing '
-            f'{missing[:5]}{" ..." if len(missing) > 5 else ""} ({len(missing)}), unexpected '
-            f'{unexpected[:5]}{" ..." if len(unexpected) > 5 else ""} ({len(unexpected)}), shape mismatches '
-            f'{mismatched[:5]} ({len(mismatched)}). The variants differ in embed_dim (64/96/144), depths and '
-            f'num_heads; see hiervit.backbones.cswin._VARIANT_ARGS.')
+    first_conv = (getattr(model, 'pretrained_cfg', None) or {}).get('first_conv', 'patch_embed.proj') + '.weight'
+    check_checkpoint_keys(
+        out, target, model_description(model, 'CSWin'), reshapable=(first_conv,), norms_arg='output_norms',
+        variants='The variants differ in embed_dim (64/96/144), depths and num_heads; see '
+                 'hiervit.backbones.cswin._VARIANT_ARGS.')
     return out
 
 

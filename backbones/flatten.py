@@ -38,7 +38,7 @@ from timm.layers import register_notrace_function, to_2tuple
 from timm.models import generate_default_cfgs, register_model
 from torch.jit import Final
 
-from hiervit.backbones._pretrained import build_with_official_layouts
+from hiervit.backbones._pretrained import build_with_official_layouts, check_checkpoint_keys, model_description
 from hiervit.backbones.cswin import CSWinAttention
 from hiervit.backbones.cswin import _official_key as _cswin_official_key
 from hiervit.backbones.layers.pvt import PVTLayout, pvt_official_key, pvt_stage_sizes
@@ -75,28 +75,36 @@ def focus(x: torch.Tensor, power: float) -> torch.Tensor:
 
 
 class FocusedLinearAttention(nn.Module):
-    """The attention core every FLatten mixer shares: position encoding on K, kernel and focusing function, linear
-    attention, depthwise-conv rank restoration. Subclasses add the projections (official keys `dwc`, `scale`,
-    `positional_encoding` live here)."""
+    """What every FLatten mixer shares: the projections, the position encoding on K, kernel and focusing function,
+    linear attention and the depthwise-conv rank restoration (official keys `qkv` or `q`/`kv`, `get_v`, `proj`,
+    `dwc`, `scale`, `positional_encoding`). A subclass picks its projection layout with the class attributes
+    `split_qkv` (PVT's separate `q` and `kv` instead of a fused `qkv`) and `lepe` (CSWin's 3x3 depthwise conv of V,
+    `get_v`) and writes `forward`, channels-last `[B, H, W, C]` in and out."""
 
     num_heads: Final[int]
     focusing_factor: Final[float]
     backend: Final[str]
+    split_qkv: bool = False
+    lepe: bool = False
 
     def __init__(
             self,
             dim: int,
             num_heads: int,
             pe_size: Union[int, Sequence[int]],
+            qkv_bias: bool = True,
+            proj_drop: float = 0.,
             focusing_factor: float = 3.,
             kernel_size: int = 5,
             backend: Optional[str] = None,
     ):
         """
         Args:
-            dim: Channels of q, k, v.
+            dim: Channels in and out.
             num_heads: Attention heads (must divide dim).
             pe_size: The map size (h, w) the K position encoding is trained for (one vector per token).
+            qkv_bias: Bias in the q, k, v projections.
+            proj_drop: Dropout after the output projection.
             focusing_factor: Power p of the focusing function.
             kernel_size: Side of the depthwise rank-restoration conv (odd).
             backend: Force a linear-attention backend (None: the op's dispatcher chooses).
@@ -116,6 +124,15 @@ class FocusedLinearAttention(nn.Module):
         self.dwc = nn.Conv2d(head_dim, head_dim, kernel_size, padding=kernel_size // 2, groups=head_dim)
         self.scale = nn.Parameter(torch.zeros(1, 1, dim))
         self.positional_encoding = nn.Parameter(torch.zeros(1, self.pe_size[0] * self.pe_size[1], dim))
+        if self.split_qkv:
+            self.q = nn.Linear(dim, dim, bias=qkv_bias)
+            self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
+        else:
+            self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        if self.lepe:
+            self.get_v = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, H: int, W: int) -> torch.Tensor:
         """q, k, v `[B, N, C]` of an H x W map (N = H * W, row-major) -> `[B, N, C]` before the output projection."""
@@ -143,33 +160,6 @@ class FLattenAttention(FocusedLinearAttention):
     """Focused linear attention over the whole map with a fused qkv projection (FLatten-Swin's `L` mixer), NHWC
     `[B, H, W, C]` in and out."""
 
-    def __init__(
-            self,
-            dim: int,
-            num_heads: int,
-            pe_size: Union[int, Sequence[int]],
-            qkv_bias: bool = True,
-            proj_drop: float = 0.,
-            focusing_factor: float = 3.,
-            kernel_size: int = 5,
-            backend: Optional[str] = None,
-    ):
-        """
-        Args:
-            dim: Channels in and out.
-            num_heads: Attention heads.
-            pe_size: Trained map size of the K position encoding.
-            qkv_bias: Bias in the qkv projection.
-            proj_drop: Dropout after the output projection.
-            focusing_factor: Power of the focusing function.
-            kernel_size: Depthwise rank-restoration conv size.
-            backend: Force a linear-attention backend (None: the op's dispatcher chooses).
-        """
-        super().__init__(dim, num_heads, pe_size, focusing_factor, kernel_size, backend)
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
         q, k, v = self.qkv(x).reshape(B, H * W, 3, C).unbind(2)
@@ -181,33 +171,7 @@ class FLattenCSWinAttention(FocusedLinearAttention):
     """FLatten-CSWin's `L` mixer: focused linear attention over the whole map plus CSWin's LePE (a 3x3 depthwise conv
     of V over the map), NHWC in and out."""
 
-    def __init__(
-            self,
-            dim: int,
-            num_heads: int,
-            pe_size: Union[int, Sequence[int]],
-            qkv_bias: bool = True,
-            proj_drop: float = 0.,
-            focusing_factor: float = 3.,
-            kernel_size: int = 5,
-            backend: Optional[str] = None,
-    ):
-        """
-        Args:
-            dim: Channels in and out.
-            num_heads: Attention heads.
-            pe_size: Trained map size of the K position encoding.
-            qkv_bias: Bias in the qkv projection.
-            proj_drop: Dropout after the output projection.
-            focusing_factor: Power of the focusing function.
-            kernel_size: Depthwise rank-restoration conv size.
-            backend: Force a linear-attention backend (None: the op's dispatcher chooses).
-        """
-        super().__init__(dim, num_heads, pe_size, focusing_factor, kernel_size, backend)
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.get_v = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+    lepe = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
@@ -221,33 +185,7 @@ class FLattenPVTAttention(FocusedLinearAttention):
     """FLatten-PVT's mixer (PVT and PVTv2 layouts): focused linear attention over the whole map with PVT's separate
     q and kv projections (the released `la_sr_ratios` 1111: no spatial reduction), NHWC in and out."""
 
-    def __init__(
-            self,
-            dim: int,
-            num_heads: int,
-            pe_size: Union[int, Sequence[int]],
-            qkv_bias: bool = True,
-            proj_drop: float = 0.,
-            focusing_factor: float = 3.,
-            kernel_size: int = 5,
-            backend: Optional[str] = None,
-    ):
-        """
-        Args:
-            dim: Channels in and out.
-            num_heads: Attention heads.
-            pe_size: Trained map size of the K position encoding.
-            qkv_bias: Bias in the q and kv projections.
-            proj_drop: Dropout after the output projection.
-            focusing_factor: Power of the focusing function.
-            kernel_size: Depthwise rank-restoration conv size.
-            backend: Force a linear-attention backend (None: the op's dispatcher chooses).
-        """
-        super().__init__(dim, num_heads, pe_size, focusing_factor, kernel_size, backend)
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+    split_qkv = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
@@ -517,17 +455,12 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
         for k, v in target.items():
             if k.startswith('out_norms.') and k not in out:
                 out[k] = torch.ones_like(v) if k.endswith('weight') else torch.zeros_like(v)
-    missing = [k for k in target if k not in out and not k.startswith('head.fc.')]
-    unexpected = [k for k in out if k not in target]
-    mismatched = [f'{k}: {tuple(out[k].shape)} vs {tuple(v.shape)}' for k, v in target.items()
-                  if k in out and not k.startswith('head.fc.') and out[k].shape != v.shape]
-    if missing or unexpected or mismatched:
-        cfg = getattr(model, 'pretrained_cfg', None) or {}
-        raise ValueError(
-            f'Checkpoint does not fit this {type(model).__name__} ({cfg.get("architecture", "custom config")}): '
-            f'missing {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)}), shape '
-            f'mismatches {mismatched[:5]} ({len(mismatched)}). The variants differ in widths, depths and the build '
-            f'size (img_size fixes the position-encoding sizes); see hiervit.backbones.flatten._VARIANT_ARGS.')
+    first_conv = (getattr(model, 'pretrained_cfg', None) or {}).get('first_conv', 'patch_embed.proj') + '.weight'
+    check_checkpoint_keys(
+        out, target, model_description(model, type(model).__name__), reshapable=(first_conv,),
+        norms_arg=None if isinstance(model, PVTLayout) else 'output_norms',
+        variants='The variants differ in widths, depths and the build size (img_size fixes the position-encoding '
+                 'sizes); see hiervit.backbones.flatten._VARIANT_ARGS.')
     return out
 
 

@@ -30,7 +30,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, Mlp, calculate_drop_path_rates, trunc_normal_
 from timm.models import generate_default_cfgs, register_model, register_notrace_function
 
-from hiervit.backbones._pretrained import build_with_official_layouts, check_checkpoint_keys
+from hiervit.backbones._pretrained import build_with_official_layouts, check_checkpoint_keys, model_description
 from hiervit.backbones.layers.contract import ContractStage, HierarchicalContract
 from hiervit.kernels.linear import linear_attention_op
 from hiervit.kernels.window import window_attention_op
@@ -436,8 +436,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: L2ViT) -> Dict[str, 
 
     # The classifier and the first conv may legitimately differ (num_classes / in_chans adaptation happens later in
     # timm's load_pretrained); everything else must match exactly.
-    adaptable = ('head.fc.', 'stem.proj.0.weight')
-    check_checkpoint_keys(state_dict, target, 'L2ViT', adaptable)
+    check_checkpoint_keys(state_dict, target, model_description(model, 'L2ViT'), reshapable=('stem.proj.0.weight',),
+                          norms_arg='out_norms')
     return state_dict
 
 

@@ -23,7 +23,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 
-from hiervit.backbones._pretrained import build_with_official_layouts
+from hiervit.backbones._pretrained import build_with_official_layouts, check_checkpoint_keys, model_description
 from hiervit.backbones.layers.contract import ContractStage, HierarchicalContract
 from hiervit.backbones.layers.neighborhood import NeighborhoodAttention2d
 from hiervit.backbones.layers.shape import check_image_input
@@ -368,20 +368,10 @@ def convert_official_checkpoint(
 
     # Exempt from the checks: the classifier (timm drops it afterwards when num_classes differs from the checkpoint's)
     # and the first conv's shape (timm adapts it afterwards when in_chans differs).
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    first_conv = cfg.get('first_conv', 'patch_embed.proj.0') + '.weight'
-    missing = [k for k in target if k not in out and not k.startswith('head.fc.')]
-    unexpected = [k for k in out if k not in target and not k.startswith('head.fc.')]
-    mismatched = [
-        f'{k}: {tuple(out[k].shape)} vs {tuple(v.shape)}' for k, v in target.items()
-        if k in out and k != first_conv and not k.startswith('head.fc.') and out[k].shape != v.shape]
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            f'Checkpoint does not fit this {type(model).__name__} ({cfg.get("architecture", "custom config")}): '
-            f'missing {missing[:5]}{" ..." if len(missing) > 5 else ""} ({len(missing)}), '
-            f'unexpected {unexpected[:5]}{" ..." if len(unexpected) > 5 else ""} ({len(unexpected)}), '
-            f'shape mismatches {mismatched[:5]} ({len(mismatched)}). '
-            f'It looks like {_describe_checkpoint(state_dict, variants or {})}.')
+    first_conv = (getattr(model, 'pretrained_cfg', None) or {}).get('first_conv', 'patch_embed.proj.0') + '.weight'
+    check_checkpoint_keys(
+        out, target, model_description(model, type(model).__name__), reshapable=(first_conv,),
+        norms_arg='output_norms', variants=f'It looks like {_describe_checkpoint(state_dict, variants or {})}.')
     return out
 
 

@@ -29,7 +29,7 @@ from timm.layers import ClassifierHead, ConvNormAct, DropPath, LayerNorm2d, calc
 from timm.models import generate_default_cfgs, register_model
 
 import hiervit.kernels  # noqa: F401  (FLOP formulas for torch's CPU SDPA kernels)
-from hiervit.backbones._pretrained import build_with_official_layouts, check_checkpoint_keys
+from hiervit.backbones._pretrained import build_with_official_layouts, check_checkpoint_keys, model_description
 from hiervit.backbones.layers.contract import ContractStage, HierarchicalContract
 from hiervit.backbones.layers.shape import check_image_input
 
@@ -225,9 +225,9 @@ def _per_stage(value: Union[float, Sequence[float]], n: int, name: str) -> Tuple
 class S2AFormer(HierarchicalContract, nn.Module):
     """S2AFormer (reconstruction): conv stem, four stages of Hybrid Perception Blocks, norm, classifier head.
 
-    Feature maps are NCHW with strides 4/8/16/32. `out_norms=True` adds one LayerNorm2d per stage output for dense
-    tasks (the usual hierarchical-backbone convention; the paper's dense backbone is not published);
-    `forward_intermediates(norm=True)` applies them. Without them `norm=True` applies the final norm to the last stage.
+    Feature maps are NCHW with strides 4/8/16/32. `out_norms=True` (the `features_only=True` default) adds one
+    LayerNorm2d per stage output for dense tasks (the usual hierarchical-backbone convention; the paper's dense
+    backbone is not published); `forward_intermediates(norm=True)` applies them. Without them `norm=True` applies the final norm to the last stage.
     """
 
     def __init__(
@@ -361,15 +361,22 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: S2AFormer) 
     for prefix in ('norm.', 'head.', 'out_norms.'):
         if not any(k.startswith(prefix) for k in state_dict):
             state_dict.update({k: v for k, v in target.items() if k.startswith(prefix)})
-    adaptable = ('head.fc.', 'stem.0.conv.weight')
-    check_checkpoint_keys(state_dict, target, 'S2AFormer', adaptable, out_norms_hint=False)
+    check_checkpoint_keys(state_dict, target, model_description(model, 'S2AFormer'), reshapable=('stem.0.conv.weight',),
+                          norms_arg='out_norms')
     return state_dict
 
 
 def _create_s2aformer(variant: str, pretrained: bool = False, **kwargs) -> S2AFormer:
     out_indices = kwargs.pop('out_indices', tuple(range(len(kwargs.get('depths', (2, 2, 6, 2))))))
-    # The getter wrapper runs forward_intermediates, so `feature_cfg=dict(norm=True)` gives the dense-task outputs.
     feature_cfg = dict(out_indices=out_indices, feature_cls='getter', **kwargs.pop('feature_cfg', {}))
+    # resolve a top-level `feature_cls` here (timm would only apply it after this check): the per-output norms and
+    # `norm=True` are for the getter wrapper alone, the FX/hook extractors take neither
+    feature_cfg['feature_cls'] = kwargs.pop('feature_cls', feature_cfg['feature_cls'])
+    if kwargs.get('features_only', False) and feature_cfg['feature_cls'] == 'getter':
+        # dense-task backbones: one LayerNorm2d per output, as the other families' dense backbones (an assumption: no
+        # S2AFormer dense backbone or checkpoint was released); the getter runs forward_intermediates(norm=True)
+        kwargs.setdefault('out_norms', True)
+        feature_cfg.setdefault('norm', True)
     return build_with_official_layouts(S2AFormer, variant, pretrained, checkpoint_filter_fn, feature_cfg=feature_cfg,
                                        **kwargs)
 

@@ -21,6 +21,7 @@ import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
 
+from hiervit.backbones._pretrained import check_checkpoint_keys, model_description
 from hiervit.backbones.layers.skeleton import MixerFactory, SwinLayout, build_layout_model
 from hiervit.backbones.layers.vsa import VSAttention
 
@@ -83,14 +84,12 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: SwinVSA) -> Dict[str
             state_dict = state_dict[key]
             break
     out = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
-    target = model.state_dict()
-    missing = [k for k in target if k not in out and not k.startswith('head.fc.')]
-    unexpected = [k for k in out if k not in target and not k.startswith('head.fc.')]
-    if missing or unexpected:
-        raise ValueError(
-            f'Checkpoint does not fit this Swin+VSA: missing {missing[:5]} ({len(missing)}), unexpected '
-            f'{unexpected[:5]} ({len(unexpected)}). No official Swin+VSA checkpoint exists; only state dicts of '
-            f'these models load.')
+    first_conv = (getattr(model, 'pretrained_cfg', None) or {}).get('first_conv', 'patch_embed.proj') + '.weight'
+    check_checkpoint_keys(
+        out, model.state_dict(), model_description(model, 'Swin+VSA'), reshapable=(first_conv,),
+        norms_arg='output_norms',
+        variants='No official Swin+VSA checkpoint exists; only state dicts of these models load (swin_vsa_tiny and '
+                 'swin_vsa_small differ in depths).')
     return out
 
 

@@ -45,7 +45,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, Mlp, register_notrace_function, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from hiervit.backbones._pretrained import convert_official_on_load, prefetch_pretrained
+from hiervit.backbones._pretrained import (
+    check_checkpoint_keys, convert_official_on_load, model_description, prefetch_pretrained,
+)
 from hiervit.backbones.layers.contract import ContractStage, HierarchicalContract
 from hiervit.backbones.layers.skeleton import stem_input
 from hiervit.backbones.layers.vsa import VSAttention
@@ -390,17 +392,12 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: 'ViTAEv2VSA') -> Dic
     elif 'head.fc.weight' not in out:
         raise ValueError('This checkpoint has no classifier (a detection backbone?); create the model with '
                          'num_classes=0 or features_only=True to load it.')
-    missing = [k for k in target if k not in out and not k.startswith('head.fc.')]
-    unexpected = [k for k in out if k not in target and not k.startswith('head.fc.')]
     first_conv = (getattr(model, 'pretrained_cfg', None) or {}).get('first_conv', '') + '.weight'
-    mismatched = [f'{k}: {tuple(out[k].shape)} vs {tuple(v.shape)}' for k, v in target.items()
-                  if k in out and k != first_conv and not k.startswith('head.fc.') and out[k].shape != v.shape]
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            f'Checkpoint does not fit this ViTAEv2-VSA: missing {missing[:5]}{" ..." if len(missing) > 5 else ""} '
-            f'({len(missing)}), unexpected {unexpected[:5]}{" ..." if len(unexpected) > 5 else ""} '
-            f'({len(unexpected)}), shape mismatches {mismatched[:5]} ({len(mismatched)}). The variants differ in '
-            f'widths, depths, heads and wide_pcm; see hiervit.backbones.vitae_vsa._VARIANT_ARGS.')
+    # the official dense backbone has no per-output norms, so there is no argument to name for them
+    check_checkpoint_keys(
+        out, target, model_description(model, 'ViTAEv2-VSA'), reshapable=(first_conv,), norms_arg=None,
+        variants='The variants differ in widths, depths, heads and wide_pcm; see '
+                 'hiervit.backbones.vitae_vsa._VARIANT_ARGS.')
     return out
 
 

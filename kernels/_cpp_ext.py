@@ -7,6 +7,12 @@ CPU's feature flags, so a new machine, torch or source builds anew and nothing e
 built library directly (milliseconds, no compiler or ninja needed). A file lock (flock, released if its holder dies)
 keeps concurrent first uses from building twice.
 
+Each build records the torch/Python/CPU signature it was made for (`signature.txt`). After a successful build, the
+folders of older builds of the same extension are removed (other sources or flags: stale), but only those whose
+recorded signature equals this process's (a folder made for another torch, Python or CPU may still serve that
+environment), which no lock holds (no build in progress) and which were built more than a day before (another
+checkout with other sources may still load them: removing a fresh one would make two checkouts rebuild in turn).
+
 `status(ext)` is what a dispatcher asks: None if the extension is usable (built, or buildable here), else why not
 (no compiler, no ninja, or a failed build, whose log is kept in the cache folder). It never builds inside a
 torch.compile trace; eager first calls build there and then.
@@ -16,6 +22,7 @@ import hashlib
 import logging
 import os
 import platform
+import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -30,6 +37,8 @@ _log = logging.getLogger(__name__)
 
 _FLAGS = ('-O3', '-march=native', '-fopenmp')
 _LDFLAGS = ('-fopenmp',)
+_SIGNATURE = 'signature.txt'
+_STALE_AFTER_S = 24 * 3600  # an older build is removed once it is this old (see the module docstring)
 
 
 @dataclass
@@ -57,6 +66,11 @@ def _cpu_signature() -> str:
     return platform.processor() or platform.machine()
 
 
+def _signature() -> str:
+    """The environment a library is built for besides its sources and flags (all of it is in the folder hash too)."""
+    return f'torch {torch.__version__}\npython {sys.version}\ncpu {_cpu_signature()}\n'
+
+
 def _cache_dir(ext: CppExtension) -> Path:
     h = hashlib.sha256()
     for p in ext.paths():
@@ -67,6 +81,29 @@ def _cache_dir(ext: CppExtension) -> Path:
     root = os.environ.get('TORCH_EXTENSIONS_DIR')
     base = Path(root) / 'hiervit' if root else Path.home() / '.cache' / 'hiervit' / 'ext'
     return base / f'{ext.name}-{h.hexdigest()[:16]}'
+
+
+def _remove_stale_builds(ext: CppExtension, current: Path) -> None:
+    """Remove the other build folders of `ext` that this environment made and no longer uses (module docstring)."""
+    signature = _signature()
+    built = (current / _SIGNATURE).stat().st_mtime
+    for folder in current.parent.iterdir():
+        if folder == current or not re.fullmatch(re.escape(ext.name) + r'-[0-9a-f]{16}', folder.name):
+            continue
+        record = folder / _SIGNATURE
+        try:
+            # no record: built before records existed, or for an environment this process cannot vouch for
+            if record.read_text() != signature or record.stat().st_mtime > built - _STALE_AFTER_S:
+                continue
+            with open(folder / 'build.flock', 'a') as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a process is building (or rebuilding) there
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            continue  # removed meanwhile, or not ours to remove
+        _log.info('hiervit: removed the stale build folder %s', folder)
 
 
 def _library(ext: CppExtension) -> Path:
@@ -135,6 +172,8 @@ def _build(ext: CppExtension, folder: Path) -> None:
         (folder / 'build_failed.txt').write_text(f'{type(e).__name__}: {e}\n')
         ext._state = f'its build failed (log: {folder / "build_failed.txt"})'
         raise RuntimeError(f'hiervit C++ extension {ext.name!r} failed to build: {e}') from e
+    (folder / _SIGNATURE).write_text(_signature())
+    _remove_stale_builds(ext, folder)
 
 
 def status(ext: CppExtension) -> Optional[str]:

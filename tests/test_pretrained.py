@@ -145,3 +145,36 @@ def test_prefetch_leaves_explicit_files_alone(offline, tmp_path):
     model = timm.create_model('nat_mini', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **args)
     assert not calls and not os.listdir(cache)
     torch.testing.assert_close(model.head.fc.weight, sd['head.fc.weight'])
+
+
+def test_checkpoint_key_check_names_keys_argument_and_variants():
+    """One key check for every family: the classifier is exempt, the first conv only from the shape check (timm adapts
+    it to in_chans later), unexpected output norms name the argument that adds them."""
+    from hiervit.backbones._pretrained import check_checkpoint_keys
+    target = {'stem.weight': torch.empty(8, 3, 3, 3), 'head.fc.weight': torch.empty(10, 8), 'norm.bias': torch.empty(8)}
+    ok = {'stem.weight': torch.empty(8, 1, 3, 3), 'head.fc.weight': torch.empty(1000, 8), 'norm.bias': torch.empty(8)}
+    check_checkpoint_keys(ok, target, 'Toy', reshapable=('stem.weight',))
+    with pytest.raises(ValueError, match=r'1 mis-shaped \(first: stem\.weight \(8, 1, 3, 3\) vs model \(8, 3, 3, 3\)\)'):
+        check_checkpoint_keys(ok, target, 'Toy')
+    dense = {'stem.weight': torch.empty(8, 3, 3, 3), 'out_norms.0.bias': torch.empty(8)}
+    with pytest.raises(ValueError, match=r'^Checkpoint does not fit this Toy \(toy_a\): 1 missing \(first: norm\.bias\); '
+                                         r'1 unexpected \(first: out_norms\.0\.bias\)\. Dense-task checkpoints need '
+                                         r'output_norms=True\. See toy_b\.$'):
+        check_checkpoint_keys(dense, target, 'Toy (toy_a)', norms_arg='output_norms', variants='See toy_b.')
+    with pytest.raises(ValueError, match=r'out_norms\.0\.bias\)\.$'):
+        check_checkpoint_keys(dense, target, 'Toy')
+
+
+def test_swin_vsa_checkpoint_filter_unwraps_and_names_what_does_not_fit():
+    from hiervit.backbones.swin_vsa import checkpoint_filter_fn
+    with torch.device('meta'):
+        tiny, small = timm.create_model('swin_vsa_tiny'), timm.create_model('swin_vsa_small')
+        dense = timm.create_model('swin_vsa_tiny', output_norms=True)
+    sd = tiny.state_dict()
+    converted = checkpoint_filter_fn({'state_dict_ema': {f'module.{k}': v for k, v in sd.items()}, 'model': {}}, tiny)
+    assert all(converted[k] is v for k, v in sd.items()) and converted.keys() == sd.keys()
+    with pytest.raises(ValueError, match=r'does not fit this Swin\+VSA \(swin_vsa_small\): \d+ missing \(first: '
+                                         r'levels\.2\.blocks\.6\..*No official Swin\+VSA checkpoint'):
+        checkpoint_filter_fn(sd, small)
+    with pytest.raises(ValueError, match=r'unexpected \(first: out_norms\.0\..*need output_norms=True'):
+        checkpoint_filter_fn(dense.state_dict(), tiny)

@@ -130,6 +130,24 @@ def test_out_norms_apply_to_each_output():
         torch.testing.assert_close(model.out_norms[i](a), b)
 
 
+
+def test_features_only_defaults_to_output_norms():
+    """A features_only model is the dense backbone (output norms on, as `hiervit.mm.S2AFormer` builds it): its maps are
+    the intermediates through out_norms, it keeps no final norm or head, and takes a dense-task checkpoint strictly."""
+    model = timm.create_model('s2aformer_mini', out_norms=True).eval()
+    features = timm.create_model('s2aformer_mini', features_only=True).eval()
+    assert len(features.model.out_norms) == 4
+    dense = {f'backbone.{k}': v for k, v in model.state_dict().items() if not k.startswith(('head.', 'norm.'))}
+    features.model.load_state_dict(checkpoint_filter_fn({'state_dict': dense}, features.model))
+    assert not any(k.startswith(('head.', 'norm.')) for k in features.model.state_dict())
+    x = torch.randn(1, 3, 64, 48)
+    with torch.no_grad():
+        normed = model.forward_intermediates(x, norm=True, intermediates_only=True)
+        for f, n in zip(features(x), normed):
+            torch.testing.assert_close(f, n)
+    with pytest.raises(ValueError, match=r'unexpected \(first: out_norms\.0\..*need out_norms=True'):
+        checkpoint_filter_fn({'state_dict': dense}, timm.create_model('s2aformer_mini'))
+
 def test_bad_arguments_name_the_fix():
     with pytest.raises(ValueError, match='head_dim'):
         S2AFormer(embed_dims=(32, 64, 160, 250))
