@@ -27,7 +27,6 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
-#include <numeric>
 #include <type_traits>
 #include <vector>
 
@@ -51,36 +50,69 @@ template <class T> inline Vec<T> vload(const T* p) { Vec<T> r; std::memcpy(&r, p
 template <class T> inline void vstore(T* p, Vec<T> v) { std::memcpy(p, &v, sizeof v); }
 template <class T> inline Vec<T> vset(T x) { return Vec<T>{} + x; }
 
-// exp on a row of n values in place (n a multiple of the lanes); -inf gives exactly 0.
-inline void vexp_row(float* p, int n) {
+// e^x per lane; -inf (and anything below -87) gives exactly 0.
+inline Vec<float> vexp(Vec<float> x) {
   using V = Vec<float>;
   using I = VT<float>::I;
   const V hi = vset(88.0f), lo = vset(-87.0f);
-  for (int j = 0; j < n; j += lanes<float>()) {
-    const V x = vload(p + j);
-    V a = x > hi ? hi : x;
-    a = a < lo ? lo : a;
-    // Cephes expf: a = n ln2 + r, |r| <= ln2 / 2, degree-5 polynomial for e^r, times 2^n from the exponent bits.
-    const V t = a * 1.44269504088896341f + 0.5f;
-    I k = __builtin_convertvector(t, I);
-    k += (I)(__builtin_convertvector(k, V) > t);  // truncation rounded negative t up: floor
-    const V kf = __builtin_convertvector(k, V);
-    const V r = a - kf * 0.693359375f + kf * 2.12194440e-4f;
-    V y = vset(1.9875691500e-4f);
-    y = y * r + 1.3981999507e-3f;
-    y = y * r + 8.3334519073e-3f;
-    y = y * r + 4.1665795894e-2f;
-    y = y * r + 1.6666665459e-1f;
-    y = y * r + 5.0000001201e-1f;
-    y = y * (r * r) + r + 1.0f;
-    const V two_k = (V)((k + 127) << 23);
-    const V e = y * two_k;
-    vstore(p + j, x < lo ? V{} : e);
-  }
+  V a = x > hi ? hi : x;
+  a = a < lo ? lo : a;
+  // Cephes expf: a = n ln2 + r, |r| <= ln2 / 2, degree-5 polynomial for e^r, times 2^n from the exponent bits.
+  const V t = a * 1.44269504088896341f + 0.5f;
+  I k = __builtin_convertvector(t, I);
+  k += (I)(__builtin_convertvector(k, V) > t);  // truncation rounded negative t up: floor
+  const V kf = __builtin_convertvector(k, V);
+  const V r = a - kf * 0.693359375f + kf * 2.12194440e-4f;
+  V y = vset(1.9875691500e-4f);
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * (r * r) + r + 1.0f;
+  const V e = y * (V)((k + 127) << 23);
+  return x < lo ? V{} : e;
 }
 
-inline void vexp_row(double* p, int n) {
-  for (int j = 0; j < n; ++j) p[j] = std::exp(p[j]);
+inline Vec<double> vexp(Vec<double> x) {
+  for (int l = 0; l < lanes<double>(); ++l) x[l] = std::exp(x[l]);
+  return x;
+}
+
+template <class T> inline T hsum(Vec<T> v) {
+  T s = 0;
+  for (int l = 0; l < lanes<T>(); ++l) s += v[l];
+  return s;
+}
+
+// Largest of n values (n a multiple of the lanes).
+template <class T> T row_max(const T* p, int n) {
+  Vec<T> m = vset(-std::numeric_limits<T>::infinity());
+  for (int j = 0; j < n; j += lanes<T>()) {
+    const Vec<T> x = vload(p + j);
+    m = x > m ? x : m;
+  }
+  T r = m[0];
+  for (int l = 1; l < lanes<T>(); ++l) r = std::max(r, m[l]);
+  return r;
+}
+
+// p = exp(p - sub) in place over n values (a multiple of the lanes); returns their sum.
+template <class T> T exp_sum(T* p, int n, T sub) {
+  Vec<T> acc{};
+  for (int j = 0; j < n; j += lanes<T>()) {
+    const Vec<T> e = vexp(vload(p + j) - sub);
+    vstore(p + j, e);
+    acc += e;
+  }
+  return hsum<T>(acc);
+}
+
+// sum_j a[j] b[j] over n values (a multiple of the lanes).
+template <class T> T row_dot(const T* a, const T* b, int n) {
+  Vec<T> acc{};
+  for (int j = 0; j < n; j += lanes<T>()) acc += vload(a + j) * vload(b + j);
+  return hsum<T>(acc);
 }
 
 // C[r][0 : NV lanes] = sum_c A[r][c] B[c][0 : NV lanes] for 4 rows r (A row-major, B with K rows of ldb).
@@ -148,22 +180,22 @@ void gemm_nn(const T* A, int lda, const T* B, int ldb, int K, int rows, int cols
   }
 }
 
-// Acc[j][0 : NV lanes] += sum_i A[i][j] B[i][0 : NV lanes] for 4 columns j of A, over `rows` rows.
-template <class T, int NV>
-inline void tn4(const T* A, int lda, const T* B, int ldb, int rows, T* Acc, int ldacc) {
+// Acc[j][0 : NV lanes] += sum_i A[i][j] B[i][0 : NV lanes] for JR columns j of A, over `rows` rows.
+template <class T, int JR, int NV>
+inline void tn(const T* A, int lda, const T* B, int ldb, int rows, T* Acc, int ldacc) {
   constexpr int L = lanes<T>();
-  Vec<T> acc[4][NV];
-  for (int j = 0; j < 4; ++j)
+  Vec<T> acc[JR][NV];
+  for (int j = 0; j < JR; ++j)
     for (int v = 0; v < NV; ++v) acc[j][v] = vload(Acc + (i64)j * ldacc + v * L);
   for (int i = 0; i < rows; ++i) {
     Vec<T> b[NV];
     for (int v = 0; v < NV; ++v) b[v] = vload(B + (i64)i * ldb + v * L);
-    for (int j = 0; j < 4; ++j) {
+    for (int j = 0; j < JR; ++j) {
       const Vec<T> a = vset(A[(i64)i * lda + j]);
       for (int v = 0; v < NV; ++v) acc[j][v] += a * b[v];
     }
   }
-  for (int j = 0; j < 4; ++j)
+  for (int j = 0; j < JR; ++j)
     for (int v = 0; v < NV; ++v) vstore(Acc + (i64)j * ldacc + v * L, acc[j][v]);
 }
 
@@ -171,10 +203,17 @@ inline void tn4(const T* A, int lda, const T* B, int ldb, int rows, T* Acc, int 
 template <class T>
 void gemm_tn_acc(const T* A, int lda, const T* B, int ldb, int rows, int cols_a, int cols, T* Acc, int ldacc) {
   constexpr int L = lanes<T>();
-  for (int ja = 0; ja < cols_a; ja += 4) {
-    int j = 0;
-    for (; j + 2 * L <= cols; j += 2 * L) tn4<T, 2>(A + ja, lda, B + j, ldb, rows, Acc + (i64)ja * ldacc + j, ldacc);
-    if (j < cols) tn4<T, 1>(A + ja, lda, B + j, ldb, rows, Acc + (i64)ja * ldacc + j, ldacc);
+  for (int j = 0; j < cols; j += 2 * L) {
+    const bool two = j + 2 * L <= cols;
+    int ja = 0;
+    for (; ja + 8 <= cols_a; ja += 8) {
+      if (two) tn<T, 8, 2>(A + ja, lda, B + j, ldb, rows, Acc + (i64)ja * ldacc + j, ldacc);
+      else tn<T, 8, 1>(A + ja, lda, B + j, ldb, rows, Acc + (i64)ja * ldacc + j, ldacc);
+    }
+    if (ja < cols_a) {
+      if (two) tn<T, 4, 2>(A + ja, lda, B + j, ldb, rows, Acc + (i64)ja * ldacc + j, ldacc);
+      else tn<T, 4, 1>(A + ja, lda, B + j, ldb, rows, Acc + (i64)ja * ldacc + j, ldacc);
+    }
   }
 }
 
@@ -266,10 +305,49 @@ void pack_rows(const Map<const T>& m, const Slots& sl, const Geo& g, i64 b, i64 
   }
 }
 
-// Copies the window's rows of a map transposed into `cols[c][ld]` (zero for padding slots).
+// In-register transpose of a lanes x lanes tile, r[i][c] -> r[c][i]: stage b swaps bit b of the row index with bit
+// b of the column index (rows i and i + b exchange their off-diagonal b-blocks), one two-register shuffle each.
+template <class T>
+inline void transpose_tile(Vec<T>* r) {
+  using I = typename VT<T>::I;
+  constexpr int L = lanes<T>();
+#pragma GCC unroll 8
+  for (int b = L / 2; b >= 1; b /= 2) {
+    I lo, hi;
+    for (int c = 0; c < L; ++c) {
+      lo[c] = (c & b) ? L + c - b : c;
+      hi[c] = (c & b) ? L + c : c + b;
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < L; ++i) {
+      if (i & b) continue;
+      const Vec<T> a = r[i], e = r[i + b];
+      r[i] = __builtin_shuffle(a, e, lo);
+      r[i + b] = __builtin_shuffle(a, e, hi);
+    }
+  }
+}
+
+// Copies the window's rows of a map transposed into `cols[c][ld]` (zero for padding slots): lanes x lanes tiles
+// through registers, the ragged edges one value at a time.
 template <class T>
 void pack_cols(const Map<const T>& m, const Slots& sl, const Geo& g, i64 b, i64 h, T* cols, int ld) {
-  for (int s = 0; s < g.n; ++s) {
+  constexpr int L = lanes<T>();
+  const int c_full = m.c / L * L, s_full = g.n / L * L;
+  for (int s0 = 0; s0 < s_full; s0 += L) {
+    const T* src[L];
+    for (int i = 0; i < L; ++i) src[i] = sl.y[s0 + i] < 0 ? nullptr : m.at(b, sl.y[s0 + i], sl.x[s0 + i], h);
+    for (int c0 = 0; c0 < c_full; c0 += L) {
+      Vec<T> r[L];
+      for (int i = 0; i < L; ++i) r[i] = src[i] == nullptr ? Vec<T>{} : vload(src[i] + c0);
+      transpose_tile<T>(r);
+      for (int i = 0; i < L; ++i) vstore(cols + (i64)(c0 + i) * ld + s0, r[i]);
+    }
+    for (int i = 0; i < L; ++i) {
+      for (int c = c_full; c < m.c; ++c) cols[(i64)c * ld + s0 + i] = src[i] == nullptr ? T(0) : src[i][c];
+    }
+  }
+  for (int s = s_full; s < g.n; ++s) {
     if (sl.y[s] < 0) {
       for (int c = 0; c < m.c; ++c) cols[(i64)c * ld + s] = T(0);
       continue;
@@ -354,11 +432,8 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& q, const at::Tensor& k, c
             std::fill(s, s + g.npad, T(0));
             continue;
           }
-          const T mx = *std::max_element(s, s + g.npad);
-          for (int j = 0; j < g.npad; ++j) s[j] -= mx;
-          vexp_row(s, g.npad);
-          T sum = 0;
-          for (int j = 0; j < g.npad; ++j) sum += s[j];
+          const T mx = row_max(s, g.npad);
+          const T sum = exp_sum(s, g.npad, mx);
           inv[r] = T(1) / sum;
           lp[((b * g.H + sl.y[i]) * g.W + sl.x[i]) * g.heads + h] = (float)(mx + std::log(sum));
         }
@@ -433,11 +508,10 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dout, const at::Tensor& 
             T l = lrow[r0 + r];
             // fp64 (gradcheck) renormalises its rows exactly instead: the saved fp32 lse would cost it 1e-7
             const bool exact = std::is_same<T, double>::value && l != inf;
-            if (exact) l = *std::max_element(p, p + g.npad);
-            for (int j = 0; j < g.npad; ++j) p[j] -= l;
-            vexp_row(p, g.npad);
+            if (exact) l = row_max(p, g.npad);
+            const T sum = exp_sum(p, g.npad, l);
             if (exact) {
-              const T inv = T(1) / std::accumulate(p, p + g.npad, T(0));
+              const T inv = T(1) / sum;
               for (int j = 0; j < g.npad; ++j) p[j] *= inv;
             }
           }
@@ -446,8 +520,7 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dout, const at::Tensor& 
           for (int r = 0; r < r4; ++r) {  // dS = P (dP - rowsum(P dP))
             const T* p = P.data() + (i64)r * g.npad;
             T* ds = dS.data() + (i64)r * g.npad;
-            T dsum = 0;
-            for (int j = 0; j < g.npad; ++j) dsum += p[j] * ds[j];
+            const T dsum = row_dot(p, ds, g.npad);
             for (int j = 0; j < g.npad; ++j) ds[j] = p[j] * (ds[j] - dsum);
           }
           gemm_nn<T>(dS.data(), g.npad, Kr.data(), g.dp, g.n, r8, g.dp, G.data(), g.dp);
