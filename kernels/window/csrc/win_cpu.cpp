@@ -217,7 +217,7 @@ void gemm_tn_acc(const T* A, int lda, const T* B, int ldb, int rows, int cols_a,
   }
 }
 
-constexpr int QB = 16;  // queries per block (a multiple of the 4- and 8-row kernels)
+constexpr int QB = 32;  // queries per block (a multiple of the 4- and 8-row kernels)
 
 inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
