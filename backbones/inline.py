@@ -61,7 +61,8 @@ from hiervit.backbones.nat import convert_official_checkpoint
 from hiervit.kernels.linear import linear_attention_op
 
 __all__ = [
-    'InLineAttention', 'InLineSwin', 'InLineCSWin', 'InLinePVT', 'inline_prepare', 'inline_finish', 'stage_attn_types',
+    'InLineAttention', 'InLineSwin', 'InLineCSWin', 'InLinePVT', 'inline_prepare', 'inline_finish', 'local_residual',
+    'stage_attn_types',
 ]
 
 KERNEL_FUNCS = ('identity', 'relu', 'leakyrelu', 'exp')
@@ -144,6 +145,19 @@ def inline_prepare(
 torch.fx.wrap('inline_prepare')  # a leaf for plain torch.fx.symbolic_trace too (timm's tracer knows it already)
 
 
+def local_residual(v: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """InLine's local residual: a 3x3 depthwise cross-correlation of `v [B, h, w, C]` with one kernel per sample and
+    channel, `weights [B, 1, 1, C, 9]` (row-major taps), zeros beyond the map; `[B, h, w, C]`. Nine shifted products
+    instead of the release's conv with the batch in the groups, so that export and TorchScript see fixed ops."""
+    h, w = v.shape[1], v.shape[2]
+    vp = F.pad(v, (0, 0, 1, 1, 1, 1))
+    res = vp[:, 0:h, 0:w] * weights[..., 0]
+    for j in range(1, 9):
+        dy, dx = j // 3, j % 3
+        res = res + vp[:, dy:dy + h, dx:dx + w] * weights[..., j]
+    return res
+
+
 @register_notrace_function
 def inline_finish(
         out: torch.Tensor,
@@ -179,12 +193,7 @@ def inline_finish(
     wts = F.conv1d(mean.unsqueeze(-1), res_w1, res_b1, groups=num_heads)
     wts = F.conv1d(F.gelu(wts), res_w2, res_b2, groups=num_heads).reshape(Bw, 1, 1, C, 9)
     vi = v.reshape(Bw, window[0], window[1], C)
-    vp = F.pad(vi, (0, 0, 1, 1, 1, 1))
-    res = vp[:, 0:window[0], 0:window[1]] * wts[..., 0]
-    for j in range(1, 9):
-        dy, dx = j // 3, j % 3
-        res = res + vp[:, dy:dy + window[0], dx:dx + window[1]] * wts[..., j]
-    x = x + res.reshape(Bw, N, C)
+    x = x + local_residual(vi, wts).reshape(Bw, N, C)
     if lepe_w is not None:
         lepe = F.conv2d(vi.permute(0, 3, 1, 2), lepe_w, lepe_b, padding=1, groups=C)  # NHWC -> NCHW
         x = x + lepe.flatten(2).transpose(1, 2)

@@ -117,6 +117,28 @@ def test_values_match_the_official_file(path):
         assert dict(type='ResizeToMultiple', size_divisor=64) in cfg.test_dataloader.dataset.pipeline
 
 
+def test_timm_weights_load_through_the_adapter(tmp_path):
+    """`checkpoint='timm/<model>.<tag>'` (the timm-backbone configs' init_cfg) loads timm's weights into
+    TimmBackbone; offline here through timm's `pretrained_cfg_overlay=dict(file=...)`, a ConvNeXt as in the configs."""
+    from hiervit.mm import TimmBackbone
+    source = timm.create_model('convnext_atto', depths=(1, 1, 1, 1))
+    with torch.no_grad():
+        for t in source.state_dict().values():
+            if t.is_floating_point():
+                t.normal_()
+    path = tmp_path / 'convnext_atto.pth'
+    torch.save(source.state_dict(), path)
+    backbone = TimmBackbone('convnext_atto', depths=(1, 1, 1, 1), init_cfg=dict(
+        type='Pretrained', checkpoint='timm/convnext_atto.d2_in1k', pretrained_cfg_overlay=dict(file=str(path))))
+    backbone.init_weights()
+    want = source.state_dict()
+    for k, v in backbone.model.state_dict().items():
+        torch.testing.assert_close(v, want[k], msg=k)
+    with pytest.raises(ValueError, match="is not a convnext_atto weight"):
+        TimmBackbone('convnext_atto', init_cfg=dict(type='Pretrained', checkpoint='timm/convnext_tiny.fb_in1k')
+                     ).init_weights()
+
+
 def _tiny(path):
     cfg = load_tiny(path)
     cfg.model.data_preprocessor.size = (128, 128)  # the 1/8 map 16 x 16: 2 x 2 windows

@@ -132,7 +132,7 @@ def _varying_window_attention(q: Tensor, context: Tensor, window: Tuple[int, int
                               k_weight: Tensor, k_bias: Tensor, v_weight: Tensor, v_bias: Tensor) -> Tensor:
     """Projected queries q [B, C, H, W] in p x p windows attend to their R p x R p context of the pre-scaled map
     `context` [B, c, H, W] (copy-shift padded here), whose R x R pixel tokens the R x R kernels `k_weight` /
-    `v_weight` [C, c, R, R] project; returns [B, C, H, W] (heads split channel-major, scale (C / heads)^-0.5)."""
+    `v_weight` [C, c, R, R] project; returns [B, C, H, W] (channels split head-major, scale (C / heads)^-0.5)."""
     B, C, H, W = q.shape
     r = ratio
     # copy-shift padding: (R p - (R + 1) p // 2) pixels each side, copied from R p further in

@@ -57,6 +57,9 @@ void blas_gemm(const char* ta, const char* tb, const int* m, const int* n, const
 
 // Scores of at most this many elements per query-row tile (a per-thread buffer that stays in L2).
 constexpr i64 kTileElements = 16384;
+// A (batch, head)'s K (or V) is transposed once into a per-thread buffer of at most this many elements when query
+// blocks route to several key blocks (each key block then serves topk query blocks on average).
+constexpr i64 kTransposedElements = 1 << 20;
 
 // Row-major C[M, N] = alpha op(A)[M, K] op(B)[K, N] + beta C, on the column-major BLAS (C^T = op(B)^T op(A)^T).
 // Every extent is per item and checked to fit an int in geometry().
@@ -305,10 +308,36 @@ void gather(const Geometry& g, const T* k, const T* v, const i64* sel, T* kg, T*
   *V = vg;
 }
 
-// The routed rows of x (`[BH, Nk, Tk, c]`) transposed, `[c, topk * Tk]`: the row-major right operand of Q K^T / dO V^T.
+// dst[0:n] = src[0:n] for the short runs of gather_t (a memcpy call per run of 4 floats cost more than the products).
 template <class T>
-void gather_t(const Geometry& g, const T* x, i64 c, const i64* sel, i64 bh, T* xt) {
-  const i64 nk = g.nk();
+inline void copy_run(T* dst, const T* src, i64 n) {
+  for (i64 i = 0; i < n; ++i) dst[i] = src[i];
+}
+
+#if defined(__AVX512F__)
+template <>
+inline void copy_run<float>(float* dst, const float* src, i64 n) {
+  i64 i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, _mm512_loadu_ps(src + i));
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1u);
+    _mm512_mask_storeu_ps(dst + i, m, _mm512_maskz_loadu_ps(m, src + i));
+  }
+}
+#endif
+
+// The routed rows of x (`[BH, Nk, Tk, c]`) transposed, `[c, topk * Tk]`: the row-major right operand of Q K^T / dO V^T.
+// From x itself (`whole` null), or as runs of Tk columns of `whole`, the (batch, head)'s x transposed (`[c, Nk * Tk]`,
+// see transpose_bh): with small blocks the element-wise transpose costs more than the products.
+template <class T>
+void gather_t(const Geometry& g, const T* x, i64 c, const i64* sel, i64 bh, const T* whole, T* xt) {
+  const i64 nk = g.nk(), nt = g.Nk * g.Tk;
+  if (whole) {
+    for (i64 ch = 0; ch < c; ++ch)
+      for (i64 j = 0; j < g.topk; ++j)
+        copy_run(xt + ch * nk + j * g.Tk, whole + ch * nt + sel[j] * g.Tk, g.Tk);
+    return;
+  }
   for (i64 j = 0; j < g.topk; ++j) {
     const T* blk = x + (bh * g.Nk + sel[j]) * g.Tk * c;
     for (i64 t = 0; t < g.Tk; ++t)
@@ -316,16 +345,37 @@ void gather_t(const Geometry& g, const T* x, i64 c, const i64* sel, i64 bh, T* x
   }
 }
 
+// x[bh] (`[Nk * Tk, c]`) transposed into xt `[c, Nk * Tk]`.
+template <class T>
+void transpose_bh(const Geometry& g, const T* x, i64 c, i64 bh, T* xt) {
+  const i64 nt = g.Nk * g.Tk;
+  const T* src = x + bh * nt * c;
+  for (i64 t = 0; t < nt; ++t)
+    for (i64 ch = 0; ch < c; ++ch) xt[ch * nt + t] = src[t * c + ch];
+}
+
+bool transpose_whole(const Geometry& g) {
+  return g.topk > 1 && g.Nk * g.Tk * std::max(g.d, g.dv) <= kTransposedElements;
+}
+
 template <class T>
 void forward_kernel(const Geometry& g, const T* q, const T* k, const T* v, const i64* idx, T scale, T* out, T* lse) {
   const i64 nk = g.nk(), rows = g.rows();
   at::parallel_for(0, g.BH * g.Nq, 1, [&](i64 begin, i64 end) {
+    const bool whole = transpose_whole(g);
     std::vector<T> kt(g.d * nk), vg(g.topk > 1 ? nk * g.dv : 0), s(rows * nk), inv(rows);
+    std::vector<T> k_bh(whole ? g.d * g.Nk * g.Tk : 0);
+    i64 cached = -1;  // the (batch, head) whose K^T is in k_bh (items of one chunk are consecutive)
     for (i64 item = begin; item < end; ++item) {
       const i64* sel = idx + item * g.topk;
+      const i64 bh = item / g.Nq;
+      if (whole && bh != cached) {
+        transpose_bh(g, k, g.d, bh, k_bh.data());
+        cached = bh;
+      }
       const T *K, *V;
-      gather<T>(g, k, v, sel, nullptr, vg.data(), &K, &V, item / g.Nq);
-      gather_t(g, k, g.d, sel, item / g.Nq, kt.data());
+      gather<T>(g, k, v, sel, nullptr, vg.data(), &K, &V, bh);
+      gather_t(g, k, g.d, sel, bh, whole ? k_bh.data() : nullptr, kt.data());
       for (i64 r0 = 0; r0 < g.Tq; r0 += rows) {
         const i64 nr = std::min(rows, g.Tq - r0);
         const i64 row = item * g.Tq + r0;  // flat query row
@@ -356,7 +406,13 @@ void backward_kernel(const Geometry& g, const T* dout, const T* q, const T* k, c
     std::vector<T> kg(direct ? 0 : nk * g.d), kt(g.d * nk), vt(g.dv * nk);
     std::vector<T> dkg(direct ? 0 : nk * g.d), dvg(direct ? 0 : nk * g.dv);
     std::vector<T> p(rows * nk), dp(rows * nk), delta(rows);
+    const bool whole = transpose_whole(g);
+    std::vector<T> k_bh(whole ? g.d * g.Nk * g.Tk : 0), v_bh(whole ? g.dv * g.Nk * g.Tk : 0);
     for (i64 bh = begin; bh < end; ++bh) {
+      if (whole) {
+        transpose_bh(g, k, g.d, bh, k_bh.data());
+        transpose_bh(g, v, g.dv, bh, v_bh.data());
+      }
       std::fill(dk + bh * g.Nk * kb, dk + (bh + 1) * g.Nk * kb, T(0));
       std::fill(dv + bh * g.Nk * vb, dv + (bh + 1) * g.Nk * vb, T(0));
       for (i64 i = 0; i < g.Nq; ++i) {
@@ -364,8 +420,8 @@ void backward_kernel(const Geometry& g, const T* dout, const T* q, const T* k, c
         const i64* sel = idx + item * g.topk;
         const T *K, *V;
         gather<T>(g, k, v, sel, kg.data(), nullptr, &K, &V, bh);
-        gather_t(g, k, g.d, sel, bh, kt.data());
-        gather_t(g, v, g.dv, sel, bh, vt.data());
+        gather_t(g, k, g.d, sel, bh, whole ? k_bh.data() : nullptr, kt.data());
+        gather_t(g, v, g.dv, sel, bh, whole ? v_bh.data() : nullptr, vt.data());
         T* DK = direct ? dk + (bh * g.Nk + sel[0]) * kb : dkg.data();
         T* DV = direct ? dv + (bh * g.Nk + sel[0]) * vb : dvg.data();
         for (i64 r0 = 0; r0 < g.Tq; r0 += rows) {
