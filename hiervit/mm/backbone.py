@@ -270,7 +270,8 @@ class TimmBackbone(BaseModule):
         checkpoint = cfg.get('checkpoint')
         if not checkpoint:
             raise ValueError("init_cfg=dict(type='Pretrained') needs checkpoint=<path or URL> (in the config, or "
-                             "--cfg-options model.backbone.init_cfg.checkpoint=...).")
+                             "--cfg-options model.backbone.init_cfg.checkpoint=...); --cfg-options "
+                             "model.backbone.init_cfg=None starts the backbone from random initialisation instead.")
         path = checkpoint
         if isinstance(checkpoint, str) and checkpoint.startswith(('http://', 'https://')):
             # timm's cache, under the file name the family registers for the URL (released URLs may end alike)
