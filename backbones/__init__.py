@@ -9,6 +9,7 @@ from . import cswin  # noqa: F401
 from . import dinats  # noqa: F401
 from . import flatten  # noqa: F401
 from . import inline  # noqa: F401
+from . import inline_deit  # noqa: F401
 from . import l2vit  # noqa: F401
 from . import nat  # noqa: F401
 from . import s2aformer  # noqa: F401
@@ -16,7 +17,8 @@ from . import swin_vsa  # noqa: F401
 from . import vitae_vsa  # noqa: F401
 
 HIERVIT_MODULES = (
-    'biformer', 'cswin', 'dinats', 'flatten', 'inline', 'l2vit', 'nat', 's2aformer', 'swin_vsa', 'vitae_vsa')
+    'biformer', 'cswin', 'dinats', 'flatten', 'inline', 'inline_deit', 'l2vit', 'nat', 's2aformer', 'swin_vsa',
+    'vitae_vsa')
 
 
 def list_hiervit_models(pattern: str = '', pretrained: bool = False) -> List[str]:

@@ -4,7 +4,8 @@ A timm implementation of
     - `Bridging the Divide: Reconsidering Softmax and Linear Attention` (Han et al., NeurIPS 2024)
       - https://arxiv.org/abs/2412.06590
 
-Model structure from https://github.com/LeapLabTHU/InLine (models/inline_swin.py, inline_cswin.py). The official code
+Model structure from https://github.com/LeapLabTHU/InLine (models/inline_swin.py, inline_cswin.py, inline_pvt.py).
+The official code
 has no license (no LICENSE file), and neither do its weights: hiervit re-implements the models from the paper, using
 the repository only for facts (key names and shapes, hyperparameters, stage patterns), and its pretrained_cfgs point
 at the released files without redistributing them.
@@ -24,6 +25,8 @@ windows of `window_size`, 56 at 224 px: the whole map in every stage of a 224 px
 window max(7, window_size // 8)); an `M<n>` stage has n InLine blocks, then Swin blocks (Swin-B: `IIMS2`).
 `InLineCSWin` is the CSWin layout with InLine over the whole map in its `I` stages (the released la_split_size
 56-28-14-7 / 96-48-24-12 equals every I stage's map at the trained size) and CSWin's stripes in its `S` stages.
+`InLinePVT` is the PVT v1 layout (`hiervit.backbones.layers.pvt`) with whole-map InLine attention in every block (the
+release's `IIII` with `la_sr_ratios` 1111: no spatial reduction) and PVT's separate `q` and `kv` projections.
 
 Input sizes: the official models take only square inputs of their build size. Here any size works: InLine windows
 follow the official rule per axis (an axis no longer than the window is one window; a longer axis is cut into
@@ -36,7 +39,8 @@ window-sized table; the Swin stages' bias tables are cropped for maps smaller th
 State-dict layout: Swin `levels.{i}.blocks.{j}.{norm1, attn.{qkv, proj, residual.0, residual.2,
 relative_position_bias_table}, norm2, mlp}`, `levels.{i}.downsample` (official `layers.*`), `head.fc` (official
 `head`); CSwin as `hiervit.backbones.cswin` (official `stage{i}.{j}`, `attns.0.{get_v, residual}` -> `attn.{get_v.0,
-residual}`). `checkpoint_filter_fn` converts both.
+residual}`); PVT as `hiervit.backbones.layers.pvt` (official `patch_embed{i}`, `pos_embed{i}`, `block{i}`, `head`).
+`checkpoint_filter_fn` converts all three.
 """
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -49,12 +53,17 @@ from timm.layers import register_notrace_function, resize_rel_pos_bias_table
 from timm.models import generate_default_cfgs, register_model
 
 from hiervit.backbones import cswin as _cswin
+from hiervit.backbones._pretrained import build_with_official_layouts, check_checkpoint_keys, model_description
+from hiervit.backbones.layers.pvt import PVTLayout, pvt_official_key
 from hiervit.backbones.layers.skeleton import CSWinLayout, MixerFactory, SwinLayout, build_layout_model
 from hiervit.backbones.layers.window import SwinWindowAttention
 from hiervit.backbones.nat import convert_official_checkpoint
 from hiervit.kernels.linear import linear_attention_op
 
-__all__ = ['InLineAttention', 'InLineSwin', 'InLineCSWin', 'inline_prepare', 'inline_finish', 'stage_attn_types']
+__all__ = [
+    'InLineAttention', 'InLineSwin', 'InLineCSWin', 'InLinePVT', 'inline_prepare', 'inline_finish', 'local_residual',
+    'stage_attn_types',
+]
 
 KERNEL_FUNCS = ('identity', 'relu', 'leakyrelu', 'exp')
 
@@ -136,6 +145,19 @@ def inline_prepare(
 torch.fx.wrap('inline_prepare')  # a leaf for plain torch.fx.symbolic_trace too (timm's tracer knows it already)
 
 
+def local_residual(v: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """InLine's local residual: a 3x3 depthwise cross-correlation of `v [B, h, w, C]` with one kernel per sample and
+    channel, `weights [B, 1, 1, C, 9]` (row-major taps), zeros beyond the map; `[B, h, w, C]`. Nine shifted products
+    instead of the release's conv with the batch in the groups, so that export and TorchScript see fixed ops."""
+    h, w = v.shape[1], v.shape[2]
+    vp = F.pad(v, (0, 0, 1, 1, 1, 1))
+    res = vp[:, 0:h, 0:w] * weights[..., 0]
+    for j in range(1, 9):
+        dy, dx = j // 3, j % 3
+        res = res + vp[:, dy:dy + h, dx:dx + w] * weights[..., j]
+    return res
+
+
 @register_notrace_function
 def inline_finish(
         out: torch.Tensor,
@@ -171,12 +193,7 @@ def inline_finish(
     wts = F.conv1d(mean.unsqueeze(-1), res_w1, res_b1, groups=num_heads)
     wts = F.conv1d(F.gelu(wts), res_w2, res_b2, groups=num_heads).reshape(Bw, 1, 1, C, 9)
     vi = v.reshape(Bw, window[0], window[1], C)
-    vp = F.pad(vi, (0, 0, 1, 1, 1, 1))
-    res = vp[:, 0:window[0], 0:window[1]] * wts[..., 0]
-    for j in range(1, 9):
-        dy, dx = j // 3, j % 3
-        res = res + vp[:, dy:dy + window[0], dx:dx + window[1]] * wts[..., j]
-    x = x + res.reshape(Bw, N, C)
+    x = x + local_residual(vi, wts).reshape(Bw, N, C)
     if lepe_w is not None:
         lepe = F.conv2d(vi.permute(0, 3, 1, 2), lepe_w, lepe_b, padding=1, groups=C)  # NHWC -> NCHW
         x = x + lepe.flatten(2).transpose(1, 2)
@@ -412,6 +429,50 @@ class InLineCSWin(CSWinLayout):
         self.attn_type = attn_type
 
 
+class InLinePVT(PVTLayout):
+    """InLine-PVT: the PVT v1 layout with whole-map InLine attention in every block (the release's pattern `IIII`
+    with `la_sr_ratios` 1111, i.e. no spatial reduction)."""
+
+    def __init__(
+            self,
+            embed_dims: Sequence[int] = (64, 128, 320, 512),
+            depths: Sequence[int] = (2, 2, 2, 2),
+            num_heads: Sequence[int] = (2, 4, 10, 16),
+            mlp_ratios: Sequence[float] = (8., 8., 4., 4.),
+            qkv_bias: bool = True,
+            kernel_func: str = 'identity',
+            proj_drop_rate: float = 0.,
+            attn_backend: Optional[str] = None,
+            **kwargs,
+    ):
+        """
+        Args:
+            embed_dims: Channels per stage.
+            depths: Blocks per stage.
+            num_heads: Heads per stage (the release doubles PVT's: 2-4-10-16).
+            mlp_ratios: MLP hidden width / dim per stage.
+            qkv_bias: Bias in the q and kv projections.
+            kernel_func: InLine's feature map of q and k (the release's PVT has only the identity).
+            proj_drop_rate: Dropout after the attention projection and in the MLP (the official `drop_rate`).
+            attn_backend: Force a linear-attention backend (None: the op's dispatcher chooses).
+            **kwargs: Any other `PVTLayout` argument (`img_size`, `num_classes`, `drop_path_rate`, ...).
+        """
+        def make(dim: int, heads: int, block: int) -> nn.Module:
+            return InLineAttention(
+                dim, heads, window_size=None, qkv_bias=qkv_bias, kernel_func=kernel_func, split_qkv=True,
+                proj_drop=proj_drop_rate, backend=attn_backend)
+
+        super().__init__(
+            [make] * len(depths),
+            embed_dims=embed_dims,
+            depths=depths,
+            num_heads=num_heads,
+            mlp_ratios=mlp_ratios,
+            proj_drop_rate=proj_drop_rate,
+            **kwargs,
+        )
+
+
 def _resize_tables(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
     """Swin-stage bias tables of another window size, resized (bicubic, timm's rule) to the model's."""
     target = model.state_dict()
@@ -424,10 +485,30 @@ def _resize_tables(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dic
     return out
 
 
+def _pvt_filter(state_dict: Dict[str, Any], model: InLinePVT) -> Dict[str, torch.Tensor]:
+    for key in ('model', 'state_dict'):
+        if key in state_dict and isinstance(state_dict[key], dict):
+            state_dict = state_dict[key]
+    target = model.state_dict()
+    if any(k.startswith('stages.') for k in state_dict):  # already in this layout
+        out = dict(state_dict)
+    else:
+        out = {pvt_official_key(k): v for k, v in state_dict.items()}
+    if 'head.fc.weight' not in target:
+        out = {k: v for k, v in out.items() if not k.startswith('head.fc.')}
+    check_checkpoint_keys(
+        out, target, model_description(model, 'InLine-PVT'), reshapable=('patch_embed.proj.weight',),
+        variants='The variants differ in depths (hiervit.backbones.inline._VARIANT_ARGS).')
+    return out
+
+
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """Convert a released InLine-Swin or InLine-CSwin checkpoint (`model`, or the EMA weights `state_dict_ema` of
-    the CSwin files, which the release evaluates) to this model's layout, or raise a ValueError saying what does not
-    fit. Swin-stage bias tables of another window are resized; the release's index and mask buffers are dropped."""
+    """Convert a released InLine-Swin, InLine-CSwin or InLine-PVT checkpoint (`model`, or the EMA weights
+    `state_dict_ema` of the CSwin files, which the release evaluates) to this model's layout, or raise a ValueError
+    saying what does not fit. Swin-stage bias tables of another window are resized; the release's index and mask
+    buffers are dropped."""
+    if isinstance(model, InLinePVT):
+        return _pvt_filter(state_dict, model)
     if isinstance(model, InLineCSWin):
         return _resize_tables(_cswin.checkpoint_filter_fn(state_dict, model), model)
     for key in ('model', 'state_dict'):
@@ -436,7 +517,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[s
     state_dict = {k: v for k, v in state_dict.items() if not re.search(r'(relative_position_index|attn_mask)$', k)}
     if any(k.startswith('levels.') for k in state_dict):  # already in this layout
         return _resize_tables(state_dict, model)
-    out = convert_official_checkpoint(state_dict, model, 'layers.', _VARIANT_ARGS)
+    swin_variants = {k: v for k, v in _VARIANT_ARGS.items() if k.startswith('inline_swin')}  # for the error message
+    out = convert_official_checkpoint(state_dict, model, 'layers.', swin_variants)
     return _resize_tables(out, model)
 
 
@@ -473,6 +555,10 @@ default_cfgs = generate_default_cfgs({
     'inline_cswin_small.in1k': _cfg(url=_url('59f4e65f776f4052b93c', 'inline_cswin_small.pth')),
     'inline_cswin_base.in1k': _cfg(url=_url('91e17121df284ae38521', 'inline_cswin_base.pth')),
     'inline_cswin_base_384': _cfg(input_size=(3, 384, 384), pool_size=(12, 12), notes=_NO_WEIGHTS),
+    'inline_pvt_tiny.in1k': _cfg(url=_url('90ac52b1555b401eb5e6', 'inline_pvt_tiny.pth')),
+    'inline_pvt_small.in1k': _cfg(url=_url('1ab953b2479d433080a3', 'inline_pvt_small.pth')),
+    'inline_pvt_medium.in1k': _cfg(url=_url('a72aec31e6084bc0a280', 'inline_pvt_medium.pth')),
+    'inline_pvt_large.in1k': _cfg(url=_url('efd91318ba964f01b288', 'inline_pvt_large.pth')),
 })
 
 # Architecture arguments of every entrypoint (the release's cfgs/*.yaml and models/*.py) with its training drop path.
@@ -501,10 +587,24 @@ _VARIANT_ARGS: Dict[str, Dict[str, Any]] = {
     'inline_cswin_base_384': dict(
         embed_dim=96, depths=(3, 6, 29, 2), num_heads=(4, 8, 16, 32), split_size=(1, 2, 12, 12), attn_type='IISS',
         drop_path_rate=0.7),
+    # models/inline_pvt.py with cfgs/inline_pvt_{t,s,m,b}.yaml (the release's `large` is its config `b`)
+    'inline_pvt_tiny': dict(depths=(2, 2, 2, 2), drop_path_rate=0.1),
+    'inline_pvt_small': dict(depths=(3, 4, 6, 3), drop_path_rate=0.1),
+    'inline_pvt_medium': dict(depths=(3, 4, 18, 3), drop_path_rate=0.3),
+    'inline_pvt_large': dict(depths=(3, 8, 27, 3), drop_path_rate=0.3),
 }
 
 
 def _create_variant(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -> nn.Module:
+    if variant.startswith('inline_pvt'):
+        # the PVT layout's stage outputs are the features (no per-output norms, as the official PVT backbones)
+        kwargs = dict(_VARIANT_ARGS[variant], **kwargs)
+        feature_cfg = dict(out_indices=kwargs.pop('out_indices', (0, 1, 2, 3)),
+                           feature_cls=kwargs.pop('feature_cls', 'getter'))
+        if feature_cfg['feature_cls'] == 'fx':
+            feature_cfg['output_fmt'] = 'NHWC'
+        return build_with_official_layouts(
+            InLinePVT, variant, pretrained, checkpoint_filter_fn, feature_cfg=feature_cfg, **kwargs)
     cls = InLineCSWin if variant.startswith('inline_cswin') else InLineSwin
     return build_layout_model(cls, variant, pretrained, checkpoint_filter_fn, _VARIANT_ARGS[variant], **kwargs)
 
@@ -555,3 +655,27 @@ def inline_cswin_base(pretrained: bool = False, **kwargs) -> InLineCSWin:
 def inline_cswin_base_384(pretrained: bool = False, **kwargs) -> InLineCSWin:
     """InLine-CSwin-B @ 384 (stripes 12; cfgs/inline_cswin_b_384.yaml, no released weights)."""
     return _create_variant('inline_cswin_base_384', pretrained, kwargs)
+
+
+@register_model
+def inline_pvt_tiny(pretrained: bool = False, **kwargs) -> InLinePVT:
+    """InLine-PVT-T @ 224, ImageNet-1k (cfgs/inline_pvt_t.yaml, depths 2-2-2-2)."""
+    return _create_variant('inline_pvt_tiny', pretrained, kwargs)
+
+
+@register_model
+def inline_pvt_small(pretrained: bool = False, **kwargs) -> InLinePVT:
+    """InLine-PVT-S @ 224, ImageNet-1k (cfgs/inline_pvt_s.yaml, depths 3-4-6-3)."""
+    return _create_variant('inline_pvt_small', pretrained, kwargs)
+
+
+@register_model
+def inline_pvt_medium(pretrained: bool = False, **kwargs) -> InLinePVT:
+    """InLine-PVT-M @ 224, ImageNet-1k (cfgs/inline_pvt_m.yaml, depths 3-4-18-3)."""
+    return _create_variant('inline_pvt_medium', pretrained, kwargs)
+
+
+@register_model
+def inline_pvt_large(pretrained: bool = False, **kwargs) -> InLinePVT:
+    """InLine-PVT-L @ 224, ImageNet-1k (cfgs/inline_pvt_b.yaml, depths 3-8-27-3)."""
+    return _create_variant('inline_pvt_large', pretrained, kwargs)

@@ -56,7 +56,21 @@ def _spatial(x: torch.Tensor, model: nn.Module) -> tuple:
 
 
 def _channels(x: torch.Tensor, model: nn.Module) -> int:
-    return x.shape[-1] if getattr(model, 'output_fmt', 'NCHW') == 'NHWC' else x.shape[1]
+    # tokens [B, N, C] (plain ViTs) or channels-last maps: channels last
+    return x.shape[-1] if x.ndim == 3 or getattr(model, 'output_fmt', 'NCHW') == 'NHWC' else x.shape[1]
+
+
+def _plain(model: nn.Module) -> bool:
+    """A plain (single-scale) ViT such as InLine-DeiT: every feature at one reduction, and, as timm's
+    VisionTransformer, `forward_features` / the unpooled head return tokens `[B, prefix + h * w, C]`."""
+    reductions = model.feature_info.reduction() if hasattr(model.feature_info, 'reduction') else \
+        [f['reduction'] for f in model.feature_info]
+    return len(set(reductions)) == 1
+
+
+def _tokens(model: nn.Module, h: int, w: int) -> int:
+    """Tokens of a plain ViT for an `h x w` feature grid."""
+    return model.num_prefix_tokens + h * w
 
 
 def _compile_matcher(matcher: Dict) -> List[re.Pattern]:
@@ -129,19 +143,24 @@ def test_cfg_and_shapes(name):
 
         x = torch.empty(1, *cfg['input_size'])
         feat = model.forward_features(x)
-        assert _spatial(feat, model) == tuple(cfg['pool_size'])
+        plain = _plain(model)
+
+        def unpooled(out: torch.Tensor) -> bool:  # the cfg's pool_size: the final map, or a plain ViT's token grid
+            if plain:
+                return out.ndim == 3 and out.shape[1] == _tokens(model, *cfg['pool_size'])
+            return out.ndim == 4 and _spatial(out, model) == tuple(cfg['pool_size'])
+
+        assert unpooled(feat)
         assert _channels(feat, model) == model.num_features
         assert model.forward_head(feat, pre_logits=True).shape == (1, model.head_hidden_size)
         assert model.forward_head(feat).shape == (1, model.num_classes)
         model.reset_classifier(0)
         assert model(x).shape == (1, model.head_hidden_size)
         model.reset_classifier(0, '')
-        out = model(x)
-        assert out.ndim == 4 and _spatial(out, model) == tuple(cfg['pool_size'])
+        assert unpooled(model(x))
 
         model = timm.create_model(name, num_classes=0, global_pool='')
-        out = model(x)
-        assert out.ndim == 4 and _spatial(out, model) == tuple(cfg['pool_size'])
+        assert unpooled(model(x))
 
     names = {n for n, _ in model.named_parameters()}
     nwd = set(model.no_weight_decay())
@@ -191,7 +210,11 @@ def test_head_reset_values(name):
         torch.testing.assert_close(model.forward_head(feat), pre)
         model.reset_classifier(0, '')
         torch.testing.assert_close(model.forward_head(feat), feat)
-    assert _spatial(feat, model) == (math.ceil((IMG + 8) / 32), math.ceil((IMG - 8) / 32))
+    if _plain(model):
+        r = model.feature_info[-1]['reduction']
+        assert feat.shape[1] == _tokens(model, math.ceil((IMG + 8) / r), math.ceil((IMG - 8) / r))
+    else:
+        assert _spatial(feat, model) == (math.ceil((IMG + 8) / 32), math.ceil((IMG - 8) / 32))
 
 
 @pytest.mark.parametrize('feature_cls', [None, 'getter'])
@@ -201,7 +224,7 @@ def test_features_only(name, feature_cls):
     model = timm.create_model(name, features_only=True, **kwargs).eval()
     channels, reductions = model.feature_info.channels(), model.feature_info.reduction()
     assert len(channels) >= 3
-    assert reductions[:4] == [4, 8, 16, 32]
+    assert reductions[:4] == [4, 8, 16, 32] or _plain(model), reductions
     with torch.no_grad():
         outs = model(torch.randn(1, 3, IMG, IMG))
     assert len(outs) == len(channels)

@@ -54,7 +54,7 @@ def test_fx_feature_extraction_forward_backward(name):
     """timm's FX feature extraction: the level outputs (in the model's own layout), trainable end to end."""
     features = timm.create_model(name, features_only=True, feature_cls='fx').eval()
     outs = features(torch.randn(*SMALL))
-    channel_axis = -1 if features.output_fmt == 'NHWC' else 1
+    channel_axis = -1 if features.output_fmt in ('NHWC', 'NLC') else 1  # NLC: a plain ViT's block tokens
     assert [o.shape[channel_axis] for o in outs] == features.feature_info.channels()
     assert all(o.shape[0] == 1 and torch.isfinite(o).all() for o in outs)
     sum(o.square().mean() for o in outs).backward()

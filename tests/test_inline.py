@@ -10,12 +10,17 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import hiervit  # noqa: F401
-from hiervit.backbones.inline import InLineAttention, InLineCSWin, InLineSwin, checkpoint_filter_fn, stage_attn_types
+from hiervit.backbones import inline_deit
+from hiervit.backbones.inline import (
+    InLineAttention, InLineCSWin, InLinePVT, InLineSwin, checkpoint_filter_fn, stage_attn_types,
+)
+from hiervit.backbones.inline_deit import InLineDeiT, InLineTokenAttention
 
 FIXTURES = Path(__file__).parent / 'fixtures'
 
-# Parameter counts of the release's model code (LeapLabTHU/InLine models/inline_swin.py, inline_cswin.py built with
-# its cfgs/*.yaml, counted with sum(p.numel())); FLOPs: the release's README table (G, one multiply-add = one FLOP).
+# Parameter counts of the release's model code (LeapLabTHU/InLine models/inline_swin.py, inline_cswin.py,
+# inline_pvt.py built with its cfgs/*.yaml, counted with sum(p.numel())); FLOPs: the release's README table (G, one
+# multiply-add = one FLOP).
 # Where the README gives none (384 px) the value is ours, recorded.
 OFFICIAL = {
     'inline_swin_tiny': (29_223_544, 4.5),
@@ -26,21 +31,35 @@ OFFICIAL = {
     'inline_cswin_small': (33_032_872, 6.8),
     'inline_cswin_base': (73_413_640, 14.9),
     'inline_cswin_base_384': (73_413_640, 46.17),
+    'inline_pvt_tiny': (12_032_232, 2.0),
+    'inline_pvt_small': (21_556_136, 3.9),
+    'inline_pvt_medium': (37_618_856, 6.9),
+    'inline_pvt_large': (51_154_280, 10.2),
+}
+# InLine-DeiT (models/inline_deit.py; README: 6.5 / 16.7 / 23.8 M, 1.1 / 5.0 / 17.2 G) at the README's resolutions
+OFFICIAL_DEIT = {
+    'inline_deit_tiny': (6_477_736, 1.1, 224),
+    'inline_deit_small': (16_734_760, 5.0, 288),
+    'inline_deit_base': (23_797_096, 17.2, 448),
 }
 
 
 def test_registered_variants():
     assert set(timm.list_models(module='inline')) == set(OFFICIAL)
+    assert set(timm.list_models(module='inline_deit')) == set(OFFICIAL_DEIT)
 
 
-@pytest.mark.parametrize('name', sorted(OFFICIAL))
+@pytest.mark.parametrize('name', sorted(OFFICIAL) + sorted(OFFICIAL_DEIT))
 def test_params_equal_official_and_flops_match_readme(name):
-    size = 384 if name.endswith('384') else 224
+    if name in OFFICIAL_DEIT:
+        params, gflops, size = OFFICIAL_DEIT[name]
+        assert timm.models.get_pretrained_cfg(name).input_size == (3, size, size)
+    else:
+        (params, gflops), size = OFFICIAL[name], 384 if name.endswith('384') else 224
     with torch.device('meta'):
         model = timm.create_model(name)
         with FlopCounterMode(display=False) as counter:
             model(torch.empty(1, 3, size, size))
-    params, gflops = OFFICIAL[name]
     assert sum(p.numel() for p in model.parameters()) == params
     assert counter.get_total_flops() / 2e9 == pytest.approx(gflops, rel=0.03)
 
@@ -138,19 +157,20 @@ def test_split_qkv_projections_equal_the_fused_one():
     torch.testing.assert_close(split(x), fused(x))
 
 
-@pytest.mark.parametrize('name', ['inline_swin_tiny', 'inline_cswin_tiny'])
+@pytest.mark.parametrize('name', ['inline_swin_tiny', 'inline_cswin_tiny', 'inline_pvt_tiny', 'inline_deit_tiny'])
 def test_fixture_is_the_official_layout(name):
     keys = json.loads((FIXTURES / f'{name}_keys.json').read_text())
     params = {k: s for k, s in keys.items() if not k.endswith(('relative_position_index', 'attn_mask'))}
-    assert sum(torch.Size(s).numel() for s in params.values()) == OFFICIAL[name][0]
+    assert sum(torch.Size(s).numel() for s in params.values()) == {**OFFICIAL, **OFFICIAL_DEIT}[name][0]
+    filter_fn = inline_deit.checkpoint_filter_fn if name in OFFICIAL_DEIT else checkpoint_filter_fn
     with torch.device('meta'):  # shapes only
         sd = {k: torch.empty(s) for k, s in keys.items()}
         model = timm.create_model(name)
-    model.load_state_dict(checkpoint_filter_fn({'model': sd}, model), assign=True)
+    model.load_state_dict(filter_fn({'model': sd}, model), assign=True)
     # create_model(checkpoint_path=...) skips the filter: the load hook converts the official layout
     model.load_state_dict(sd, assign=True)
     with pytest.raises(ValueError, match='missing'):
-        checkpoint_filter_fn({k: v for k, v in sd.items() if 'proj' not in k}, model)
+        filter_fn({k: v for k, v in sd.items() if 'proj' not in k}, model)
 
 
 def _seeded_official(keys, seed=0):
@@ -174,6 +194,9 @@ OUTPUT_CASES = {
                                   attn_type='IISS'), 224),
     'cswin': (InLineCSWin, dict(embed_dim=16, depths=(2, 2, 2, 1), num_heads=(2, 2, 4, 4), split_size=(1, 2, 2, 2),
                                 attn_type='IISS'), 64),
+    'pvt': (InLinePVT, dict(img_size=64, embed_dims=(16, 32, 40, 64), depths=(1, 1, 2, 1), num_heads=(2, 4, 4, 8),
+                            mlp_ratios=(2., 2., 2., 2.)), 64),
+    'deit': (InLineDeiT, dict(img_size=64, embed_dim=16, depth=2, num_heads=2), 64),
 }
 
 
@@ -184,7 +207,8 @@ def test_converted_checkpoint_matches_official_outputs(case):
     ref = json.loads((FIXTURES / 'inline_small_official_outputs.json').read_text())[case]
     cls, args, size = OUTPUT_CASES[case]
     model = cls(num_classes=10, drop_path_rate=0., **args).eval()
-    model.load_state_dict(checkpoint_filter_fn(_seeded_official(ref['keys']), model))
+    filter_fn = inline_deit.checkpoint_filter_fn if cls is InLineDeiT else checkpoint_filter_fn
+    model.load_state_dict(filter_fn(_seeded_official(ref['keys']), model))
     x = torch.randn(len(ref['logits']), 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         out = model(x)
@@ -199,6 +223,59 @@ def test_any_input_size(size):
     model = InLineCSWin(embed_dim=8, depths=(1, 1, 2, 1), num_heads=(2, 2, 2, 2), split_size=(1, 2, 2, 2),
                         num_classes=3).eval()
     out = model(torch.randn(1, 3, *size))
+    assert out.shape == (1, 3) and torch.isfinite(out).all()
+    model = InLinePVT(img_size=64, embed_dims=(8, 8, 16, 16), depths=(1, 1, 1, 1), num_heads=(2, 2, 2, 2),
+                      num_classes=3).eval()
+    out = model(torch.randn(1, 3, *size))
+    assert out.shape == (1, 3) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize('grid', [(3, 5), (4, 4)])
+def test_token_mixer_matches_restatement(grid):
+    """InLine over ViT tokens against the quadratic form over all tokens (class token included), with the residual
+    conv on the patch grid done as the release does (batch in the groups), on a non-square grid too."""
+    torch.manual_seed(grid[0] * 10 + grid[1])
+    H, W = grid
+    mod = InLineTokenAttention(16, 2).double()
+    for p in mod.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(2, 1 + H * W, 16, dtype=torch.float64, requires_grad=True)
+    got = mod(x, [H, W])
+    B, T, C = x.shape
+    q, k, v = mod.qkv(x).reshape(B, T, 3, 2, 8).permute(2, 0, 3, 1, 4)
+    s = 8 ** -0.5
+    logits = q @ k.transpose(-1, -2)
+    weights = s / T * logits + (1 - s / T * logits.sum(-1, keepdim=True)) / T
+    out = (weights @ v).transpose(1, 2).reshape(B, T, C)
+    kernel = mod.residual(x.mean(1).unsqueeze(-1)).reshape(B * C, 1, 3, 3)
+    vi = v[:, :, 1:].transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2).reshape(1, B * C, H, W)
+    res = F.conv2d(vi, kernel, padding=1, groups=B * C).reshape(B, C, H * W).transpose(1, 2)
+    want = mod.proj(torch.cat([out[:, :1], out[:, 1:] + res], 1))
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    g = torch.randn_like(got)
+    grads = torch.autograd.grad(got, [x] + list(mod.parameters()), g)
+    grads_want = torch.autograd.grad(want, [x] + list(mod.parameters()), g)
+    for a, b in zip(grads, grads_want):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-9)
+
+
+def test_deit_position_embedding_resamples():
+    """Exact at the build size; another build size's checkpoint is resampled by the filter; non-square inputs run."""
+    small = InLineDeiT(img_size=64, embed_dim=16, depth=1, num_heads=2, num_classes=3).eval()
+    big = InLineDeiT(img_size=96, embed_dim=16, depth=1, num_heads=2, num_classes=3).eval()
+    sd = inline_deit.checkpoint_filter_fn(small.state_dict(), big)
+    assert sd['pos_embed'].shape == big.pos_embed.shape == (1, 1 + 36, 16)
+    big.load_state_dict(sd)
+    with pytest.raises(ValueError, match='mis-shaped'):
+        inline_deit.checkpoint_filter_fn(InLineDeiT(img_size=64, embed_dim=32, depth=1, num_heads=2,
+                                                    num_classes=3).state_dict(), small)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        tokens, grid = small.forward_tokens(x)  # the build size: the embedding is added as it is
+        assert grid == [4, 4]
+        want = torch.cat([small.cls_token, small.patch_embed(x).reshape(1, 16, 16)], 1) + small.pos_embed
+        torch.testing.assert_close(tokens, want)
+        out = small(torch.randn(1, 3, 37, 90))  # 3 x 6 grid after padding to whole patches
     assert out.shape == (1, 3) and torch.isfinite(out).all()
 
 

@@ -125,10 +125,26 @@ def test_every_config_is_found():
 @pytest.fixture(scope='module', autouse=True)
 def _cached_external_config_lookup():
     """mmengine re-parses every metafile of mmdet/mmseg for each `mmdet::` base it resolves (~0.5 s each); the answer
-    depends only on the installed files, so memoise it for this module's many config loads."""
+    depends only on the installed files, so memoise it for this module's many config loads. The answer for a
+    `_base_/...` file is a ValueError (not a metafile entry; mmengine then joins the package path), so the outcome
+    is cached, not only the returned paths."""
     from mmengine.config import config as mm_config
     original = mm_config._get_external_cfg_path
-    mm_config._get_external_cfg_path = functools.lru_cache(maxsize=None)(original)
+
+    @functools.lru_cache(maxsize=None)
+    def outcome(package_path, cfg_file):
+        try:
+            return original(package_path, cfg_file), None
+        except ValueError as e:
+            return None, str(e)
+
+    def cached(package_path, cfg_file):
+        path, error = outcome(package_path, cfg_file)
+        if error is not None:
+            raise ValueError(error)
+        return path
+
+    mm_config._get_external_cfg_path = cached
     yield
     mm_config._get_external_cfg_path = original
 

@@ -160,7 +160,7 @@ def test_one_triton_precision_rule(monkeypatch):
 
 def test_every_declared_backend_is_listed():
     assert NEIGHBORHOOD.dispatcher.names == ['cpp', 'cpu', 'triton', 'reference', 'natten', 'flex']
-    assert ROUTED.dispatcher.names == ['cpu', 'triton', 'reference']
+    assert ROUTED.dispatcher.names == ['cpp', 'cpu', 'triton', 'reference']
     q = torch.randn(1, 6, 7, 2, 8)
     with pytest.raises(BackendError, match="'natten' (runs outside the custom op|.*natten is not installed)"):
         NEIGHBORHOOD.fwd(q, q, q, None, [3, 3], [1, 1], 0.3, 'natten')

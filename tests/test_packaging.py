@@ -35,7 +35,9 @@ def test_wheel_installs_and_imports(tmp_path):
     top = {n.split('/')[0] for n in names if not n.startswith('hiervit-')}
     assert top == {'hiervit'}, f'wheel installs top-level names {sorted(top)}'
     for pkg in ('hiervit/backbones/__init__.py', 'hiervit/kernels/_dispatch.py', 'hiervit/train/__init__.py',
-                'hiervit/kernels/neighborhood/csrc/na_cpu.cpp'):  # the C++ sources build on first use
+                'hiervit/kernels/neighborhood/csrc/na_cpu.cpp',
+                'hiervit/kernels/routed/csrc/routed_cpu.cpp',
+                'hiervit/kernels/window/csrc/win_cpu.cpp'):  # the C++ sources build on first use
         assert pkg in names, pkg
 
     site = tmp_path / 'site'

@@ -108,7 +108,9 @@ IL_SWIN_1K = ('inline_swin_tiny', 'inline_swin_small', 'inline_swin_base')
 IL_SWIN = IL_SWIN_1K + ('inline_swin_base_384',)
 IL_CSWIN_1K = ('inline_cswin_tiny', 'inline_cswin_small', 'inline_cswin_base')
 IL_CSWIN = IL_CSWIN_1K + ('inline_cswin_base_384',)
-IL_ALL = IL_SWIN + IL_CSWIN
+IL_PVT = ('inline_pvt_tiny', 'inline_pvt_small', 'inline_pvt_medium', 'inline_pvt_large')
+IL_DEIT = ('inline_deit_tiny', 'inline_deit_small', 'inline_deit_base')
+IL_ALL = IL_SWIN + IL_CSWIN + IL_PVT + IL_DEIT
 IL_CONFIG = 'LeapLabTHU/InLine config.py default'
 IL_CFG = 'LeapLabTHU/InLine cfgs/<recipe>.yaml'
 IL_SCALE = 'LeapLabTHU/InLine main.py / main_ema.py: BASE_LR, WARMUP_LR, MIN_LR x DATA.BATCH_SIZE x 8 GPUs / 512'
@@ -452,7 +454,40 @@ PUBLISHED = [
     Published(IL_ALL, 'remode', 'pixel', IL_CONFIG),
     Published(IL_ALL, 'train_interpolation', 'bicubic', IL_CONFIG + ' DATA.INTERPOLATION'),
     Published(IL_ALL, 'amp', True, IL_README),
-    Published(IL_SWIN, 'model_ema', False, 'LeapLabTHU/InLine main.py (no EMA)'),
+    Published(IL_SWIN + IL_PVT + IL_DEIT, 'model_ema', False, 'LeapLabTHU/InLine main.py (no EMA)'),
+    Published(IL_DEIT[:1], 'img_size', 224, IL_CONFIG + ' DATA.IMG_SIZE'),
+    Published(IL_DEIT[1:2], 'img_size', 288, IL_CFG + ' DATA.IMG_SIZE'),
+    Published(IL_DEIT[2:], 'img_size', 448, IL_CFG + ' DATA.IMG_SIZE'),
+    Published(IL_DEIT[:1], 'batch_size', 512, IL_CFG + ' DATA.BATCH_SIZE'),
+    Published(IL_DEIT[1:2], 'batch_size', 128, IL_CFG + ' DATA.BATCH_SIZE'),
+    Published(IL_DEIT[2:], 'batch_size', 64, IL_CFG + ' DATA.BATCH_SIZE'),
+    Published(IL_DEIT, 'epochs_run', 300, IL_CONFIG + ' (COOLDOWN_EPOCHS 0)'),
+    Published(IL_DEIT, 'warmup_epochs', 20, IL_CONFIG),
+    Published(IL_DEIT, 'lr_base', 5e-4, IL_CONFIG),
+    Published(IL_DEIT, 'weight_decay', 0.05, IL_CONFIG),
+    Published(IL_DEIT, 'clip_grad', 5.0, IL_CONFIG),
+    Published(IL_DEIT, 'drop_path', 0.1, IL_CONFIG + ' MODEL.DROP_PATH_RATE'),
+    Published(IL_DEIT[:1], 'warmup_lr', 4e-6, IL_SCALE + ': 5e-7 x 4096 / 512'),
+    Published(IL_DEIT[:1], 'min_lr', 4e-5, IL_SCALE + ': 5e-6 x 4096 / 512'),
+    Published(IL_DEIT[1:2], 'warmup_lr', 1e-6, IL_SCALE + ': 5e-7 x 1024 / 512'),
+    Published(IL_DEIT[1:2], 'min_lr', 1e-5, IL_SCALE + ': 5e-6 x 1024 / 512'),
+    Published(IL_DEIT[2:], 'warmup_lr', 5e-7, IL_SCALE + ': 5e-7 x 512 / 512'),
+    Published(IL_DEIT[2:], 'min_lr', 5e-6, IL_SCALE + ': 5e-6 x 512 / 512'),
+    Published(IL_PVT, 'img_size', 224, IL_CFG),
+    Published(IL_PVT, 'epochs_run', 310, IL_CFG + ' EPOCHS 300 + COOLDOWN_EPOCHS 10 (main.py)'),
+    Published(IL_PVT, 'warmup_epochs', 5, IL_CFG),
+    Published(IL_PVT, 'lr_base', 5e-4, IL_CFG),
+    Published(IL_PVT, 'weight_decay', 0.05, IL_CFG),
+    Published(IL_PVT[:3], 'batch_size', 128, IL_CFG + ' DATA.BATCH_SIZE'),
+    Published(IL_PVT[3:], 'batch_size', 64, IL_CFG + ' (cfgs/inline_pvt_b.yaml) DATA.BATCH_SIZE'),
+    Published(IL_PVT[:3], 'warmup_lr', 2e-6, IL_SCALE + ': 1e-6 x 1024 / 512'),
+    Published(IL_PVT[:3], 'min_lr', 2e-5, IL_SCALE + ': 1e-5 x 1024 / 512'),
+    Published(IL_PVT[3:], 'warmup_lr', 1e-6, IL_SCALE + ': 1e-6 x 512 / 512'),
+    Published(IL_PVT[3:], 'min_lr', 1e-5, IL_SCALE + ': 1e-5 x 512 / 512'),
+    Published(IL_PVT[:2], 'clip_grad', None, IL_CFG + ' CLIP_GRAD None'),
+    Published(IL_PVT[2:], 'clip_grad', 1.0, IL_CFG + ' CLIP_GRAD 1.0'),
+    Published(IL_PVT[:2], 'drop_path', 0.1, IL_CFG),
+    Published(IL_PVT[2:], 'drop_path', 0.3, IL_CFG),
     Published(IL_SWIN, 'clip_grad', 5.0, IL_CONFIG),
     Published(IL_SWIN_1K + IL_CSWIN_1K, 'img_size', 224, IL_CONFIG),
     Published(IL_SWIN_1K, 'epochs_run', 300, IL_CONFIG + ' (no cooldown in main.py)'),

@@ -1,12 +1,21 @@
-"""Routed (gathered-block) attention: reference semantics, cpu backend vs reference, op registration, errors."""
+"""Routed (gathered-block) attention: reference semantics, cpp and cpu backends vs reference, op registration,
+errors."""
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from hiervit.kernels import BackendError
-from hiervit.kernels.routed import routed_attention, routed_dispatcher, routed_flops, routed_problem
+from hiervit.kernels.routed import cpp, routed_attention, routed_dispatcher, routed_flops, routed_problem
 from hiervit.kernels.routed.cpu import use_dense
+
+FAST_BACKENDS = ['cpp', 'cpu']
+
+
+def _need(backend):
+    """The cpp backend needs its library built on this machine; where it cannot be, say why (the cpu path runs)."""
+    if backend == 'cpp' and cpp.availability() is not None:
+        pytest.skip(f'cpp backend unavailable here: {cpp.availability()}')
 
 
 def make_inputs(B=2, H=3, Nq=5, Tq=3, Nk=7, Tk=5, d=8, dv=6, topk=2, per_head=False, dtype=torch.float32,
@@ -55,8 +64,9 @@ def test_reference_matches_masked_sdpa(per_head):
     assert_all_close(got, want, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize('backend', ['reference', 'cpu'])
+@pytest.mark.parametrize('backend', ['reference', *FAST_BACKENDS])
 def test_topk_all_blocks_is_dense_attention(backend):
+    _need(backend)
     B, H, Nq, Tq, Nk, Tk, d, dv = 2, 2, 3, 5, 6, 3, 8, 4
     q, k, v, idx = make_inputs(B, H, Nq, Tq, Nk, Tk, d, dv, topk=Nk)  # every block, in a random order
     dout = torch.randn(B, H, Nq, Tq, dv)
@@ -72,13 +82,14 @@ def test_duplicates_count_twice():
     # listing block 1 twice equals appending a copy of its keys/values as an extra block
     k3, v3 = torch.cat([k, k[:, :, 1:2]], 2), torch.cat([v, v[:, :, 1:2]], 2)
     twice = routed_attention(q, k3, v3, torch.tensor([[[0, 1, 3]]]), backend='reference')
-    for backend in ('reference', 'cpu'):
+    for backend in ('reference', *FAST_BACKENDS):
+        _need(backend)
         got = routed_attention(q, k, v, torch.tensor([[[0, 1, 1]]]), backend=backend)
         torch.testing.assert_close(got, twice)
         assert not torch.allclose(got, once)
 
 
-# --- cpu backend vs reference -----------------------------------------------------------------------------------------
+# --- cpp and cpu backends vs reference --------------------------------------------------------------------------------
 
 CPU_CASES = {
     # name: make_inputs kwargs; gathered and block-masked dense strategies both covered
@@ -89,33 +100,43 @@ CPU_CASES = {
     'dense_topk_all': dict(Nq=5, Tq=2, Nk=5, Tk=3, topk=5),
     'dense_per_head_dup': dict(Nq=6, Tq=4, Nk=7, Tk=2, topk=4, per_head=True, duplicate=True),
     'nq_ne_nk': dict(B=1, H=2, Nq=3, Tq=1, Nk=5, Tk=7, topk=4, d=3, dv=2),
+    # cpp: several score tiles of query rows per block (Tq * topk * Tk above its 16384-element tile), ragged last
+    # tile, product widths over 64 columns and not a multiple of 16, in place (topk 1) and gathered
+    'row_tiles_topk1': dict(B=1, H=1, Nq=2, Tq=70, Nk=3, Tk=300, topk=1, d=37, dv=70),
+    'row_tiles_gathered': dict(B=1, H=1, Nq=2, Tq=45, Nk=5, Tk=190, topk=2, d=19, dv=81),
 }
 
 
+@pytest.mark.parametrize('backend', FAST_BACKENDS)
 @pytest.mark.parametrize('case', list(CPU_CASES))
-def test_cpu_matches_reference(case):
+def test_fast_backends_match_reference(case, backend):
+    _need(backend)
     kw = CPU_CASES[case]
     q, k, v, idx = make_inputs(**kw)
     if case.startswith(('dense', 'gathered')):  # the case exercises the cpu strategy it is named after
         assert use_dense(k.shape[2], idx.shape[-1]) == case.startswith('dense')
     dout = torch.randn(*q.shape[:4], v.shape[-1])
-    assert_all_close(run('cpu', q, k, v, idx, dout, scale=0.4), run('reference', q, k, v, idx, dout, scale=0.4),
+    assert_all_close(run(backend, q, k, v, idx, dout, scale=0.4), run('reference', q, k, v, idx, dout, scale=0.4),
                      atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize('backend', FAST_BACKENDS)
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize('topk', [2, 6])
-def test_cpu_half_precision(dtype, topk):
+def test_half_precision(dtype, topk, backend):
+    _need(backend)
     q, k, v, idx = make_inputs(Nq=4, Nk=7, topk=topk, dtype=dtype)
     dout = torch.randn(*q.shape[:4], v.shape[-1], dtype=dtype)
-    got = run('cpu', q, k, v, idx, dout)
+    got = run(backend, q, k, v, idx, dout)
     assert all(t.dtype == dtype for t in got)
     want = run('reference', *(t.detach().float().requires_grad_() for t in (q, k, v)), idx, dout.float())
     assert_all_close([t.float() for t in got], want, atol=3e-2, rtol=3e-2)
 
 
-@pytest.mark.parametrize('backend,topk', [('reference', 2), ('cpu', 1), ('cpu', 3)])  # cpu: gathered, dense
+# cpu: gathered, dense; cpp: in place (topk 1), gathered
+@pytest.mark.parametrize('backend,topk', [('reference', 2), ('cpu', 1), ('cpu', 3), ('cpp', 1), ('cpp', 3)])
 def test_gradcheck_float64(backend, topk):
+    _need(backend)
     q, k, v, idx = make_inputs(B=1, H=2, Nq=3, Tq=2, Nk=4, Tk=3, d=3, dv=2, topk=topk, per_head=True,
                                dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda a, b, c: routed_attention(a, b, c, idx, backend=backend), (q, k, v))
@@ -132,6 +153,35 @@ def test_cpu_chunking_matches_reference(monkeypatch):
         assert_all_close(run('cpu', q, k, v, idx, dout), run('reference', q, k, v, idx, dout), atol=1e-5, rtol=1e-4)
 
 
+def test_cpp_is_deterministic_and_checks_direct_calls():
+    _need('cpp')
+    q, k, v, idx = make_inputs(B=2, H=2, Nq=6, Nk=5, topk=2, duplicate=True)
+    dout = torch.randn(*q.shape[:4], v.shape[-1])
+    first, second = run('cpp', q, k, v, idx, dout), run('cpp', q, k, v, idx, dout)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    flat = [t.detach().flatten(0, 1) for t in (q, k, v)]
+    bad = idx.unsqueeze(1).expand(-1, 2, -1, -1).flatten(0, 1) + 5  # the library's own bounds check, not the op's
+    with pytest.raises(RuntimeError, match=r'idx values must be in \[0, Nk=5\)'):
+        torch.ops.hiervit_routed_cpu.routed_forward(*flat, bad.contiguous(), 0.5)
+
+
+def test_cpp_refusal_falls_back_to_cpu(monkeypatch, tmp_path):
+    """A library that cannot be loaded is a refusal naming it: auto runs the cpu backend, asking for cpp says why."""
+    from hiervit.kernels import _cpp_ext
+    monkeypatch.setenv('TORCH_EXTENSIONS_DIR', str(tmp_path))
+    ext = _cpp_ext.CppExtension(cpp.EXTENSION.name, cpp.EXTENSION.sources)
+    monkeypatch.setattr(cpp, 'EXTENSION', ext)
+    lib = _cpp_ext._library(ext)
+    lib.parent.mkdir(parents=True)
+    lib.write_bytes(b'not an ELF file')
+    q, k, v, idx = make_inputs()
+    problem = routed_problem(q, k, v, idx)
+    assert 'failed to load' in routed_dispatcher.explain(problem)['cpp']
+    assert routed_dispatcher.select(problem) == 'cpu'
+    with pytest.raises(BackendError, match="'cpp'.*failed to load"):
+        routed_attention(q, k, v, idx, backend='cpp')
+
+
 # --- op registration: dispatch, meta, FLOPs, compile ------------------------------------------------------------------
 
 def test_dispatch_auto_and_env(monkeypatch):
@@ -139,7 +189,7 @@ def test_dispatch_auto_and_env(monkeypatch):
     problem = routed_problem(q, k, v, idx)
     monkeypatch.delenv('HIERVIT_ROUTED_BACKEND', raising=False)
     monkeypatch.delenv('HIERVIT_BACKEND', raising=False)
-    assert routed_dispatcher.select(problem) == 'cpu'
+    assert routed_dispatcher.select(problem) == ('cpp' if cpp.availability() is None else 'cpu')
     monkeypatch.setenv('HIERVIT_ROUTED_BACKEND', 'reference')
     assert routed_dispatcher.select(problem) == 'reference'
     monkeypatch.setenv('HIERVIT_ROUTED_BACKEND', 'nope')
@@ -147,7 +197,7 @@ def test_dispatch_auto_and_env(monkeypatch):
         routed_attention(q, k, v, idx)
     meta = routed_problem(*(t.to('meta') for t in (q, k, v, idx)))
     reasons = routed_dispatcher.explain(meta)
-    assert reasons['reference'] is None and 'meta' in reasons['cpu']
+    assert reasons['reference'] is None and 'meta' in reasons['cpu'] and 'meta' in reasons['cpp']
 
 
 def test_meta_forward_and_backward():

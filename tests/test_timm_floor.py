@@ -28,7 +28,9 @@ FIRST_RELEASE = {
     'timm.layers.DropPath': '0.9.16',
     'timm.layers.LayerNorm2d': '0.9.16',
     'timm.layers.Mlp': '0.9.16',
+    'timm.layers.PatchEmbed': '0.9.16',  # output_fmt, strict_img_size, dynamic_img_pad: 0.9.16 has them
     'timm.layers.calculate_drop_path_rates': '1.0.21',
+    'timm.layers.resample_abs_pos_embed': '0.9.16',
     'timm.layers.resize_rel_pos_bias_table': '0.9.16',
     'timm.layers.register_notrace_function': '1.0.17',
     'timm.layers.trunc_normal_': '0.9.16',

@@ -1,5 +1,5 @@
 """Window attention: the reference against timm's Swin path and the official CSWin stripe path (bias layout, shift
-regions, stripes, the segmentation backbone's centred zero padding), the cpu backend against the reference over
+regions, stripes, the segmentation backbone's centred zero padding), the cpu and cpp backends against the reference over
 seeded random sweeps (outputs and gradients), gradcheck, errors, dispatch, and the custom op (meta, FLOPs, compile,
 export)."""
 import math
@@ -12,10 +12,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from hiervit.bench.ops import cswin_stripe_peer, swin_attn_mask, swin_window_peer
 from hiervit.kernels import BackendError
 from hiervit.kernels.window import (
-    WINDOW, resolve_window, window_attention, window_attention_flops, window_attention_op, window_dispatcher)
+    WINDOW, cpp, resolve_window, window_attention, window_attention_flops, window_attention_op, window_dispatcher)
 from hiervit.kernels.window.reference import region_ids, relative_position_index
 
-FAST_BACKENDS = ['cpu']  # the backends that must agree with the reference (triton: tests/test_window_triton.py)
+# the backends that must agree with the reference (triton: tests/test_window_triton.py; cpp's own sweep and loader:
+# tests/test_window_cpp.py); cpu is tested whether or not cpp builds here, as it runs wherever cpp is refused
+FAST_BACKENDS = ['cpu'] + (['cpp'] if cpp.availability() is None else [])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -251,10 +253,10 @@ def test_dispatcher_env_override(monkeypatch):
     assert calls == [1]
 
 
-def test_auto_picks_cpu_on_cpu():
+def test_auto_picks_a_cpu_backend_on_cpu():
     from hiervit.kernels.window import WindowProblem
     p = WindowProblem(torch.device('cpu'), torch.float32, 2, 8, 8, (7, 7), True)
-    assert window_dispatcher.select(p) == 'cpu'
+    assert window_dispatcher.select(p) == ('cpp' if cpp.availability() is None else 'cpu')
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from hiervit.backbones.layers.skeleton import MixerBlock, MixerFactory, stem_inp
 
 __all__ = [
     'PVTLayout', 'PVTStage', 'PVTPatchEmbed', 'PVTv2PatchEmbed', 'PVTv2Block', 'pvt_patch_embed', 'pvt_stage_sizes',
-    'resize_abs_pos_embed', 'pad_to_min', 'pvt_official_key',
+    'resize_abs_pos_embed', 'pad_to_multiple', 'pvt_official_key',
 ]
 
 
@@ -68,24 +68,26 @@ torch.fx.wrap('resize_abs_pos_embed')  # a leaf for plain torch.fx.symbolic_trac
 
 
 @register_notrace_function
-def pad_to_min(x: torch.Tensor, minimum: int) -> torch.Tensor:
-    """Zero-pad an NCHW map bottom/right to at least `minimum` rows and columns (x itself when large enough). An FX
-    leaf: it decides on sizes."""
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad an NCHW map bottom/right to whole multiples of `multiple` rows and columns, at least one (x itself
+    when it divides). An FX leaf: it decides on sizes."""
     H, W = x.shape[2], x.shape[3]
-    if H >= minimum and W >= minimum:
+    pad_h, pad_w = -H % multiple if H > 0 else multiple, -W % multiple if W > 0 else multiple
+    if pad_h == 0 and pad_w == 0:
         return x
-    return F.pad(x, (0, max(0, minimum - W), 0, max(0, minimum - H)))
+    return F.pad(x, (0, pad_w, 0, pad_h))
 
 
-torch.fx.wrap('pad_to_min')
+torch.fx.wrap('pad_to_multiple')
 torch.fx.wrap('stem_input')  # imported from the skeleton: a leaf under this module's name too
 
 
 class PVTPatchEmbed(nn.Module):
-    """PVT v1 patch embedding: conv with kernel = stride = `patch_size` (the remainder rows/columns are dropped, as
-    the official conv does), LayerNorm, then the optional absolute position embedding (`pos_embed`, one vector per
-    token of the build-size map `pos_size`). NHWC out; NCHW in (`nhwc_in=False`, the image) or NHWC. Inputs smaller
-    than one patch are zero-padded bottom/right to one patch."""
+    """PVT v1 patch embedding: conv with kernel = stride = `patch_size`, LayerNorm, then the optional absolute
+    position embedding (`pos_embed`, one vector per token of the build-size map `pos_size`). NHWC out; NCHW in
+    (`nhwc_in=False`, the image) or NHWC. A map that does not divide is zero-padded bottom/right to whole patches
+    (ceil(H / patch) tokens, as the Swin layout; the official conv drops the remainder instead, the same at the sizes
+    the official models take: multiples of 32)."""
 
     def __init__(self, patch_size: int, in_chans: int, embed_dim: int, pos_size: Optional[Tuple[int, int]] = None,
                  nhwc_in: bool = True):
@@ -104,7 +106,7 @@ class PVTPatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.nhwc_in:
             x = x.permute(0, 3, 1, 2)  # NHWC -> NCHW
-        x = self.norm(self.proj(pad_to_min(x, self.patch_size)).permute(0, 2, 3, 1))  # -> [B, H', W', C]
+        x = self.norm(self.proj(pad_to_multiple(x, self.patch_size)).permute(0, 2, 3, 1))  # -> [B, H', W', C]
         if self.pos_embed is not None:
             x = x + resize_abs_pos_embed(self.pos_embed, self.pos_size, x.shape[1], x.shape[2])
         return x

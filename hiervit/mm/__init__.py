@@ -13,10 +13,10 @@ from .optim import LayerDecayOptimWrapperConstructor
 from .tv_ops import install_tv_ops, tv_ops_installed
 
 if module_available('mmseg'):  # the decode head needs mmseg (the `seg` extra)
-    from .vw_head import VWHead, convert_vw_head_checkpoint  # noqa: F401
+    from .vw_head import VWCityHead, VWHead, convert_vw_head_checkpoint  # noqa: F401
 
 __all__ = [
     'TimmBackbone', 'NAT', 'DiNAT', 'DiNATs', 'BiFormer', 'S2AFormer', 'CSWin', 'DaViT', 'L2ViT', 'ViTAEv2VSA',
     'LayerDecayOptimWrapperConstructor',
     'install_tv_ops', 'tv_ops_installed', 'bench_config',
-] + (['VWHead', 'convert_vw_head_checkpoint'] if module_available('mmseg') else [])
+] + (['VWHead', 'VWCityHead', 'convert_vw_head_checkpoint'] if module_available('mmseg') else [])

@@ -14,7 +14,9 @@ The adapter builds the timm classification model, prunes its head, and returns t
 Only mmengine is imported here, so the adapter works without mmcv/mmdet/mmseg.
 """
 import logging
+import os
 import sys
+import tempfile
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import timm
@@ -55,7 +57,10 @@ class TimmBackbone(BaseModule):
         norm_outputs: Call `forward_intermediates(norm=True)`: the model's per-output norms when it has them
             (`out_norms=True`), else timm's final norm on the last stage.
         in_channels: Input image channels.
-        init_cfg: mmengine init config; `dict(type='Pretrained', checkpoint=path_or_url, prefix=None)` loads weights.
+        init_cfg: mmengine init config; `dict(type='Pretrained', checkpoint=path_or_url, prefix=None)` loads weights;
+            `checkpoint='timm/<model_name>.<tag>'` loads timm's own pretrained weights of the model (timm resolves and
+            downloads them; extra `pretrained_cfg_overlay=` in init_cfg is passed to timm, e.g. `dict(file=...)` for
+            an offline copy).
         **model_kwargs: Passed to `timm.create_model` (e.g. `drop_path_rate`, `dilations`, `n_win`, `out_norms`).
     """
 
@@ -272,6 +277,9 @@ class TimmBackbone(BaseModule):
             raise ValueError("init_cfg=dict(type='Pretrained') needs checkpoint=<path or URL> (in the config, or "
                              "--cfg-options model.backbone.init_cfg.checkpoint=...); --cfg-options "
                              "model.backbone.init_cfg=None starts the backbone from random initialisation instead.")
+        if isinstance(checkpoint, str) and checkpoint.startswith('timm/'):
+            self._init_from_timm(checkpoint[len('timm/'):], cfg)
+            return
         path = checkpoint
         if isinstance(checkpoint, str) and checkpoint.startswith(('http://', 'https://')):
             # timm's cache, under the file name the family registers for the URL (released URLs may end alike)
@@ -296,6 +304,24 @@ class TimmBackbone(BaseModule):
             f'{len(keep)} ({", ".join(keep[:8])}); ignored {len(ignored)} ({", ".join(ignored[:8])})',
             logger='current')
         self._is_init = True
+
+    def _init_from_timm(self, name: str, cfg: Dict[str, Any]) -> None:
+        """timm's pretrained weights `name` ('<model>.<tag>'): timm resolves, downloads and converts them; the file
+        then loads as any checkpoint does."""
+        if name.split('.')[0] != self.model_name:
+            raise ValueError(f'init_cfg checkpoint=\'timm/{name}\' is not a {self.model_name} weight; use '
+                             f'\'timm/{self.model_name}.<tag>\' (timm.list_pretrained(\'{self.model_name}*\')).')
+        kwargs = dict(self._create_kwargs, pretrained=True, pretrained_cfg_overlay=cfg.get('pretrained_cfg_overlay'))
+        source = timm.create_model(name, **kwargs)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, f'{name}.pth')
+            torch.save(source.state_dict(), path)
+            del source
+            self.init_cfg = dict(cfg, checkpoint=path)
+            try:
+                self.init_weights()
+            finally:
+                self.init_cfg = cfg
 
 
 def _family(name: str, default_model: str, defaults: Dict[str, Any], doc: str) -> type:

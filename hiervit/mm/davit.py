@@ -6,9 +6,7 @@ segmentation backbones (dingmyu/davit `mmdet/mmdet/models/backbones/davit.py`, `
 MIT) have on top: one LayerNorm over channels per output (`norm{i}` there, `model.out_norms.{i}` here), and the
 conversion of their checkpoints (`backbone.patch_embeds.*`, `backbone.main_blocks.*`, `backbone.norm{i}.*`).
 """
-import os
 import re
-import tempfile
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import timm
@@ -73,8 +71,8 @@ class DaViT(TimmBackbone):
         **kwargs: TimmBackbone arguments (`out_indices`, `frozen_stages`, `norm_eval`, `with_cp`, `init_cfg`) and
             DaViT kwargs (`drop_path_rate`, `window_size`, ...). `init_cfg=dict(type='Pretrained', checkpoint=...)`
             takes a file or URL (timm, official classification or official detection/segmentation layout) or
-            `'timm/<model>.<tag>'` for timm's own pretrained weights (e.g. 'timm/davit_tiny.msft_in1k'; extra
-            `pretrained_cfg_overlay=` in init_cfg is passed to timm, e.g. `dict(file=...)` for an offline copy).
+            `'timm/<model>.<tag>'` for timm's own pretrained weights (e.g. 'timm/davit_tiny.msft_in1k'; see
+            `TimmBackbone`).
 
     Official drop path differs in training only: it is linear over all 2 x sum(depths) sub-blocks there, per pair of
     blocks in timm.
@@ -103,26 +101,3 @@ class DaViT(TimmBackbone):
         if norms is None:
             return outs
         return tuple(norms[i](o) for i, o in zip(self.out_indices, outs))
-
-    def init_weights(self) -> None:
-        cfg = self.init_cfg
-        checkpoint = cfg.get('checkpoint') if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained' else None
-        if not (isinstance(checkpoint, str) and checkpoint.startswith('timm/')):
-            super().init_weights()
-            return
-        # timm's pretrained weights: timm resolves, downloads and converts them; the adapter then loads the file
-        name = checkpoint[len('timm/'):]
-        if name.split('.')[0] != self.model_name:
-            raise ValueError(f'init_cfg checkpoint={checkpoint!r} is not a {self.model_name} weight; use '
-                             f'\'timm/{self.model_name}.<tag>\' (timm.list_pretrained(\'{self.model_name}*\')).')
-        kwargs = dict(self._create_kwargs, pretrained=True, pretrained_cfg_overlay=cfg.get('pretrained_cfg_overlay'))
-        source = timm.create_model(name, **kwargs)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, f'{name}.pth')
-            torch.save(source.state_dict(), path)
-            del source
-            self.init_cfg = dict(cfg, checkpoint=path)
-            try:
-                super().init_weights()
-            finally:
-                self.init_cfg = cfg

@@ -50,6 +50,13 @@ def _check_reference(p: RoutedProblem) -> Optional[str]:
     return None
 
 
+def _check_cpp(p: RoutedProblem) -> Optional[str]:
+    if p.device.type != 'cpu':
+        return f'tensors are on {p.device.type}, the cpp backend runs on CPU tensors only'
+    from .cpp import availability  # checks run inside the op, never while dynamo traces
+    return availability()
+
+
 def _check_cpu(p: RoutedProblem) -> Optional[str]:
     if p.device.type != 'cpu':
         return f'tensors are on {p.device.type}, the cpu backend runs on CPU tensors only'
@@ -156,7 +163,7 @@ def routed_attention(
             Carries no gradient. A block listed twice is attended twice (its keys count twice in the softmax);
             BiFormer's top-k routing never repeats a block.
         scale: Score scale; default `d ** -0.5`.
-        backend: `reference`, `cpu`, `triton` or None/'auto' (see `routed_dispatcher`; env
+        backend: `reference`, `cpp`, `cpu`, `triton` or None/'auto' (see `routed_dispatcher`; env
             `HIERVIT_ROUTED_BACKEND`).
 
     Returns:
@@ -200,13 +207,15 @@ def _prepare(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, scale: float):
 
 
 _PKG = __name__
-# cpu before triton: under TRITON_INTERPRET=1 (tests) CPU tensors must still pick the cpu backend by default,
-# and the cpu backend refuses CUDA tensors, so auto = triton on CUDA, cpu on CPU, reference for anything else.
+# cpp and cpu before triton: under TRITON_INTERPRET=1 (tests) CPU tensors must still pick a CPU backend by default
+# (cpp where its library builds, else cpu), and both refuse CUDA tensors, so auto = triton on CUDA, cpp/cpu on CPU,
+# reference for anything else.
 ROUTED = KernelOp(
     'routed_attention',
     inputs='Tensor q, Tensor k, Tensor v, Tensor idx', attrs='float scale', outputs=('out', 'lse'),
     differentiable_outputs=1, grads=('q', 'k', 'v'),
     backends=[
+        Backend('cpp', _check_cpp, f'{_PKG}.cpp'),
         Backend('cpu', _check_cpu, f'{_PKG}.cpu'),
         Backend('triton', _check_triton, f'{_PKG}.triton'),
         Backend('reference', _check_reference, f'{_PKG}.reference'),

@@ -98,6 +98,13 @@ def _check_reference(p: WindowProblem) -> Optional[str]:
     return None
 
 
+def _check_cpp(p: WindowProblem) -> Optional[str]:
+    if p.device.type != 'cpu':
+        return f'tensors are on {p.device.type}, the cpp backend runs on CPU tensors only'
+    from .cpp import availability  # checks run inside the op, never while dynamo traces
+    return availability()
+
+
 def _check_cpu(p: WindowProblem) -> Optional[str]:
     if p.device.type != 'cpu':
         return f'tensors are on {p.device.type}, the cpu backend runs on CPU tensors only'
@@ -250,13 +257,15 @@ def _fake(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor], window: List[i
 
 
 _PKG = __name__
-# cpu before triton: under TRITON_INTERPRET=1 (tests) CPU tensors still get the cpu backend by default.
+# cpp and cpu before triton: under TRITON_INTERPRET=1 (tests) CPU tensors still get a CPU backend by default (cpp
+# where its library builds, else cpu).
 WINDOW = KernelOp(
     'window_attention',
     inputs='Tensor q, Tensor k, Tensor v, Tensor? rpb',
     attrs='int[] window, int[] shift, int[] pad, bool mask_pad, float scale',
     outputs=('out', 'lse'), differentiable_outputs=1, grads=('q', 'k', 'v', 'rpb'),
     backends=[
+        Backend('cpp', _check_cpp, f'{_PKG}.cpp'),
         Backend('cpu', _check_cpu, f'{_PKG}.cpu'),
         Backend('triton', _check_triton, f'{_PKG}.triton'),
         Backend('reference', _check_reference, f'{_PKG}.reference'),

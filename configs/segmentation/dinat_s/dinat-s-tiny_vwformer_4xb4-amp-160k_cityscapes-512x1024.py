@@ -1,10 +1,9 @@
-# DiNAT_s-Tiny + VWFormer (hiervit.VWHead), cityscapes 512x1024, 160k iterations, 4 images per GPU, fp16.
+# DiNAT_s-Tiny + VWFormer (hiervit.VWCityHead), cityscapes 512x1024, 160k iterations, 4 images per GPU, fp16.
 # Backbone as dinat-s-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py beside it (a test keeps the two equal); head,
 # schedule and data as the official yan-hao-tian/VW
 # mmsegmentation-custom/configs/convnext/vw_convnext_tiny_fp16_512x1024_160k_cityscapes.py (stage-wise lr decay 0.9
-# over num_layers 6 applied to this backbone's stages: assumed). The official Cityscapes files use VWCityHead
-# (nn.MultiheadAttention, no image pooling, conv+BN+ReLU projections); here hiervit.VWHead with that file's nheads=16
-# and short_cut=False (an assumption).
+# over num_layers 6 applied to this backbone's stages: assumed). Head: that file's VWCityHead (hiervit.VWCityHead) with
+# its nheads=16 and short_cut=False.
 _base_ = [
     '../_base_/models/vwformer_hiervit.py', '../_base_/datasets/vwformer_cityscapes.py',
     '../_base_/schedules/schedule_160k_adamw_vwformer.py', 'mmseg::_base_/default_runtime.py']
@@ -16,4 +15,5 @@ model = dict(
         type='hiervit.DiNATs', model_name='dinat_s_tiny', out_indices=(0, 1, 2, 3), drop_path_rate=0.3,
         dilations=[[1, 16], [1, 8], [1, 2, 1, 3, 1, 4], [1, 2]],
         init_cfg=dict(type='Pretrained', checkpoint=pretrained) if pretrained else None),
-    decode_head=dict(in_channels=[96, 192, 384, 768], num_classes=19, nheads=16, short_cut=False))
+    decode_head=dict(
+        type='hiervit.VWCityHead', in_channels=[96, 192, 384, 768], num_classes=19, nheads=16, short_cut=False))

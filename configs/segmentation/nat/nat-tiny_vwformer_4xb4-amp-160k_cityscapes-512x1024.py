@@ -1,10 +1,9 @@
-# NAT-Tiny + VWFormer (hiervit.VWHead), cityscapes 512x1024, 160k iterations, 4 images per GPU, fp16.
+# NAT-Tiny + VWFormer (hiervit.VWCityHead), cityscapes 512x1024, 160k iterations, 4 images per GPU, fp16.
 # Backbone as nat-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py beside it (a test keeps the two equal); head, schedule
 # and data as the official yan-hao-tian/VW
 # mmsegmentation-custom/configs/convnext/vw_convnext_tiny_fp16_512x1024_160k_cityscapes.py (stage-wise lr decay 0.9
-# over num_layers 6 applied to this backbone's stages: assumed). The official Cityscapes files use VWCityHead
-# (nn.MultiheadAttention, no image pooling, conv+BN+ReLU projections); here hiervit.VWHead with that file's nheads=16
-# and short_cut=False (an assumption).
+# over num_layers 6 applied to this backbone's stages: assumed). Head: that file's VWCityHead (hiervit.VWCityHead) with
+# its nheads=16 and short_cut=False.
 _base_ = [
     '../_base_/models/vwformer_hiervit.py', '../_base_/datasets/vwformer_cityscapes.py',
     '../_base_/schedules/schedule_160k_adamw_vwformer.py', 'mmseg::_base_/default_runtime.py']
@@ -15,4 +14,5 @@ model = dict(
     backbone=dict(
         type='hiervit.NAT', model_name='nat_tiny', out_indices=(0, 1, 2, 3), drop_path_rate=0.3,
         init_cfg=dict(type='Pretrained', checkpoint=pretrained) if pretrained else None),
-    decode_head=dict(in_channels=[64, 128, 256, 512], num_classes=19, nheads=16, short_cut=False))
+    decode_head=dict(
+        type='hiervit.VWCityHead', in_channels=[64, 128, 256, 512], num_classes=19, nheads=16, short_cut=False))
