@@ -36,6 +36,7 @@ def test_wheel_installs_and_imports(tmp_path):
     assert top == {'hiervit'}, f'wheel installs top-level names {sorted(top)}'
     for pkg in ('hiervit/backbones/__init__.py', 'hiervit/kernels/_dispatch.py', 'hiervit/train/__init__.py',
                 'hiervit/kernels/neighborhood/csrc/na_cpu.cpp',
+                'hiervit/kernels/linear/csrc/linear_cpu.cpp',
                 'hiervit/kernels/routed/csrc/routed_cpu.cpp',
                 'hiervit/kernels/window/csrc/win_cpu.cpp'):  # the C++ sources build on first use
         assert pkg in names, pkg

@@ -115,7 +115,7 @@ def _linear_sweep(args: argparse.Namespace) -> None:
     print(f'linear attention (clamp, auto backend) vs softmax SDPA, fwd+bwd: B={args.batch} heads={args.heads} '
           f'head_dim={args.head_dim} {args.dtype} on {args.device}, {torch.get_num_threads()} threads; '
           f'plot: {args.png}')
-    print(format_table(rows, ['side', 'tokens', 'linear_ms', 'sdpa_ms', 'speedup']))
+    print(format_table(rows, ['side', 'tokens', 'backend', 'linear_ms', 'sdpa_ms', 'speedup']))
     print(f'linear attention is faster from N = {cross} tokens' if cross else 'linear attention was never faster')
 
 

@@ -399,8 +399,9 @@ def linear_cases(spec: Dict) -> Dict[str, Callable[[], Case]]:
 def linear_sweep(device: str, dtype: str, batch: int, heads: int, head_dim: int, sides: List[int], repeats: int,
                  png: str) -> List[Dict]:
     """fwd+bwd time of linear attention (auto backend, `clamp`) and softmax SDPA over square maps of `sides`; writes a
-    plot to `png` and returns the rows (the first side where linear attention is faster is marked)."""
-    from hiervit.kernels.linear import linear_attention
+    plot to `png` and returns the rows (with the backend auto chose; the first side where linear attention is faster
+    is marked)."""
+    from hiervit.kernels.linear import linear_attention, linear_dispatcher, linear_problem
 
     from ._timing import best_time
     if not _importable('matplotlib'):  # checked before the measurements, not after them
@@ -411,7 +412,8 @@ def linear_sweep(device: str, dtype: str, batch: int, heads: int, head_dim: int,
         n = side * side
         q, k, v, t = _linear_inputs(batch, heads, n, head_dim, dev, dt, True)
         grad = torch.randn_like(v)
-        row = {'side': side, 'tokens': n}
+        row = {'side': side, 'tokens': n,
+               'backend': linear_dispatcher.select(linear_problem(q, k, v, t.reshape(-1), 'clamp'))}
         for label, fn, inputs in (
                 ('linear_ms', lambda: linear_attention(q, k, v, 'clamp', t), [q, k, v, t]),
                 ('sdpa_ms', lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), [q, k, v])):
@@ -423,7 +425,8 @@ def linear_sweep(device: str, dtype: str, batch: int, heads: int, head_dim: int,
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
     tokens = [r['tokens'] for r in rows]
-    ax.loglog(tokens, [r['linear_ms'] for r in rows], 'o-', label='linear attention (hiervit, clamp)')
+    used = '/'.join(sorted({r['backend'] for r in rows}))
+    ax.loglog(tokens, [r['linear_ms'] for r in rows], 'o-', label=f'linear attention (hiervit {used}, clamp)')
     ax.loglog(tokens, [r['sdpa_ms'] for r in rows], 's-', label='softmax attention (SDPA)')
     cross = next((r['tokens'] for r in rows if r['speedup'] > 1), None)
     if cross is not None:

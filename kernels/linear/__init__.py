@@ -20,10 +20,12 @@ without the temperature; InLine's `scale` defaults to `d ** -0.5`.
 The temperature (None, or `heads` values in any shape such as `[heads, 1, 1]`) multiplies the `phi(k)^T v` term and
 gets a gradient. The whole map or windows: the caller lays the tokens out (windows go into the batch axis).
 
-Backends (`linear_dispatcher`; `backend=` argument, or env `HIERVIT_LINEAR_BACKEND` / `HIERVIT_BACKEND`): `cpu`
-(chunked batched GEMMs with a hand-written backward), `triton` (CUDA, or CPU tensors under `TRITON_INTERPRET=1`; a
-state-reduction kernel and an apply kernel, forward and backward), `reference` (the literal formula in torch ops,
-autograd backward; accepts everything). Auto order: cpu on CPU, triton on CUDA, then reference.
+Backends (`linear_dispatcher`; `backend=` argument, or env `HIERVIT_LINEAR_BACKEND` / `HIERVIT_BACKEND`): `cpp`
+(a fused C++ kernel built once per machine: two passes over the tokens forward and two backward, strided inputs read
+in place, deterministic), `cpu` (chunked batched GEMMs with a hand-written backward), `triton` (CUDA, or CPU tensors
+under `TRITON_INTERPRET=1`; a state-reduction kernel and an apply kernel, forward and backward), `reference` (the
+literal formula in torch ops, autograd backward; accepts everything). Auto order: cpp on CPU (cpu where no C++ compiler can build it), triton on
+CUDA, then reference.
 
 The op is declared on the shared scaffold (`hiervit.kernels._op.KernelOp`) as the torch custom ops
 `hiervit::linear_attention_fwd` / `_bwd` (fake kernels, autograd, FLOP formulas, the reference as the export
@@ -67,6 +69,13 @@ class LinearProblem:
 
 def _check_reference(p: LinearProblem) -> Optional[str]:
     return None
+
+
+def _check_cpp(p: LinearProblem) -> Optional[str]:
+    if p.device.type != 'cpu':
+        return f'tensors are on {p.device.type}, the cpp backend runs on CPU tensors only'
+    from .cpp import availability  # checks run inside the op, never while dynamo traces
+    return availability()
 
 
 def _check_cpu(p: LinearProblem) -> Optional[str]:
@@ -148,14 +157,16 @@ def linear_attention_flops(q_shape, v_shape, normalizer: str = 'sum') -> int:
 
 
 _PKG = __name__
-# cpu before triton: under TRITON_INTERPRET=1 (tests) CPU tensors must still pick the cpu backend by default,
-# and the cpu backend refuses CUDA tensors, so auto = triton on CUDA, cpu on CPU, reference for anything else.
+# cpp and cpu before triton: under TRITON_INTERPRET=1 (tests) CPU tensors must still pick a CPU backend by default,
+# and both refuse CUDA tensors, so auto = triton on CUDA, cpp on CPU (cpu where the C++ library cannot be built),
+# reference for anything else.
 LINEAR = KernelOp(
     'linear_attention',
     inputs='Tensor q, Tensor k, Tensor v, Tensor? temperature',
     attrs='str normalizer, float eps, float clamp_min, float scale',
     outputs=('out', 'kv', 'ksum', 'r'), differentiable_outputs=1, grads=('q', 'k', 'v', 'temperature'),
     backends=[
+        Backend('cpp', _check_cpp, f'{_PKG}.cpp'),
         Backend('cpu', _check_cpu, f'{_PKG}.cpu'),
         Backend('triton', _check_triton, f'{_PKG}.triton'),
         Backend('reference', _check_reference, f'{_PKG}.reference'),
@@ -183,7 +194,7 @@ def linear_attention(
         eps: Added to the `sum` / `mean` normaliser.
         clamp_min: Lower bound of the `clamp` normaliser.
         scale: InLine's scale of the `injective` normaliser; default `d ** -0.5` (ignored by the others).
-        backend: `reference`, `cpu`, `triton` or None/'auto' (env `HIERVIT_LINEAR_BACKEND`).
+        backend: `reference`, `cpp`, `cpu`, `triton` or None/'auto' (env `HIERVIT_LINEAR_BACKEND`).
 
     Returns:
         `[B, heads, N, dv]`.
