@@ -191,8 +191,9 @@ def test_config_builds(path):
 
 @pytest.mark.parametrize('family', ['cswin', 's2aformer'])
 def test_init_cfg_points_at_the_release_and_takes_the_override(family):
-    """CSWin configs start from the classification weights timm's pretrained cfg names for that size; S2AFormer has none,
-    so its init_weights asks for a checkpoint; in both `--cfg-options model.backbone.init_cfg.checkpoint=` works."""
+    """CSWin configs start from the classification weights timm's pretrained cfg names for that size; S2AFormer has
+    none, so its init_weights asks for a checkpoint; in both `--cfg-options model.backbone.init_cfg.checkpoint=`
+    works."""
     paths = [p for p in CONFIGS if os.path.basename(os.path.dirname(p)) == family]
     for path in paths:
         cfg = load_config(path)

@@ -53,7 +53,8 @@ fused, backward from the saved log-sum-exp; built once per machine on first use,
 compiler or ninja exists), `triton` (CUDA, or CPU tensors under `TRITON_INTERPRET=1`; partition, shift, padding and
 bias fused in-kernel), `cpu` (PyTorch's fused CPU attention with one additive bias/mask term and one gather each way;
 it runs where `cpp` is refused), `reference` (explicit pad, roll, partition; accepts everything, the test oracle).
-Auto order: cpp, else cpu, on CPU; triton on CUDA; then reference. Context mode has no `cpp` backend (auto: cpu). The op is declared on the shared scaffold (`hiervit.kernels._op.KernelOp`) as the custom ops
+Auto order: cpp, else cpu, on CPU; triton on CUDA; then reference. Context mode has no `cpp` backend (auto: cpu).
+The op is declared on the shared scaffold (`hiervit.kernels._op.KernelOp`) as the custom ops
 `hiervit::window_attention_fwd` / `_bwd` (fakes, autograd, FLOP formulas, the reference as export decomposition).
 Models call `window_attention_op` with the resolved window, shift and padding (see `resolve_window`).
 

@@ -33,7 +33,8 @@
 // Fortran BLAS, as exported by libtorch_cpu (LP64: 32-bit integers).
 extern "C" {
 void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
-            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c, const int* ldc);
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+            const int* ldc);
 void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const double* alpha,
             const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
             const int* ldc);
@@ -76,8 +77,8 @@ void mm(bool ta, i64 M, i64 N, i64 K, T alpha, const T* A, i64 lda, const T* B, 
 
 #if defined(__AVX512F__)
 // fp32 with AVX-512: a register-blocked kernel instead of BLAS, whose per-call overhead and packing dominate at these
-// extents (64 x 64 x 32 and smaller). A may be either way round, as its elements are broadcast one at a time. R rows of C times NV vectors of 16 columns live in
-// registers for the whole K loop; the last vector of a row is masked.
+// extents (64 x 64 x 32 and smaller). A may be either way round, as its elements are broadcast one at a time. R rows
+// of C times NV vectors of 16 columns live in registers for the whole K loop; the last vector of a row is masked.
 template <int R, int NV>
 inline void mm_block(i64 K, float alpha, const float* A, i64 ars, i64 acs, const float* B, i64 ldb, bool accumulate,
                      float* C, i64 ldc, __mmask16 last) {

@@ -229,7 +229,8 @@ struct Map {
   i64 sb, sy, sx, sh;
   int c;
   explicit Map(const at::Tensor& t)
-      : p(static_cast<T*>(t.data_ptr())), sb(t.stride(0)), sy(t.stride(1)), sx(t.stride(2)), sh(t.stride(3)), c((int)t.size(4)) {}
+      : p(static_cast<T*>(t.data_ptr())), sb(t.stride(0)), sy(t.stride(1)), sx(t.stride(2)), sh(t.stride(3)),
+        c((int)t.size(4)) {}
   T* at(i64 b, i64 y, i64 x, i64 h) const { return p + b * sb + y * sy + x * sx + h * sh; }
 };
 
