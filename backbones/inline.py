@@ -27,6 +27,7 @@ window max(7, window_size // 8)); an `M<n>` stage has n InLine blocks, then Swin
 56-28-14-7 / 96-48-24-12 equals every I stage's map at the trained size) and CSWin's stripes in its `S` stages.
 `InLinePVT` is the PVT v1 layout (`hiervit.backbones.layers.pvt`) with whole-map InLine attention in every block (the
 release's `IIII` with `la_sr_ratios` 1111: no spatial reduction) and PVT's separate `q` and `kv` projections.
+InLine-DeiT (a plain ViT with timm's ViT contract) is `hiervit.backbones.inline_deit`.
 
 Input sizes: the official models take only square inputs of their build size. Here any size works: InLine windows
 follow the official rule per axis (an axis no longer than the window is one window; a longer axis is cut into

@@ -227,7 +227,8 @@ class S2AFormer(HierarchicalContract, nn.Module):
 
     Feature maps are NCHW with strides 4/8/16/32. `out_norms=True` (the `features_only=True` default) adds one
     LayerNorm2d per stage output for dense tasks (the usual hierarchical-backbone convention; the paper's dense
-    backbone is not published); `forward_intermediates(norm=True)` applies them. Without them `norm=True` applies the final norm to the last stage.
+    backbone is not published); `forward_intermediates(norm=True)` applies them. Without them `norm=True` applies the
+    final norm to the last stage.
     """
     init_types = (nn.Linear, nn.Conv2d)  # assumed (no code): truncated-normal convs and linears, as PVTv2/SegFormer
 

@@ -4,7 +4,10 @@ Each op owns one `Dispatcher` (made by its `_op.KernelOp`). A backend declares, 
 call or *why* it cannot (device, dtype, shape, missing package, autograd). Selection order (inside the op):
 
 1. the op's `backend=` argument,
-2. the environment: `HIERVIT_<OP>_BACKEND` (e.g. `HIERVIT_NEIGHBORHOOD_BACKEND=reference`), then `HIERVIT_BACKEND`,
+2. the environment: `HIERVIT_<OP>_BACKEND` (e.g. `HIERVIT_NEIGHBORHOOD_BACKEND=reference`), then `HIERVIT_BACKEND`;
+   an environment value naming a backend that some other op has but this one lacks (`HIERVIT_BACKEND=cpp`, or
+   `HIERVIT_WINDOW_BACKEND=cpp` for the window op's context mode) does not apply to this op, which goes on to the next
+   source; a value no op knows is an error,
 3. the first backend in the op's preference order that accepts the call.
 
 An explicitly requested backend that refuses the call raises `BackendError` with its reason and the list of backends
@@ -56,12 +59,17 @@ class Backend:
     in_op: bool = True
 
 
+# every backend name of every dispatcher made so far: tells an environment value meant for other ops from a typo
+_KNOWN_NAMES: set = set()
+
+
 class Dispatcher:
     """Picks a backend for each call of one op."""
 
     def __init__(self, op: str, backends: Sequence[Backend]):
         self.op = op
         self.backends: Dict[str, Backend] = {b.name: b for b in backends}
+        _KNOWN_NAMES.update(self.backends)
 
     @property
     def names(self) -> List[str]:
@@ -75,6 +83,8 @@ class Dispatcher:
         for var in (env_op, 'HIERVIT_BACKEND'):
             value = os.environ.get(var, '').strip()
             if value and value != 'auto':
+                if value not in self.backends and value in _KNOWN_NAMES:
+                    continue  # meant for the ops that have this backend
                 return value, var
         return None, ''
 

@@ -154,12 +154,13 @@ def test_checkpoint_key_check_names_keys_argument_and_variants():
     target = {'stem.weight': torch.empty(8, 3, 3, 3), 'head.fc.weight': torch.empty(10, 8), 'norm.bias': torch.empty(8)}
     ok = {'stem.weight': torch.empty(8, 1, 3, 3), 'head.fc.weight': torch.empty(1000, 8), 'norm.bias': torch.empty(8)}
     check_checkpoint_keys(ok, target, 'Toy', reshapable=('stem.weight',))
-    with pytest.raises(ValueError, match=r'1 mis-shaped \(first: stem\.weight \(8, 1, 3, 3\) vs model \(8, 3, 3, 3\)\)'):
+    with pytest.raises(ValueError, match=r'1 mis-shaped \(first: stem\.weight \(8, 1, 3, 3\) vs model '
+                                         r'\(8, 3, 3, 3\)\)'):
         check_checkpoint_keys(ok, target, 'Toy')
     dense = {'stem.weight': torch.empty(8, 3, 3, 3), 'out_norms.0.bias': torch.empty(8)}
-    with pytest.raises(ValueError, match=r'^Checkpoint does not fit this Toy \(toy_a\): 1 missing \(first: norm\.bias\); '
-                                         r'1 unexpected \(first: out_norms\.0\.bias\)\. Dense-task checkpoints need '
-                                         r'output_norms=True\. See toy_b\.$'):
+    with pytest.raises(ValueError, match=r'^Checkpoint does not fit this Toy \(toy_a\): 1 missing '
+                                         r'\(first: norm\.bias\); 1 unexpected \(first: out_norms\.0\.bias\)\. '
+                                         r'Dense-task checkpoints need output_norms=True\. See toy_b\.$'):
         check_checkpoint_keys(dense, target, 'Toy (toy_a)', norms_arg='output_norms', variants='See toy_b.')
     with pytest.raises(ValueError, match=r'out_norms\.0\.bias\)\.$'):
         check_checkpoint_keys(dense, target, 'Toy')

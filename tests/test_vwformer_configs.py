@@ -40,9 +40,9 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-# Official values: the head type, its channels / nheads / short_cut, the optimizer, decay, warm-up, iterations, images per GPU,
-# crop and loss scale of each file, and the timm weights each timm-backbone file names (hiervit families follow the
-# ConvNeXt-T file of the same dataset; Swin Cityscapes has no official file: Swin-B's optimizer with the Cityscapes
+# Official values: the head type, its channels / nheads / short_cut, the optimizer, decay, warm-up, iterations, images
+# per GPU, crop and loss scale of each file, and the timm weights each timm-backbone file names (hiervit families follow
+# the ConvNeXt-T file of the same dataset; Swin Cityscapes has no official file: Swin-B's optimizer with the Cityscapes
 # head settings, assumed).
 _ADE_T = dict(source=VW + 'convnext/vw_convnext_tiny_fp16_512x512_160k_ade20k.py', head='hiervit.VWHead', nheads=1,
               short_cut=True, decay=(0.9, 'stage_wise', 6), crop=(512, 512), classes=150)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from hiervit.kernels import BackendError
 from hiervit.kernels.window import (
     WINDOW_CONTEXT, context_window_attention, context_window_attention_flops, context_window_attention_op,
     resolve_context)
@@ -281,3 +282,16 @@ def test_export_decomposes_to_the_reference():
     ep = ep.run_decompositions({torch.ops.hiervit.window_context_fwd.default: WINDOW_CONTEXT._decompose})
     assert not any('hiervit' in str(n.target) for n in ep.graph.nodes)
     torch.testing.assert_close(ep.module()(*args), M()(*args), atol=1e-5, rtol=0)
+
+
+def test_env_backend_meant_for_other_ops_does_not_break_context_mode(monkeypatch):
+    """`HIERVIT_WINDOW_BACKEND=cpp` selects the plain mode's C++ kernel; context mode has no `cpp` and runs auto."""
+    q, k, v = (torch.randn(1, 4, 4, 2, 8) for _ in range(3))
+    want = context_window_attention(q, k, v, 2, 4, backend='reference')
+    for var in ('HIERVIT_WINDOW_BACKEND', 'HIERVIT_BACKEND'):
+        monkeypatch.setenv(var, 'cpp')
+        torch.testing.assert_close(context_window_attention(q, k, v, 2, 4), want)
+        monkeypatch.setenv(var, 'nope')  # a name no op has is still an error, naming where it came from
+        with pytest.raises(BackendError, match=f"unknown backend 'nope' \\(from {var}\\)"):
+            context_window_attention(q, k, v, 2, 4)
+        monkeypatch.delenv(var)

@@ -275,7 +275,8 @@ class TimmBackbone(BaseModule):
         checkpoint = cfg.get('checkpoint')
         if not checkpoint:
             raise ValueError("init_cfg=dict(type='Pretrained') needs checkpoint=<path or URL> (in the config, or "
-                             "--cfg-options model.backbone.init_cfg.checkpoint=...).")
+                             "--cfg-options model.backbone.init_cfg.checkpoint=...); --cfg-options "
+                             "model.backbone.init_cfg=None starts the backbone from random initialisation instead.")
         if isinstance(checkpoint, str) and checkpoint.startswith('timm/'):
             self._init_from_timm(checkpoint[len('timm/'):], cfg)
             return

@@ -15,6 +15,7 @@ import torch.nn as nn
 from timm.layers import LayerNorm2d
 from timm.models.davit import checkpoint_filter_fn as timm_davit_filter_fn
 
+from hiervit.backbones._pretrained import check_checkpoint_keys, model_description
 from hiervit.registry import MODELS
 
 from .backbone import TimmBackbone
@@ -47,16 +48,8 @@ def convert_davit_checkpoint(state_dict: Dict[str, Any], model: nn.Module) -> Di
     for prefix in ['head.'] + [f'out_norms.{i}.' for i in range(len(getattr(model, 'out_norms', ())))]:
         if not any(k.startswith(prefix) for k in converted):
             converted.update({k: v for k, v in target.items() if k.startswith(prefix)})
-    adaptable = ('head.fc.', 'stem.conv.weight')  # num_classes / in_chans adaptation
-    missing = [k for k in target if k not in converted and not k.startswith(adaptable)]
-    unexpected = [k for k in converted if k not in target and not k.startswith(adaptable)]
-    mis_shaped = [
-        f'{k} {tuple(v.shape)} vs model {tuple(target[k].shape)}' for k, v in converted.items()
-        if k in target and not k.startswith(adaptable) and v.shape != target[k].shape]
-    if missing or unexpected or mis_shaped:
-        msg = [f'{len(keys)} {name} (first: {", ".join(keys[:5])})'
-               for name, keys in (('missing', missing), ('unexpected', unexpected), ('mis-shaped', mis_shaped)) if keys]
-        raise ValueError(f'DaViT checkpoint does not match {type(model).__name__}: {"; ".join(msg)}.')
+    # the classifier and the first conv are adapted to num_classes / in_chans afterwards
+    check_checkpoint_keys(converted, target, model_description(model, 'DaViT'), reshapable=('stem.conv.weight',))
     return converted
 
 

@@ -22,10 +22,10 @@ gets a gradient. The whole map or windows: the caller lays the tokens out (windo
 
 Backends (`linear_dispatcher`; `backend=` argument, or env `HIERVIT_LINEAR_BACKEND` / `HIERVIT_BACKEND`): `cpp`
 (a fused C++ kernel built once per machine: two passes over the tokens forward and two backward, strided inputs read
-in place, deterministic), `cpu` (chunked batched GEMMs with a hand-written backward), `triton` (CUDA, or CPU tensors under `TRITON_INTERPRET=1`; a
-state-reduction kernel and an apply kernel, forward and backward), `reference` (the literal formula in torch ops,
-autograd backward; accepts everything). Auto order: cpp on CPU (cpu where no C++ compiler can build it), triton on
-CUDA, then reference.
+in place, deterministic), `cpu` (chunked batched GEMMs with a hand-written backward), `triton` (CUDA, or CPU tensors
+under `TRITON_INTERPRET=1`; a state-reduction kernel and an apply kernel, forward and backward), `reference` (the
+literal formula in torch ops, autograd backward; accepts everything). Auto order: cpp on CPU (cpu where no C++
+compiler can build it), triton on CUDA, then reference.
 
 The op is declared on the shared scaffold (`hiervit.kernels._op.KernelOp`) as the torch custom ops
 `hiervit::linear_attention_fwd` / `_bwd` (fake kernels, autograd, FLOP formulas, the reference as the export

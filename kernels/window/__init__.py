@@ -48,10 +48,13 @@ pre-scaled form is in `hiervit.mm.VWHead`). No relative position bias in this mo
 twice that.
 
 Backends (`window_dispatcher`; `backend=` argument, or env `HIERVIT_WINDOW_BACKEND` / `HIERVIT_BACKEND`):
-`triton` (CUDA, or CPU tensors under `TRITON_INTERPRET=1`; partition, shift, padding and bias fused in-kernel),
-`cpu` (PyTorch's fused CPU attention with one additive bias/mask term and one gather each way), `reference`
-(explicit pad, roll, partition; accepts everything, the test oracle). Auto order: cpu on CPU, triton on CUDA, then
-reference. The op is declared on the shared scaffold (`hiervit.kernels._op.KernelOp`) as the custom ops
+`cpp` (the fused C++ CPU kernel, `cpp.py`: windows read in place from the heads-last maps, shift, padding and bias
+fused, backward from the saved log-sum-exp; built once per machine on first use, refused with the reason where no
+compiler or ninja exists), `triton` (CUDA, or CPU tensors under `TRITON_INTERPRET=1`; partition, shift, padding and
+bias fused in-kernel), `cpu` (PyTorch's fused CPU attention with one additive bias/mask term and one gather each way;
+it runs where `cpp` is refused), `reference` (explicit pad, roll, partition; accepts everything, the test oracle).
+Auto order: cpp, else cpu, on CPU; triton on CUDA; then reference. Context mode has no `cpp` backend (auto: cpu).
+The op is declared on the shared scaffold (`hiervit.kernels._op.KernelOp`) as the custom ops
 `hiervit::window_attention_fwd` / `_bwd` (fakes, autograd, FLOP formulas, the reference as export decomposition).
 Models call `window_attention_op` with the resolved window, shift and padding (see `resolve_window`).
 

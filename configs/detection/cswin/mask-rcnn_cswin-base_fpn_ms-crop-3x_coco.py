@@ -6,9 +6,10 @@
 _base_ = ['../_base_/models/mask-rcnn_hiervit_fpn.py',
           '../_base_/datasets/coco_instance_ms-crop.py',
           '../_base_/schedules/schedule_3x_adamw.py', 'mmdet::_base_/default_runtime.py']
-pretrained = None  # path or URL of the ImageNet-1k classification checkpoint (release v0.1.0 cswin_base_224.pth)
+# the released ImageNet-1k classification weights of this size (CSWin-Transformer release v0.1.0)
+pretrained = 'https://github.com/microsoft/CSWin-Transformer/releases/download/v0.1.0/cswin_base_224.pth'
 model = dict(
     backbone=dict(
         type='hiervit.CSWin', model_name='cswin_base', drop_path_rate=0.5,
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained) if pretrained else None),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[96, 192, 384, 768]))

@@ -3,9 +3,10 @@
 # 0.1; S2AFormer has no weights, so `pretrained` must be a checkpoint trained with this repo.
 _base_ = ['../_base_/models/retinanet_hiervit_fpn.py', 'mmdet::_base_/datasets/coco_detection.py',
           '../_base_/schedules/schedule_1x_adamw.py', 'mmdet::_base_/default_runtime.py']
-pretrained = None  # path or URL of an ImageNet-1k classification checkpoint
+# no weights exist: set a checkpoint trained with this repo (or --cfg-options model.backbone.init_cfg.checkpoint=)
+pretrained = None
 model = dict(
     backbone=dict(
         type='hiervit.S2AFormer', model_name='s2aformer_xs', drop_path_rate=0.1,
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained) if pretrained else None),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[64, 160, 512]))

@@ -5,11 +5,12 @@ _base_ = [
     '../_base_/models/fpn_hiervit.py', 'mmseg::_base_/datasets/ade20k.py',
     '../_base_/schedules/schedule_80k_adamw_poly.py', 'mmseg::_base_/default_runtime.py']
 crop_size = (512, 512)
-pretrained = None  # path or URL of the ImageNet-1k classification checkpoint
+# the released ImageNet-1k classification weights of this size (CSWin-Transformer release v0.1.0)
+pretrained = 'https://github.com/microsoft/CSWin-Transformer/releases/download/v0.1.0/cswin_small_224.pth'
 model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(
         type='hiervit.CSWin', model_name='cswin_small', drop_path_rate=0.4,
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained) if pretrained else None),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[64, 128, 256, 512]))
 train_dataloader = dict(batch_size=2)

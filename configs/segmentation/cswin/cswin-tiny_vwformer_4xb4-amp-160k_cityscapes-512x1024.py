@@ -8,11 +8,12 @@ _base_ = [
     '../_base_/models/vwformer_hiervit.py', '../_base_/datasets/vwformer_cityscapes.py',
     '../_base_/schedules/schedule_160k_adamw_vwformer.py', 'mmseg::_base_/default_runtime.py']
 crop_size = (512, 1024)
-pretrained = None  # path or URL of the ImageNet-1k classification checkpoint (release v0.1.0 cswin_tiny_224.pth)
+# the released ImageNet-1k classification weights of this size (CSWin-Transformer release v0.1.0)
+pretrained = 'https://github.com/microsoft/CSWin-Transformer/releases/download/v0.1.0/cswin_tiny_224.pth'
 model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(
         type='hiervit.CSWin', model_name='cswin_tiny', out_indices=(0, 1, 2, 3), drop_path_rate=0.3,
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained) if pretrained else None),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     decode_head=dict(
         type='hiervit.VWCityHead', in_channels=[64, 128, 256, 512], num_classes=19, nheads=16, short_cut=False))

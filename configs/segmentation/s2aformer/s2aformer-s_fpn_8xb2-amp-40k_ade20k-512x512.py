@@ -4,11 +4,12 @@ _base_ = [
     '../_base_/models/fpn_hiervit.py', 'mmseg::_base_/datasets/ade20k.py',
     '../_base_/schedules/schedule_40k_adamw_poly.py', 'mmseg::_base_/default_runtime.py']
 crop_size = (512, 512)
-pretrained = None  # path or URL of an ImageNet-1k classification checkpoint
+# no weights exist: set a checkpoint trained with this repo (or --cfg-options model.backbone.init_cfg.checkpoint=)
+pretrained = None
 model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(
         type='hiervit.S2AFormer', model_name='s2aformer_s', drop_path_rate=0.1,
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained) if pretrained else None),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[32, 96, 224, 384]))
 train_dataloader = dict(batch_size=2)

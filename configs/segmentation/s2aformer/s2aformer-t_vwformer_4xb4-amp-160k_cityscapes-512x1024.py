@@ -13,6 +13,6 @@ model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(
         type='hiervit.S2AFormer', model_name='s2aformer_t', out_indices=(0, 1, 2, 3), drop_path_rate=0.1,
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained) if pretrained else None),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     decode_head=dict(
         type='hiervit.VWCityHead', in_channels=[32, 64, 128, 384], num_classes=19, nheads=16, short_cut=False))

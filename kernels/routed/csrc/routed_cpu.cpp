@@ -33,7 +33,8 @@
 // Fortran BLAS, as exported by libtorch_cpu (LP64: 32-bit integers).
 extern "C" {
 void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
-            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c, const int* ldc);
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+            const int* ldc);
 void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const double* alpha,
             const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
             const int* ldc);
@@ -61,22 +62,23 @@ constexpr i64 kTileElements = 16384;
 // blocks route to several key blocks (each key block then serves topk query blocks on average).
 constexpr i64 kTransposedElements = 1 << 20;
 
-// Row-major C[M, N] = alpha op(A)[M, K] op(B)[K, N] + beta C, on the column-major BLAS (C^T = op(B)^T op(A)^T).
-// Every extent is per item and checked to fit an int in geometry().
+// Row-major C[M, N] = alpha op(A)[M, K] B[K, N] (+ C if accumulate), op(A) = A^T if ta; B is row-major (callers
+// pass transposed copies where a product needs B^T). On the column-major BLAS: C^T = B^T op(A)^T. Every extent is
+// per item and checked to fit an int in geometry().
 template <class T>
-void mm(bool ta, bool tb, i64 M, i64 N, i64 K, T alpha, const T* A, i64 lda, const T* B, i64 ldb, T beta, T* C,
+void mm(bool ta, i64 M, i64 N, i64 K, T alpha, const T* A, i64 lda, const T* B, i64 ldb, bool accumulate, T* C,
         i64 ldc) {
-  const char a = ta ? 'T' : 'N', b = tb ? 'T' : 'N';
+  const char a = ta ? 'T' : 'N', b = 'N';
   const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
   const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
+  const T beta = accumulate ? T(1) : T(0);
   blas_gemm(&b, &a, &m, &n, &k, &alpha, B, &la, A, &lb, &beta, C, &lc);
 }
 
 #if defined(__AVX512F__)
 // fp32 with AVX-512: a register-blocked kernel instead of BLAS, whose per-call overhead and packing dominate at these
-// extents (64 x 64 x 32 and smaller). B must be row-major (tb = false; callers pass transposed copies); A may be
-// either way round, as its elements are broadcast one at a time. R rows of C times NV vectors of 16 columns live in
-// registers for the whole K loop; the last vector of a row is masked.
+// extents (64 x 64 x 32 and smaller). A may be either way round, as its elements are broadcast one at a time. R rows
+// of C times NV vectors of 16 columns live in registers for the whole K loop; the last vector of a row is masked.
 template <int R, int NV>
 inline void mm_block(i64 K, float alpha, const float* A, i64 ars, i64 acs, const float* B, i64 ldb, bool accumulate,
                      float* C, i64 ldc, __mmask16 last) {
@@ -152,22 +154,15 @@ void mm_all(i64 M, i64 N, i64 K, float alpha, const float* A, i64 ars, i64 acs, 
 }
 
 template <>
-void mm<float>(bool ta, bool tb, i64 M, i64 N, i64 K, float alpha, const float* A, i64 lda, const float* B, i64 ldb,
-               float beta, float* C, i64 ldc) {
-  if (tb || (beta != 0.f && beta != 1.f)) {
-    const char a = ta ? 'T' : 'N', b = tb ? 'T' : 'N';
-    const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
-    const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
-    blas_gemm(&b, &a, &m, &n, &k, &alpha, B, &la, A, &lb, &beta, C, &lc);
-    return;
-  }
+void mm<float>(bool ta, i64 M, i64 N, i64 K, float alpha, const float* A, i64 lda, const float* B, i64 ldb,
+               bool accumulate, float* C, i64 ldc) {
   const i64 ars = ta ? 1 : lda, acs = ta ? lda : 1;  // element (m, k) of op(A) is A[m * ars + k * acs]
   // 16-24 accumulators: 6 rows of 64 columns, or 8 rows where C has at most 32 (fewer leave the FMA latency exposed;
   // measured at 64 x 64 x 32 and 64 x 32 x 64: 175 and 165 GFLOP/s on one core, MKL's sgemm 60)
   if (N > 32)
-    mm_all<6>(M, N, K, alpha, A, ars, acs, B, ldb, beta == 1.f, C, ldc);
+    mm_all<6>(M, N, K, alpha, A, ars, acs, B, ldb, accumulate, C, ldc);
   else
-    mm_all<8>(M, N, K, alpha, A, ars, acs, B, ldb, beta == 1.f, C, ldc);
+    mm_all<8>(M, N, K, alpha, A, ars, acs, B, ldb, accumulate, C, ldc);
 }
 #endif
 
@@ -374,12 +369,12 @@ void forward_kernel(const Geometry& g, const T* q, const T* k, const T* v, const
         cached = bh;
       }
       const T *K, *V;
-      gather<T>(g, k, v, sel, nullptr, vg.data(), &K, &V, bh);
+      gather<T>(g, k, v, sel, nullptr, vg.data(), &K, &V, bh);  // only V: the scores take K transposed
       gather_t(g, k, g.d, sel, bh, whole ? k_bh.data() : nullptr, kt.data());
       for (i64 r0 = 0; r0 < g.Tq; r0 += rows) {
         const i64 nr = std::min(rows, g.Tq - r0);
         const i64 row = item * g.Tq + r0;  // flat query row
-        mm<T>(false, false, nr, nk, g.d, scale, q + row * g.d, g.d, kt.data(), nk, T(0), s.data(), nk);  // [nr, nk]
+        mm<T>(false, nr, nk, g.d, scale, q + row * g.d, g.d, kt.data(), nk, false, s.data(), nk);  // [nr, nk]
         T* o = out + row * g.dv;
         T* l = lse + row;
         for (i64 r = 0; r < nr; ++r) {
@@ -389,7 +384,7 @@ void forward_kernel(const Geometry& g, const T* q, const T* k, const T* v, const
           inv[r] = T(1) / sum;
           l[r] = m + std::log(sum);
         }
-        mm<T>(false, false, nr, g.dv, nk, T(1), s.data(), nk, V, g.dv, T(0), o, g.dv);  // [nr, dv]
+        mm<T>(false, nr, g.dv, nk, T(1), s.data(), nk, V, g.dv, false, o, g.dv);  // [nr, dv]
         for (i64 r = 0; r < nr; ++r)
           for (i64 c = 0; c < g.dv; ++c) o[r * g.dv + c] *= inv[r];
       }
@@ -430,8 +425,8 @@ void backward_kernel(const Geometry& g, const T* dout, const T* q, const T* k, c
           const T* Q = q + row * g.d;
           const T* dO = dout + row * g.dv;
           const T* O = out + row * g.dv;
-          const T beta = (direct || r0 > 0) ? T(1) : T(0);
-          mm<T>(false, false, nr, nk, g.d, scale, Q, g.d, kt.data(), nk, T(0), p.data(), nk);
+          const bool accumulate = direct || r0 > 0;
+          mm<T>(false, nr, nk, g.d, scale, Q, g.d, kt.data(), nk, false, p.data(), nk);
           for (i64 r = 0; r < nr; ++r) {
             T* pr = p.data() + r * nk;
             exp_shift_sum(pr, nk, lse[row + r]);  // P, recomputed from the saved log-sum-exp
@@ -439,15 +434,15 @@ void backward_kernel(const Geometry& g, const T* dout, const T* q, const T* k, c
             for (i64 c = 0; c < g.dv; ++c) acc += dO[r * g.dv + c] * O[r * g.dv + c];
             delta[r] = acc;
           }
-          mm<T>(true, false, nk, g.dv, nr, T(1), p.data(), nk, dO, g.dv, beta, DV, g.dv);  // dV_g += P^T dO
-          mm<T>(false, false, nr, nk, g.dv, T(1), dO, g.dv, vt.data(), nk, T(0), dp.data(), nk);  // dP = dO V_g^T
+          mm<T>(true, nk, g.dv, nr, T(1), p.data(), nk, dO, g.dv, accumulate, DV, g.dv);  // dV_g += P^T dO
+          mm<T>(false, nr, nk, g.dv, T(1), dO, g.dv, vt.data(), nk, false, dp.data(), nk);  // dP = dO V_g^T
           for (i64 r = 0; r < nr; ++r) {
             T* dr = dp.data() + r * nk;
             const T* pr = p.data() + r * nk;
             for (i64 c = 0; c < nk; ++c) dr[c] = pr[c] * (dr[c] - delta[r]);  // dS / scale
           }
-          mm<T>(false, false, nr, g.d, nk, scale, dp.data(), nk, K, g.d, T(0), dq + row * g.d, g.d);
-          mm<T>(true, false, nk, g.d, nr, scale, dp.data(), nk, Q, g.d, beta, DK, g.d);
+          mm<T>(false, nr, g.d, nk, scale, dp.data(), nk, K, g.d, false, dq + row * g.d, g.d);
+          mm<T>(true, nk, g.d, nr, scale, dp.data(), nk, Q, g.d, accumulate, DK, g.d);
         }
         if (!direct) {
           for (i64 j = 0; j < g.topk; ++j) {  // adjoint of the gather (a block listed twice gets both sums)

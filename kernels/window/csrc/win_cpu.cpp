@@ -50,18 +50,19 @@ template <class T> inline Vec<T> vload(const T* p) { Vec<T> r; std::memcpy(&r, p
 template <class T> inline void vstore(T* p, Vec<T> v) { std::memcpy(p, &v, sizeof v); }
 template <class T> inline Vec<T> vset(T x) { return Vec<T>{} + x; }
 
-// e^x per lane; -inf (and anything below -87) gives exactly 0.
+// e^x per lane for x <= 0 (the shifted logits; their rounding may pass 0 by an ulp); -inf (and anything below -87)
+// gives exactly 0.
 inline Vec<float> vexp(Vec<float> x) {
   using V = Vec<float>;
   using I = VT<float>::I;
-  const V hi = vset(88.0f), lo = vset(-87.0f);
-  V a = x > hi ? hi : x;
-  a = a < lo ? lo : a;
-  // Cephes expf: a = n ln2 + r, |r| <= ln2 / 2, degree-5 polynomial for e^r, times 2^n from the exponent bits.
-  const V t = a * 1.44269504088896341f + 0.5f;
-  I k = __builtin_convertvector(t, I);
-  k += (I)(__builtin_convertvector(k, V) > t);  // truncation rounded negative t up: floor
-  const V kf = __builtin_convertvector(k, V);
+  const V lo = vset(-87.0f);
+  const I small = x < lo;
+  const V a = small ? lo : x;
+  // Cephes expf: a = k ln2 + r, |r| <= ln2 / 2, degree-5 polynomial for e^r, times 2^k from the exponent bits. Adding
+  // 1.5 * 2^23 rounds a / ln2 to the integer k in the low mantissa bits of tm.
+  const V magic = vset(12582912.0f);
+  const V tm = a * 1.44269504088896341f + magic;
+  const V kf = tm - magic;
   const V r = a - kf * 0.693359375f + kf * 2.12194440e-4f;
   V y = vset(1.9875691500e-4f);
   y = y * r + 1.3981999507e-3f;
@@ -70,8 +71,8 @@ inline Vec<float> vexp(Vec<float> x) {
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * (r * r) + r + 1.0f;
-  const V e = y * (V)((k + 127) << 23);
-  return x < lo ? V{} : e;
+  const V e = y * (V)(((I)tm - (0x4B400000 - 127)) << 23);
+  return small ? V{} : e;
 }
 
 inline Vec<double> vexp(Vec<double> x) {
@@ -217,7 +218,7 @@ void gemm_tn_acc(const T* A, int lda, const T* B, int ldb, int rows, int cols_a,
   }
 }
 
-constexpr int QB = 16;  // queries per block (a multiple of the 4- and 8-row kernels)
+constexpr int QB = 32;  // queries per block (a multiple of the 4- and 8-row kernels)
 
 inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
@@ -228,7 +229,8 @@ struct Map {
   i64 sb, sy, sx, sh;
   int c;
   explicit Map(const at::Tensor& t)
-      : p(static_cast<T*>(t.data_ptr())), sb(t.stride(0)), sy(t.stride(1)), sx(t.stride(2)), sh(t.stride(3)), c((int)t.size(4)) {}
+      : p(static_cast<T*>(t.data_ptr())), sb(t.stride(0)), sy(t.stride(1)), sx(t.stride(2)), sh(t.stride(3)),
+        c((int)t.size(4)) {}
   T* at(i64 b, i64 y, i64 x, i64 h) const { return p + b * sb + y * sy + x * sx + h * sh; }
 };
 
