@@ -163,6 +163,36 @@ def test_backward_is_deterministic(backend):
     assert all(torch.equal(a, b) for a, b in zip(*runs))
 
 
+# Against the fp64 reference, logits near 100 leave fp32 rounding of about 1e-7 * 100 in each probability: measured
+# 1.3e-5 (dscales, cpu), while the fp32 reference itself is 6.1e-5 (doffsets) off.
+LARGE_LOGIT_TOL = 5e-5
+
+
+def test_cpu_softmax_far_below_the_row_maximum():
+    """Logits more than 88 below their row's maximum (e^x under the smallest normal float) add nothing to the softmax:
+    the C++ exp must not turn them into garbage. 7 x 7 windows on 14 x 14 (the stage shape, padded rows)."""
+    q, k, v, offsets, scales, rpb = _inputs(1, 14, 14, 2, 32, [7, 7], seed=5)
+    with torch.no_grad():
+        q.mul_(40.0)
+        # most queries' logits over their window's sampled keys span more than 88: the regime is reached
+        grid = sampling_grid(offsets, scales, 14, 14, [7, 7]).reshape(2, 14, 14, 2)
+        ks = F.grid_sample(k.permute(0, 3, 4, 1, 2).reshape(2, 32, 14, 14), grid, align_corners=True)
+        ks = ks.view(2, 32, 2, 7, 2, 7)  # [heads, d, I, y, J, x]
+        qs = q.permute(0, 3, 4, 1, 2).reshape(2, 32, 2, 7, 2, 7)
+        logits = torch.einsum('hcIyJx,hcIkJl->hIJyxkl', qs, ks).flatten(-2) * 32 ** -0.5
+        assert ((logits.amax(-1) - logits.amin(-1)) > 88).float().mean() > 0.5
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(6))
+    results = []
+    for backend, dtype in (('reference', torch.float64), ('cpu', torch.float32)):
+        params = [t.detach().to(dtype).requires_grad_() for t in (q, k, v, offsets, scales, rpb)]
+        out = sampled_window_attention(*params[:5], (7, 7), rpb=params[5], backend=backend)
+        results.append([t.double() for t in (out, *torch.autograd.grad(out, params, dout.to(dtype)))])
+    for name, want, got in zip(['out', 'dq', 'dk', 'dv', 'doffsets', 'dscales', 'drpb'], *results):
+        assert torch.isfinite(got).all(), name
+        err = ((got - want).abs().max() / want.abs().max()).item()
+        assert err < LARGE_LOGIT_TOL, f'{name}: relative error {err:.2e}'
+
+
 @pytest.mark.parametrize('backend', FAST_BACKENDS)
 def test_strided_views_are_read_in_place(backend):
     """q, k, v as views of one qkv projection (the model's layout) give the result of contiguous copies."""

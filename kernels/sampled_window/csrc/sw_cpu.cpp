@@ -4,8 +4,9 @@
 // keys and values of one (window, head) into a small per-thread buffer, in pixel coordinates
 //   x = J ww + i + (i - (ww - 1) / 2) * scale_x + offset_x * (W - 1) / (2 (W / ww))        (y likewise)
 // with grid_sample's zero padding (a tap outside the map contributes nothing), then runs the window's dense
-// attention from that buffer. Every inner loop is an axpy over a contiguous axis (channels, or samples of a
-// transposed buffer), which the compiler vectorises without reassociating sums.
+// attention from that buffer. The products run in 8 x 16 register tiles of 512-bit vectors; every other inner loop is
+// an axpy over a contiguous axis or a reduction through one vector of lane sums added in lane order, so no sum depends
+// on the data or the thread (deterministic) and none waits on a single dependency chain.
 //
 // Forward: one task per (batch, window, head); exact softmax over the window's samples, logsumexp saved.
 // Backward, deterministic without atomics: one task per (batch, head) owns that head's slices of dK and dV and walks
@@ -113,11 +114,35 @@ inline i64 bias_index(const Geometry& g, i64 n, i64 m) {
   return (n / g.ww - m / g.ww + g.wh - 1) * (2 * g.ww - 1) + (n % g.ww - m % g.ww + g.ww - 1);
 }
 
+// bias_index for every (query, key) pair, [N, N] (computed once per call: integer divisions in the inner loops cost
+// more than the products).
+std::vector<int32_t> bias_indices(const Geometry& g) {
+  std::vector<int32_t> idx(g.N * g.N);
+  for (i64 n = 0; n < g.N; ++n) {
+    for (i64 m = 0; m < g.N; ++m) idx[n * g.N + m] = int32_t(bias_index(g, n, m));
+  }
+  return idx;
+}
+
+// The bias of each head as dense rows, [heads, N, ld] (columns from N on zero), added to the logits a row at a time.
+template <class T>
+std::vector<T> dense_bias(const Geometry& g, const T* rpb, const std::vector<int32_t>& idx, i64 ld) {
+  std::vector<T> out(rpb != nullptr ? g.heads * g.N * ld : 0, T(0));
+  if (rpb == nullptr) return out;
+  for (i64 h = 0; h < g.heads; ++h) {
+    for (i64 n = 0; n < g.N; ++n) {
+      for (i64 m = 0; m < g.N; ++m) out[(h * g.N + n) * ld + m] = rpb[idx[n * g.N + m] * g.heads + h];
+    }
+  }
+  return out;
+}
+
 // exp(x) for x <= 0 (logits minus their row maximum) in a form the compiler vectorises: 2^t = 2^floor(t) * 2^f,
 // 2^f on [0, 1) by a degree-7 Taylor polynomial of e^(f ln 2) (relative error below 2e-7, the float rounding level).
-// Doubles (gradcheck) use std::exp.
+// t is clamped at -126 so that 2^floor(t) stays a normal float: below that e^x is under 2^-125, and an exponent field
+// of zero or less would give 0, -inf or a large negative number instead. Doubles (gradcheck) use std::exp.
 inline float exp_nonpositive(float x) {
-  const float t = std::max(x, -126.0f) * 1.44269504088896341f;
+  const float t = std::max(x * 1.44269504088896341f, -126.0f);
   const float fi = std::floor(t);
   const float f = (t - fi) * 0.693147180559945309f;
   float p = 1.0f / 5040.0f;
@@ -136,16 +161,73 @@ inline float exp_nonpositive(float x) {
 
 inline double exp_nonpositive(double x) { return std::exp(x); }
 
-constexpr i64 kRows = 4, kCols = 16;  // register tile of the window products
+constexpr i64 kRows = 8, kCols = 16;  // register tile of the window products: 8 independent accumulators
 
 inline i64 round_up(i64 x, i64 m) { return (x + m - 1) / m * m; }
 
-// 256-bit vectors through the compiler's vector extension (AVX2 registers with -march=native, plain code elsewhere).
-typedef float VecF8 __attribute__((vector_size(32)));
-typedef double VecD4 __attribute__((vector_size(32)));
+// 512-bit vectors through the compiler's vector extension (AVX-512 registers with -march=native where the CPU has
+// them, pairs of AVX2 registers or plain code elsewhere).
+typedef float VecF16 __attribute__((vector_size(64)));
+typedef double VecD8 __attribute__((vector_size(64)));
 template <class T> struct Vec;
-template <> struct Vec<float> { using V = VecF8; static constexpr i64 L = 8; };
-template <> struct Vec<double> { using V = VecD4; static constexpr i64 L = 4; };
+template <> struct Vec<float> { using V = VecF16; static constexpr i64 L = 16; };
+template <> struct Vec<double> { using V = VecD8; static constexpr i64 L = 8; };
+
+// Reductions through one vector of lane accumulators, summed in lane order at the end: the order depends only on the
+// length, never on the data or the thread, so results stay deterministic (and the sums do not wait on one chain).
+template <class T>
+inline T lane_sum(const typename Vec<T>::V& acc) {
+  T s = T(0);
+  for (i64 l = 0; l < Vec<T>::L; ++l) s += acc[l];
+  return s;
+}
+
+// sum_c a[c] b[c] over n entries (any n: whole vectors, then the tail).
+template <class T>
+inline T dot(const T* a, const T* b, i64 n) {
+  using V = typename Vec<T>::V;
+  constexpr i64 L = Vec<T>::L;
+  V acc = V{};
+  i64 c = 0;
+  for (; c + L <= n; c += L) {
+    V x, y;
+    std::memcpy(&x, a + c, sizeof(V));
+    std::memcpy(&y, b + c, sizeof(V));
+    acc += x * y;
+  }
+  T s = lane_sum<T>(acc);
+  for (; c < n; ++c) s += a[c] * b[c];
+  return s;
+}
+
+// The lane-wise sums of row[0, n), n a multiple of the vector length.
+template <class T>
+inline typename Vec<T>::V vector_sum(const T* row, i64 n) {
+  using V = typename Vec<T>::V;
+  V acc = V{};
+  for (i64 c = 0; c < n; c += Vec<T>::L) {
+    V x;
+    std::memcpy(&x, row + c, sizeof(V));
+    acc += x;
+  }
+  return acc;
+}
+
+// max_m row[m] over n entries, n a multiple of the vector length.
+template <class T>
+inline T row_max(const T* row, i64 n) {
+  using V = typename Vec<T>::V;
+  constexpr i64 L = Vec<T>::L;
+  V acc = V{} - std::numeric_limits<T>::infinity();
+  for (i64 c = 0; c < n; c += L) {
+    V x;
+    std::memcpy(&x, row + c, sizeof(V));
+    acc = x > acc ? x : acc;
+  }
+  T mx = acc[0];
+  for (i64 l = 1; l < L; ++l) mx = std::max(mx, acc[l]);
+  return mx;
+}
 
 // C[M, Nc] = alpha * A B for small row-major buffers, a 4 x 16 register tile at a time: A[i, k] = A[i * a_rs +
 // k * a_cs] (so A may be a transposed view), B rows contiguous. M must be a multiple of 4 and Nc of 16; the buffers
@@ -204,10 +286,10 @@ inline void window_rows(const Geometry& g, const Map<T>& m, i64 b, i64 h, i64 I,
 }
 
 // Samples K and V of window (I, J), gathers its queries, and leaves the softmax probabilities in buf.p (the log-sum-
-// exp of each query in lse, if given).
+// exp of each query in lse, if given). bias: head h's dense bias rows [N, Np] (dense_bias), or null.
 template <class T>
 void attend(const Geometry& g, const Map<T>& Q, const Map<T>& K, const Map<T>& V, const T* offsets, const T* scales,
-            const T* rpb, T scale, i64 b, i64 h, i64 I, i64 J, Buffers<T>& buf, T* lse) {
+            const T* bias, T scale, i64 b, i64 h, i64 I, i64 J, Buffers<T>& buf, T* lse) {
   const i64 Np = buf.Np, dp = buf.dp;
   window_samples(g, offsets, scales, b, h, I, J, buf.samples.data());
   for (i64 m = 0; m < g.N; ++m) {
@@ -225,17 +307,18 @@ void attend(const Geometry& g, const Map<T>& Q, const Map<T>& K, const Map<T>& V
   small_mm<T>(buf.Mr, Np, g.d, scale, buf.qs.data(), dp, 1, buf.kt.data(), Np, P, Np);
   for (i64 n = 0; n < g.N; ++n) {
     T* row = P + n * Np;
-    if (rpb != nullptr) {
-      for (i64 m = 0; m < g.N; ++m) row[m] += rpb[bias_index(g, n, m) * g.heads + h];
+    if (bias != nullptr) {
+      const T* brow = bias + n * Np;
+      for (i64 m = 0; m < g.N; ++m) row[m] += brow[m];
     }
-    T mx = -std::numeric_limits<T>::infinity();
-    for (i64 m = 0; m < g.N; ++m) mx = std::max(mx, row[m]);
-    T sum = T(0);
-    for (i64 m = 0; m < g.N; ++m) row[m] = exp_nonpositive(row[m] - mx);
-    for (i64 m = 0; m < g.N; ++m) sum += row[m];
+    // whole vectors over the padded row: the padding columns are kept out of the maximum, then zeroed for the sum
+    for (i64 m = g.N; m < Np; ++m) row[m] = -std::numeric_limits<T>::infinity();
+    const T mx = row_max(row, Np);
+    for (i64 m = 0; m < Np; ++m) row[m] = exp_nonpositive(row[m] - mx);
+    for (i64 m = g.N; m < Np; ++m) row[m] = T(0);
+    const T sum = lane_sum<T>(vector_sum(row, Np));
     const T inv = T(1) / sum;
     for (i64 m = 0; m < g.N; ++m) row[m] *= inv;
-    for (i64 m = g.N; m < Np; ++m) row[m] = T(0);
     if (lse != nullptr) lse[n] = mx + std::log(sum);
   }
 }
@@ -249,7 +332,8 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& q, const at::Tensor& k, c
   const Map<T> Q(q), K(k), V(v), O(out);
   const T* off = offsets.data_ptr<T>();
   const T* sc = scales.data_ptr<T>();
-  const T* bias = rpb.has_value() ? rpb->data_ptr<T>() : nullptr;
+  const std::vector<T> bias = dense_bias(g, rpb.has_value() ? rpb->data_ptr<T>() : nullptr, bias_indices(g),
+                                          round_up(g.N, kCols));
   float* lse_p = lse.data_ptr<float>();
   const T scale = T(scale_);
   at::parallel_for(0, g.B * g.nh * g.nw * g.heads, 1, [&](i64 begin, i64 end) {
@@ -258,7 +342,8 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& q, const at::Tensor& k, c
     for (i64 t = begin; t < end; ++t) {
       const i64 h = t % g.heads, J = (t / g.heads) % g.nw, I = (t / (g.heads * g.nw)) % g.nh;
       const i64 b = t / (g.heads * g.nw * g.nh);
-      attend(g, Q, K, V, off, sc, bias, scale, b, h, I, J, buf, wlse.data());
+      const T* hbias = bias.empty() ? nullptr : bias.data() + h * g.N * buf.Np;
+      attend(g, Q, K, V, off, sc, hbias, scale, b, h, I, J, buf, wlse.data());
       small_mm<T>(buf.Mr, buf.dp, g.N, T(1), buf.p.data(), buf.Np, 1, buf.vs.data(), buf.dp, buf.o.data(), buf.dp);
       window_rows(g, O, b, h, I, J, buf.o.data(), buf.dp, false);
       for (i64 n = 0; n < g.N; ++n) {
@@ -285,7 +370,8 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dout, const at::Tensor& 
   const T* sc = scales.data_ptr<T>();
   T* doff = doffsets.data_ptr<T>();
   T* dsc = dscales.data_ptr<T>();
-  const T* bias = rpb.has_value() ? rpb->data_ptr<T>() : nullptr;
+  const std::vector<int32_t> idx = bias_indices(g);
+  const std::vector<T> bias = dense_bias(g, rpb.has_value() ? rpb->data_ptr<T>() : nullptr, idx, round_up(g.N, kCols));
   T* part = partial.data_ptr<T>();
   const T scale = T(scale_);
   const T ux = T(g.W - 1) / T(2 * g.nw), uy = T(g.H - 1) / T(2 * g.nh);  // d pixel / d offset per axis
@@ -293,10 +379,11 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dout, const at::Tensor& 
     Buffers<T> buf(g, true);
     for (i64 t = begin; t < end; ++t) {
       const i64 b = t / g.heads, h = t % g.heads;
-      T* dbias = bias != nullptr ? part + t * g.table : nullptr;
+      T* dbias = bias.empty() ? nullptr : part + t * g.table;
+      const T* hbias = bias.empty() ? nullptr : bias.data() + h * g.N * buf.Np;
       for (i64 I = 0; I < g.nh; ++I) {
         for (i64 J = 0; J < g.nw; ++J) {
-          attend(g, Q, K, V, off, sc, bias, scale, b, h, I, J, buf, static_cast<T*>(nullptr));
+          attend(g, Q, K, V, off, sc, hbias, scale, b, h, I, J, buf, static_cast<T*>(nullptr));
           const i64 Np = buf.Np, dp = buf.dp, Mr = buf.Mr;
           const T* P = buf.p.data();
           T* dS = buf.dp_.data();
@@ -306,11 +393,11 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dout, const at::Tensor& 
           for (i64 n = 0; n < g.N; ++n) {
             const T* prow = P + n * Np;
             T* row = dS + n * Np;
-            T rowsum = T(0);
-            for (i64 m = 0; m < g.N; ++m) rowsum += prow[m] * row[m];
+            const T rowsum = dot(prow, row, Np);  // the padding columns of P are zero
             for (i64 m = 0; m < Np; ++m) row[m] = prow[m] * (row[m] - rowsum);
             if (dbias != nullptr) {
-              for (i64 m = 0; m < g.N; ++m) dbias[bias_index(g, n, m)] += row[m];
+              const int32_t* irow = idx.data() + n * g.N;
+              for (i64 m = 0; m < g.N; ++m) dbias[irow[m]] += row[m];
             }
           }
           // dVs = P^T dO, dKs = scale dS^T Q, then dQ = scale dS Ks into the query buffer (no longer needed).
@@ -339,14 +426,11 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dout, const at::Tensor& 
                 const T* vrow = V.at(b, yy, xx, h);
                 T* dk_out = dK.at(b, yy, xx, h);
                 T* dv_out = dV.at(b, yy, xx, h);
-                T dot = T(0);
-                for (i64 c = 0; c < g.d; ++c) {
-                  dot += dkrow[c] * krow[c] + dvrow[c] * vrow[c];
-                  dk_out[c] += w * dkrow[c];
-                  dv_out[c] += w * dvrow[c];
-                }
-                gx += (dx ? wy : -wy) * dot;
-                gy += (dy ? wx : -wx) * dot;
+                const T tap = dot(dkrow, krow, g.d) + dot(dvrow, vrow, g.d);
+                for (i64 c = 0; c < g.d; ++c) dk_out[c] += w * dkrow[c];
+                for (i64 c = 0; c < g.d; ++c) dv_out[c] += w * dvrow[c];
+                gx += (dx ? wy : -wy) * tap;
+                gy += (dy ? wx : -wx) * tap;
               }
             }
             const i64 i = m % g.ww, j = m / g.ww;
