@@ -137,30 +137,6 @@ std::vector<T> dense_bias(const Geometry& g, const T* rpb, const std::vector<int
   return out;
 }
 
-// exp(x) for x <= 0 (logits minus their row maximum) in a form the compiler vectorises: 2^t = 2^floor(t) * 2^f,
-// 2^f on [0, 1) by a degree-7 Taylor polynomial of e^(f ln 2) (relative error below 2e-7, the float rounding level).
-// t is clamped at -126 so that 2^floor(t) stays a normal float: below that e^x is under 2^-125, and an exponent field
-// of zero or less would give 0, -inf or a large negative number instead. Doubles (gradcheck) use std::exp.
-inline float exp_nonpositive(float x) {
-  const float t = std::max(x * 1.44269504088896341f, -126.0f);
-  const float fi = std::floor(t);
-  const float f = (t - fi) * 0.693147180559945309f;
-  float p = 1.0f / 5040.0f;
-  p = p * f + 1.0f / 720.0f;
-  p = p * f + 1.0f / 120.0f;
-  p = p * f + 1.0f / 24.0f;
-  p = p * f + 1.0f / 6.0f;
-  p = p * f + 0.5f;
-  p = p * f + 1.0f;
-  p = p * f + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(fi) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
-
-inline double exp_nonpositive(double x) { return std::exp(x); }
-
 constexpr i64 kRows = 8, kCols = 16;  // register tile of the window products: 8 independent accumulators
 
 inline i64 round_up(i64 x, i64 m) { return (x + m - 1) / m * m; }
@@ -198,6 +174,43 @@ inline T dot(const T* a, const T* b, i64 n) {
   T s = lane_sum<T>(acc);
   for (; c < n; ++c) s += a[c] * b[c];
   return s;
+}
+
+typedef int32_t VecI16 __attribute__((vector_size(64)));
+
+// row[m] = exp(row[m] - shift) over row[0, n), n a multiple of 16, for logits at most their row maximum `shift`, 16
+// lanes at a time: 2^t = 2^floor(t) * 2^f, 2^f on [0, 1) by a degree-7 Taylor polynomial of e^(f ln 2) (relative
+// error below 2e-7, the float rounding level). t is clamped at -126 so that 2^floor(t) stays a normal float: below
+// that e^x is under 2^-125, and an exponent field of zero or less would give 0, -inf or a large negative number.
+// floor is the truncation, less one where that rounded up (exact on [-126, 0]). Doubles (gradcheck) use std::exp.
+inline void exp_row(float* row, i64 n, float shift) {
+  const VecF16 lo = VecF16{} - 126.0f;
+  for (i64 c = 0; c < n; c += 16) {
+    VecF16 x;
+    std::memcpy(&x, row + c, sizeof(x));
+    VecF16 t = (x - shift) * 1.44269504088896341f;
+    t = t < lo ? lo : t;
+    VecF16 fi = __builtin_convertvector(__builtin_convertvector(t, VecI16), VecF16);
+    fi = fi > t ? fi - 1.0f : fi;
+    const VecF16 f = (t - fi) * 0.693147180559945309f;
+    VecF16 p = VecF16{} + 1.0f / 5040.0f;
+    p = p * f + 1.0f / 720.0f;
+    p = p * f + 1.0f / 120.0f;
+    p = p * f + 1.0f / 24.0f;
+    p = p * f + 1.0f / 6.0f;
+    p = p * f + 0.5f;
+    p = p * f + 1.0f;
+    p = p * f + 1.0f;
+    const VecI16 bits = (__builtin_convertvector(fi, VecI16) + 127) << 23;
+    VecF16 scale;
+    std::memcpy(&scale, &bits, sizeof(scale));
+    const VecF16 out = p * scale;
+    std::memcpy(row + c, &out, sizeof(out));
+  }
+}
+
+inline void exp_row(double* row, i64 n, double shift) {
+  for (i64 m = 0; m < n; ++m) row[m] = std::exp(row[m] - shift);
 }
 
 // The lane-wise sums of row[0, n), n a multiple of the vector length.
@@ -314,7 +327,7 @@ void attend(const Geometry& g, const Map<T>& Q, const Map<T>& K, const Map<T>& V
     // whole vectors over the padded row: the padding columns are kept out of the maximum, then zeroed for the sum
     for (i64 m = g.N; m < Np; ++m) row[m] = -std::numeric_limits<T>::infinity();
     const T mx = row_max(row, Np);
-    for (i64 m = 0; m < Np; ++m) row[m] = exp_nonpositive(row[m] - mx);
+    exp_row(row, Np, mx);
     for (i64 m = g.N; m < Np; ++m) row[m] = T(0);
     const T sum = lane_sum<T>(vector_sum(row, Np));
     const T inv = T(1) / sum;
