@@ -242,9 +242,9 @@ inline T row_max(const T* row, i64 n) {
   return mx;
 }
 
-// C[M, Nc] = alpha * A B for small row-major buffers, a 4 x 16 register tile at a time: A[i, k] = A[i * a_rs +
-// k * a_cs] (so A may be a transposed view), B rows contiguous. M must be a multiple of 4 and Nc of 16; the buffers
-// carry zero padding up to those sizes.
+// C[M, Nc] = alpha * A B for small row-major buffers, a kRows x kCols register tile at a time: A[i, k] = A[i * a_rs +
+// k * a_cs] (so A may be a transposed view), B rows contiguous. M must be a multiple of kRows and Nc of kCols; the
+// buffers carry zero padding up to those sizes.
 template <class T>
 void small_mm(i64 M, i64 Nc, i64 K, T alpha, const T* A, i64 a_rs, i64 a_cs, const T* B, i64 ldb, T* C,
               i64 ldc) {
